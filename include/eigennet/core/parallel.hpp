@@ -1,0 +1,81 @@
+// OpenMP helpers. The library compiles and runs serially without OpenMP.
+#pragma once
+
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace eigennet {
+
+inline int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+// Sets the number of threads used by eigennet's kernels and Eigen's matrix products.
+inline void set_threads(int n) {
+#ifdef _OPENMP
+  if (n > 0) omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
+// Below this many floats of work a kernel runs single-threaded: starting a team costs more.
+constexpr int64_t parallel_grain = 1 << 14;
+
+}  // namespace eigennet
+
+#include <vector>
+
+namespace eigennet {
+
+// Splits [0, n) into one contiguous block per thread and calls body(begin, end, thread).
+// The split depends only on n and the thread count, so per-thread partial sums reduced in
+// thread order give bit-identical results run after run.
+template <typename Body>
+void parallel_blocks(int64_t n, int64_t work_per_item, Body&& body) {
+  const int threads = (n * work_per_item < parallel_grain || n < 2) ? 1 : max_threads();
+  if (threads <= 1) {
+    body(int64_t{0}, n, 0);
+    return;
+  }
+#pragma omp parallel num_threads(threads)
+  {
+    const int t = thread_index();
+#ifdef _OPENMP
+    const int team = omp_get_num_threads();
+#else
+    const int team = 1;
+#endif
+    const int64_t begin = n * t / team;
+    const int64_t end = n * (t + 1) / team;
+    body(begin, end, t);
+  }
+}
+
+// Number of blocks parallel_blocks will use for this much work.
+inline int blocks_for(int64_t n, int64_t work_per_item) {
+  return (n * work_per_item < parallel_grain || n < 2) ? 1 : max_threads();
+}
+
+// Scratch memory owned by the calling thread, reused across calls (grows, never shrinks), so
+// kernels that need per-thread partial sums do not allocate in steady state.
+template <typename T, int Slot = 0>
+T* scratch(size_t count) {
+  thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+}  // namespace eigennet

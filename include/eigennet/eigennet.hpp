@@ -1,0 +1,29 @@
+// eigennet: a header-only C++17 neural-network library on Eigen tensors and OpenMP.
+// This umbrella header includes the whole library.
+#pragma once
+
+#include "core/error.hpp"
+#include "core/init.hpp"
+#include "core/parallel.hpp"
+#include "core/parameter.hpp"
+#include "core/profile.hpp"
+#include "core/rng.hpp"
+#include "core/shape.hpp"
+#include "core/tensor.hpp"
+
+#include "layers/activation.hpp"
+#include "layers/batch_norm.hpp"
+#include "layers/conv2d.hpp"
+#include "layers/dense.hpp"
+#include "layers/depthwise_conv2d.hpp"
+#include "layers/dropout.hpp"
+#include "layers/layer.hpp"
+#include "layers/pooling.hpp"
+#include "layers/residual.hpp"
+#include "layers/sequential.hpp"
+
+#include "loss/softmax_cross_entropy.hpp"
+
+#include "optim/adam.hpp"
+#include "optim/optimizer.hpp"
+#include "optim/sgd.hpp"
