@@ -30,6 +30,14 @@ class BatchNorm : public Layer {
   Parameter& moving_variance() { return moving_variance_; }
   float epsilon() const { return epsilon_; }
   float momentum() const { return momentum_; }
+  // Makes the next forward re-estimate this layer from its input so that it computes the same
+  // function in training and inference mode: with the input's per-channel mean m and (biased)
+  // variance v, gamma = sqrt(v + eps) * gamma_old_scale, beta = m * old_scale + beta_old,
+  // moving statistics = (m, v). For a layer loaded from BN-folded weights (gamma 1, mean 0,
+  // variance 1 - eps, beta = folded bias) this gives gamma = sqrt(v + eps), beta = m + bias.
+  // The forward that performs it runs in inference mode and its output is unchanged.
+  void recalibrate_on_next_forward() { recalibrate_ = true; }
+
   // Whether forward in `mode` uses batch statistics.
   bool uses_batch_statistics(Mode mode) const { return mode == Mode::train && !(gamma_.frozen && beta_.frozen); }
 
@@ -42,7 +50,9 @@ class BatchNorm : public Layer {
     float* scale = mean + 2 * c;
     float* shift = mean + 3 * c;
     float* variance = mean + 4 * c;
-    trained_ = uses_batch_statistics(mode);
+    if (recalibrate_) recalibrate(x, m, c, mean, variance);
+    trained_ = uses_batch_statistics(mode) && !recalibrate_;
+    recalibrate_ = false;
     if (trained_) {
       kernels::batch_norm_statistics(mean, variance, x.data(), m, c);
       const float unbiased = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
@@ -107,11 +117,27 @@ class BatchNorm : public Layer {
  private:
   int64_t channels() const { return input_shape().back(); }
 
+  // Sets gamma, beta and the moving statistics as described at recalibrate_on_next_forward().
+  // The current layer computes y = x * s + t with s = gamma / sqrt(mv + eps) and
+  // t = beta - mm * s; the new one keeps s and t while its statistics become (m, v).
+  void recalibrate(const Tensor& x, int64_t m, int64_t c, float* mean, float* variance) {
+    kernels::batch_norm_statistics(mean, variance, x.data(), m, c);
+    for (int64_t j = 0; j < c; ++j) {
+      const float s = gamma_.value[j] / std::sqrt(moving_variance_.value[j] + epsilon_);
+      const float t = beta_.value[j] - moving_mean_.value[j] * s;
+      gamma_.value[j] = s * std::sqrt(variance[j] + epsilon_);
+      beta_.value[j] = mean[j] * s + t;
+      moving_mean_.value[j] = mean[j];
+      moving_variance_.value[j] = variance[j];
+    }
+  }
+
   float momentum_, epsilon_;
   Parameter gamma_, beta_, moving_mean_, moving_variance_;
   Tensor stats_;  // mean, inv_std, scale, shift, variance of the latest forward
   Tensor sums_;
   bool trained_ = false;
+  bool recalibrate_ = false;
 };
 
 }  // namespace eigennet

@@ -149,6 +149,8 @@ class Sequential : public Layer {
     forward(input_, output_, mode);
     return output_;
   }
+  // The output of the latest model-API forward.
+  const Tensor& output() const { return output_; }
   // Backpropagates dL/d(output) of the latest forward; accumulates parameter gradients.
   void backward(const Tensor& doutput) { backward(input_, output_, doutput, nullptr); }
 
