@@ -5,11 +5,15 @@
 //   inference: the same with the moving statistics.
 // As in Keras, a frozen BatchNorm (gamma and beta frozen) always runs in inference mode, so a
 // frozen base keeps its statistics during transfer learning.
+//
+// Besides forward/backward, the layer exposes its per-channel coefficients (prepare_forward,
+// prepare_backward) so that fused layers (InvertedResidual) can run the normalization inside
+// their own sweeps while this class keeps the parameters, statistics and rules in one place.
 #pragma once
 
 #include <cmath>
 
-#include "../kernels/batch_norm.hpp"
+#include "../kernels/batch_norm_act.hpp"
 #include "layer.hpp"
 
 namespace eigennet {
@@ -30,49 +34,32 @@ class BatchNorm : public Layer {
   Parameter& moving_variance() { return moving_variance_; }
   float epsilon() const { return epsilon_; }
   float momentum() const { return momentum_; }
+
   // Makes the next forward re-estimate this layer from its input so that it computes the same
   // function in training and inference mode: with the input's per-channel mean m and (biased)
-  // variance v, gamma = sqrt(v + eps) * gamma_old_scale, beta = m * old_scale + beta_old,
-  // moving statistics = (m, v). For a layer loaded from BN-folded weights (gamma 1, mean 0,
-  // variance 1 - eps, beta = folded bias) this gives gamma = sqrt(v + eps), beta = m + bias.
+  // variance v, and the current affine map y = s x + t, the layer becomes gamma = s sqrt(v + eps),
+  // beta = s m + t, moving statistics (m, v). For a layer loaded from BN-folded weights (gamma 1,
+  // mean 0, variance 1 - eps, beta = folded bias) that is gamma = sqrt(v + eps), beta = m + bias.
   // The forward that performs it runs in inference mode and its output is unchanged.
   void recalibrate_on_next_forward() { recalibrate_ = true; }
 
-  // Whether forward in `mode` uses batch statistics.
+  // Whether forward in `mode` normalizes with batch statistics.
   bool uses_batch_statistics(Mode mode) const { return mode == Mode::train && !(gamma_.frozen && beta_.frozen); }
 
   void forward(const Tensor& x, Tensor& y, Mode mode) override {
     ProfileScope scope("batchnorm forward");
     check_input(x);
     const int64_t c = channels(), m = x.size() / c;
-    float* mean = stats_.data();
-    float* inv_std = mean + c;
-    float* scale = mean + 2 * c;
-    float* shift = mean + 3 * c;
-    float* variance = mean + 4 * c;
-    if (recalibrate_) recalibrate(x, m, c, mean, variance);
-    trained_ = uses_batch_statistics(mode) && !recalibrate_;
-    recalibrate_ = false;
-    if (trained_) {
-      kernels::batch_norm_statistics(mean, variance, x.data(), m, c);
-      const float unbiased = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
-      for (int64_t j = 0; j < c; ++j) {
-        moving_mean_.value[j] = moving_mean_.value[j] * momentum_ + mean[j] * (1 - momentum_);
-        moving_variance_.value[j] = moving_variance_.value[j] * momentum_ + variance[j] * unbiased * (1 - momentum_);
-      }
-    } else {
-      for (int64_t j = 0; j < c; ++j) {
-        mean[j] = moving_mean_.value[j];
-        variance[j] = moving_variance_.value[j];
-      }
+    float* batch_mean = nullptr;
+    float* batch_variance = nullptr;
+    if (needs_input_statistics(mode)) {
+      batch_mean = batch_stats_.data();
+      batch_variance = batch_mean + c;
+      kernels::channel_statistics(batch_mean, batch_variance, x.data(), m, c, moving_mean_.value.data());
     }
-    for (int64_t j = 0; j < c; ++j) {
-      inv_std[j] = 1.0f / std::sqrt(variance[j] + epsilon_);
-      scale[j] = gamma_.value[j] * inv_std[j];
-      shift[j] = beta_.value[j] - mean[j] * scale[j];
-    }
+    prepare_forward(mode, batch_mean, batch_variance, m);
     y.resize(x.shape());
-    kernels::scale_shift(y.data(), x.data(), scale, shift, m, c);
+    kernels::batch_norm_act_forward<kernels::Activation::none>(y.data(), x.data(), scale(), shift(), m, c);
   }
 
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
@@ -80,20 +67,100 @@ class BatchNorm : public Layer {
     check_input(x);
     check_output_grad(y, dy);
     const int64_t c = channels(), m = x.size() / c;
-    const float* mean = stats_.data();
-    const float* inv_std = mean + c;
-    const float* scale = mean + 2 * c;
-    if (dx) dx->resize(x.shape());
-    float* dgamma = grad_or_null(gamma_);
-    float* dbeta = grad_or_null(beta_);
-    if (trained_) {
-      kernels::batch_norm_backward(dx ? dx->data() : nullptr, dgamma, dbeta, dy.data(), x.data(), gamma_.value.data(),
-                                   mean, inv_std, m, c, sums_.data());
+    double* s1 = nullptr;
+    double* s2 = nullptr;
+    if (needs_backward_sums()) {
+      s1 = scratch<double, 6>(static_cast<size_t>(2 * c));
+      s2 = s1 + c;
+      kernels::batch_norm_act_backward_sums<kernels::Activation::none>(s1, s2, dy.data(), dy.data(), x.data(), mean(),
+                                                                       inv_std(), m, c);
+    }
+    prepare_backward(s1, s2, m);
+    if (!dx) return;
+    dx->resize(x.shape());
+    kernels::batch_norm_act_backward_apply<kernels::Activation::none>(dx->data(), dy.data(), dy.data(), x.data(), mean(),
+                                                                      k(), a(), b(), m, c);
+  }
+
+  // ---- Coefficients, for this layer and for fused layers -------------------------------------
+  // Whether forward needs the per-channel mean and biased variance of its input.
+  bool needs_input_statistics(Mode mode) const { return uses_batch_statistics(mode) || recalibrate_; }
+  // A per-channel guess of the input mean to accumulate statistics around (numerical stability).
+  const float* statistics_shift() const { return moving_mean_.value.data(); }
+
+  // Sets up a forward over m rows. batch_mean/batch_variance (biased) are required when
+  // needs_input_statistics(mode). Updates the moving statistics in training mode and makes
+  // scale(), shift() (y = x * scale + shift), mean() and inv_std() valid.
+  void prepare_forward(Mode mode, const float* batch_mean, const float* batch_variance, int64_t m) {
+    const int64_t c = channels();
+    if (recalibrate_) {
+      EIGENNET_CHECK(batch_mean && batch_variance, "BatchNorm '", name(), "': recalibration needs input statistics");
+      recalibrate(batch_mean, batch_variance);
+      recalibrate_ = false;
+      trained_ = false;  // this forward runs in inference mode with the new statistics
     } else {
-      kernels::batch_norm_backward_inference(dx ? dx->data() : nullptr, dgamma, dbeta, dy.data(), x.data(), scale, mean,
-                                             inv_std, m, c);
+      trained_ = uses_batch_statistics(mode);
+    }
+    float* mu = coefficients_.data();
+    float* inv = mu + c;
+    float* sc = mu + 2 * c;
+    float* sh = mu + 3 * c;
+    if (trained_) {
+      EIGENNET_CHECK(batch_mean && batch_variance, "BatchNorm '", name(), "': training mode needs batch statistics");
+      const float unbiased = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
+      for (int64_t j = 0; j < c; ++j) {
+        mu[j] = batch_mean[j];
+        inv[j] = 1.0f / std::sqrt(batch_variance[j] + epsilon_);
+        moving_mean_.value[j] = moving_mean_.value[j] * momentum_ + batch_mean[j] * (1 - momentum_);
+        moving_variance_.value[j] =
+            moving_variance_.value[j] * momentum_ + batch_variance[j] * unbiased * (1 - momentum_);
+      }
+    } else {
+      for (int64_t j = 0; j < c; ++j) {
+        mu[j] = moving_mean_.value[j];
+        inv[j] = 1.0f / std::sqrt(moving_variance_.value[j] + epsilon_);
+      }
+    }
+    for (int64_t j = 0; j < c; ++j) {
+      sc[j] = gamma_.value[j] * inv[j];
+      sh[j] = beta_.value[j] - mu[j] * sc[j];
     }
   }
+  const float* mean() const { return coefficients_.data(); }
+  const float* inv_std() const { return coefficients_.data() + channels(); }
+  const float* scale() const { return coefficients_.data() + 2 * channels(); }
+  const float* shift() const { return coefficients_.data() + 3 * channels(); }
+  // Whether the latest forward normalized with batch statistics.
+  bool used_batch_statistics() const { return trained_; }
+
+  // Whether backward needs s1 = sum dz and s2 = sum dz * x_hat (dz: gradient at this layer's
+  // output after any fused activation).
+  bool needs_backward_sums() const { return trained_ || gamma_.trainable() || beta_.trainable(); }
+  // Sets up a backward over m rows from the sums (null when !needs_backward_sums()):
+  // accumulates dgamma and dbeta and makes k(), a(), b() valid for
+  // dx = k * (dz - a - (x - mean) * b).
+  void prepare_backward(const double* s1, const double* s2, int64_t m) {
+    const int64_t c = channels();
+    float* kk = coefficients_.data() + 4 * c;
+    float* aa = kk + c;
+    float* bb = kk + 2 * c;
+    const float* inv = inv_std();
+    for (int64_t j = 0; j < c; ++j) {
+      if (s1 && beta_.trainable()) beta_.grad[j] += static_cast<float>(s1[j]);
+      if (s2 && gamma_.trainable()) gamma_.grad[j] += static_cast<float>(s2[j]);
+      kk[j] = gamma_.value[j] * inv[j];
+      if (trained_) {
+        aa[j] = static_cast<float>(s1[j] / static_cast<double>(m));
+        bb[j] = static_cast<float>(inv[j] * s2[j] / static_cast<double>(m));
+      } else {
+        aa[j] = 0.0f;
+        bb[j] = 0.0f;
+      }
+    }
+  }
+  const float* k() const { return coefficients_.data() + 4 * channels(); }
+  const float* a() const { return coefficients_.data() + 5 * channels(); }
+  const float* b() const { return coefficients_.data() + 6 * channels(); }
 
  protected:
   Shape do_build(const Shape& in, Rng&) override {
@@ -109,20 +176,16 @@ class BatchNorm : public Layer {
     register_parameter(beta_);
     register_parameter(moving_mean_);
     register_parameter(moving_variance_);
-    stats_ = Tensor(Shape{5 * c});
-    sums_ = Tensor(Shape{2 * c});
+    coefficients_ = Tensor(Shape{7 * c});
+    batch_stats_ = Tensor(Shape{2 * c});
     return in;
   }
 
  private:
   int64_t channels() const { return input_shape().back(); }
 
-  // Sets gamma, beta and the moving statistics as described at recalibrate_on_next_forward().
-  // The current layer computes y = x * s + t with s = gamma / sqrt(mv + eps) and
-  // t = beta - mm * s; the new one keeps s and t while its statistics become (m, v).
-  void recalibrate(const Tensor& x, int64_t m, int64_t c, float* mean, float* variance) {
-    kernels::batch_norm_statistics(mean, variance, x.data(), m, c);
-    for (int64_t j = 0; j < c; ++j) {
+  void recalibrate(const float* mean, const float* variance) {
+    for (int64_t j = 0; j < channels(); ++j) {
       const float s = gamma_.value[j] / std::sqrt(moving_variance_.value[j] + epsilon_);
       const float t = beta_.value[j] - moving_mean_.value[j] * s;
       gamma_.value[j] = s * std::sqrt(variance[j] + epsilon_);
@@ -134,8 +197,8 @@ class BatchNorm : public Layer {
 
   float momentum_, epsilon_;
   Parameter gamma_, beta_, moving_mean_, moving_variance_;
-  Tensor stats_;  // mean, inv_std, scale, shift, variance of the latest forward
-  Tensor sums_;
+  Tensor coefficients_;  // mean, inv_std, scale, shift (forward); k, a, b (backward)
+  Tensor batch_stats_;   // batch mean and biased variance (when computed here)
   bool trained_ = false;
   bool recalibrate_ = false;
 };

@@ -7,6 +7,7 @@
 // (no batch dimension) in build; tensors passed to forward / backward carry the batch first.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -61,6 +62,8 @@ class Layer {
   virtual bool needs_output_for_backward() const { return false; }
   // True when forward(x, y) works with y aliasing x (elementwise layers).
   virtual bool supports_in_place() const { return false; }
+  // Calls fn on this layer and, for containers, on every layer inside it (depth first).
+  virtual void for_each_layer(const std::function<void(Layer&)>& fn) { fn(*this); }
   // Re-seeds any randomness (dropout) so that a resumed run repeats an uninterrupted one.
   virtual void reseed(uint64_t seed) { (void)seed; }
 

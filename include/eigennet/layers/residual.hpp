@@ -35,6 +35,10 @@ class Residual : public Layer {
     }
   }
   ParameterList parameters() override { return body_->parameters(); }
+  void for_each_layer(const std::function<void(Layer&)>& fn) override {
+    fn(*this);
+    body_->for_each_layer(fn);
+  }
   bool has_trainable_parameters() const override { return body_->has_trainable_parameters(); }
   void reseed(uint64_t seed) override { body_->reseed(seed); }
 

@@ -77,6 +77,10 @@ class Sequential : public Layer {
     }
     return all;
   }
+  void for_each_layer(const std::function<void(Layer&)>& fn) override {
+    fn(*this);
+    for (auto& l : layers_) l->for_each_layer(fn);
+  }
   bool has_trainable_parameters() const override {
     for (const auto& l : layers_)
       if (l->has_trainable_parameters()) return true;

@@ -15,6 +15,7 @@
 #include "../layers/batch_norm.hpp"
 #include "../layers/conv2d.hpp"
 #include "../layers/dense.hpp"
+#include "../layers/inverted_residual.hpp"
 #include "../layers/depthwise_conv2d.hpp"
 #include "../layers/pooling.hpp"
 #include "../layers/residual.hpp"
@@ -41,6 +42,9 @@ struct MobileNetV2Config {
   int64_t classes = 1000;
   float bn_momentum = 0.99f;
   float bn_epsilon = 1e-3f;
+  // true: each block is one fused InvertedResidual layer (fast); false: the same block as a
+  // Sequential of plain layers (the reference the fused one is tested against).
+  bool fused_blocks = true;
 };
 
 struct InvertedResidualSetting {
@@ -117,7 +121,13 @@ inline std::unique_ptr<Sequential> make_mobilenet_v2(const MobileNetV2Config& c,
     // Keras truncates filters * alpha to an int before rounding.
     const int64_t out_channels = make_divisible(static_cast<double>(static_cast<int64_t>(row.channels * c.alpha)), 8);
     for (int64_t i = 0; i < row.repeats; ++i, ++block_id) {
-      net->add(detail::inverted_residual_block(block_id, channels, row.expansion, out_channels, i == 0 ? row.stride : 1, c));
+      const int64_t stride = i == 0 ? row.stride : 1;
+      if (c.fused_blocks) {
+        net->add<InvertedResidual>(block_id == 0 ? "expanded_conv_" : "block_" + std::to_string(block_id) + "_",
+                                   row.expansion, out_channels, stride, c.bn_momentum, c.bn_epsilon);
+      } else {
+        net->add(detail::inverted_residual_block(block_id, channels, row.expansion, out_channels, stride, c));
+      }
       channels = out_channels;
     }
   }

@@ -1,0 +1,77 @@
+// Saving and loading a model's parameters by name (safetensors, Keras names), with strict
+// checks: every name and shape must match unless the caller explicitly allows a partial load
+// (transfer learning loads a base into a model that also has a head).
+#pragma once
+
+#include <map>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../core/parameter.hpp"
+#include "safetensors.hpp"
+
+namespace eigennet {
+
+struct LoadOptions {
+  bool allow_missing = false;     // model parameters absent from the file keep their values
+  bool allow_unexpected = false;  // file tensors the model does not have are ignored
+};
+
+struct LoadReport {
+  std::vector<std::string> loaded, missing, unexpected;
+};
+
+// Copies tensors from `file` into the parameters with the same names. Throws Error naming the
+// file and tensor on a shape mismatch, on missing names (unless allow_missing) and on
+// unexpected names (unless allow_unexpected). Nothing is modified when it throws.
+inline LoadReport load_parameters(const ParameterList& params, const SafetensorsFile& file,
+                                  const LoadOptions& options = {}) {
+  LoadReport report;
+  std::map<std::string, const Tensor*> by_name;
+  for (const NamedTensor& t : file.tensors) by_name[t.name] = &t.tensor;
+  std::set<std::string> model_names;
+  std::vector<std::pair<Parameter*, const Tensor*>> plan;
+  for (Parameter* p : params) {
+    model_names.insert(p->name);
+    auto it = by_name.find(p->name);
+    if (it == by_name.end()) {
+      report.missing.push_back(p->name);
+      continue;
+    }
+    EIGENNET_CHECK(it->second->shape() == p->value.shape(), "'", file.path, "': tensor '", p->name, "' has shape ",
+                   it->second->shape(), " but the model expects ", p->value.shape());
+    plan.emplace_back(p, it->second);
+  }
+  for (const NamedTensor& t : file.tensors)
+    if (!model_names.count(t.name)) report.unexpected.push_back(t.name);
+  if (!options.allow_missing && !report.missing.empty())
+    fail("'", file.path, "': ", report.missing.size(), " model parameter(s) missing from the file, first '",
+         report.missing.front(), "' (load with allow_missing for a partial load)");
+  if (!options.allow_unexpected && !report.unexpected.empty())
+    fail("'", file.path, "': ", report.unexpected.size(), " tensor(s) the model does not have, first '",
+         report.unexpected.front(), "' (load with allow_unexpected to ignore them)");
+  for (auto& [p, t] : plan) {
+    p->value.copy_from(*t);
+    report.loaded.push_back(p->name);
+  }
+  return report;
+}
+
+inline LoadReport load_parameters(const ParameterList& params, const std::string& path, const LoadOptions& options = {}) {
+  return load_parameters(params, read_safetensors(path), options);
+}
+
+// Writes the parameters (values, not gradients) plus `extra` tensors (optimizer state, ...)
+// atomically.
+inline void save_parameters(const std::string& path, const ParameterList& params,
+                            const std::map<std::string, std::string>& metadata = {},
+                            const std::vector<TensorRef>& extra = {}) {
+  std::vector<TensorRef> refs;
+  refs.reserve(params.size() + extra.size());
+  for (const Parameter* p : params) refs.push_back({p->name, &p->value});
+  refs.insert(refs.end(), extra.begin(), extra.end());
+  write_safetensors(path, refs, metadata);
+}
+
+}  // namespace eigennet

@@ -1,0 +1,180 @@
+// Batch normalization fused with an optional ReLU6, as passes over [M, C] buffers. These are
+// the memory-bound steps of MobileNetV2; fusing them (and accumulating statistics inside other
+// sweeps) removes whole passes over the activations.
+//
+// Forward:  y = act(x * scale + shift)                      (one read of x, one write of y)
+// Backward: dz = dy * act'(y)          (ReLU6: 1 where 0 < y < 6; y is the activation output)
+//           s1 = sum dz, s2 = sum dz * (x - mean) * inv_std (per channel, one read pass)
+//           dx = k * (dz - a - (x - mean) * b)              (one read pass, one write)
+// with k = gamma * inv_std and, in training mode, a = s1 / M, b = inv_std * s2 / M
+// (the gradient through the batch statistics); in inference mode a = b = 0.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#include "../core/parallel.hpp"
+
+namespace eigennet::kernels {
+
+enum class Activation { none, relu6 };
+
+template <Activation act>
+inline float activate(float v) {
+  if constexpr (act == Activation::relu6) return std::min(std::max(v, 0.0f), 6.0f);
+  else return v;
+}
+// act'(.) expressed through the activation's output y.
+template <Activation act>
+inline float activation_mask(float y) {
+  if constexpr (act == Activation::relu6) return (y > 0.0f && y < 6.0f) ? 1.0f : 0.0f;
+  else return (void)y, 1.0f;
+}
+
+// Per-channel sums accumulated per thread block: float within a row (short, exact enough),
+// double across rows. Reduced in block order, so results do not depend on scheduling.
+class ChannelSums {
+ public:
+  // Prepares `blocks` x `count` x C double accumulators, zeroed (thread-local scratch).
+  ChannelSums(int blocks, int count, int64_t channels)
+      : blocks_(blocks), count_(count), c_(channels),
+        data_(scratch<double, 1>(static_cast<size_t>(blocks) * count * channels)) {
+    std::fill_n(data_, static_cast<int64_t>(blocks) * count * channels, 0.0);
+  }
+  double* block(int b, int which) { return data_ + (static_cast<int64_t>(b) * count_ + which) * c_; }
+  // total[j] = sum over blocks of accumulator `which`.
+  void reduce(int which, double* total) {
+    for (int64_t j = 0; j < c_; ++j) total[j] = 0;
+    for (int b = 0; b < blocks_; ++b) {
+      const double* p = block(b, which);
+      for (int64_t j = 0; j < c_; ++j) total[j] += p[j];
+    }
+  }
+
+ private:
+  int blocks_, count_;
+  int64_t c_;
+  double* data_;
+};
+
+// Mean and biased variance per channel of x [M, C], shifted by `shift` (a per-channel guess
+// of the mean, e.g. the moving mean, or null for 0) so that E[d^2] - E[d]^2 stays well
+// conditioned.
+inline void channel_statistics(float* mean, float* variance, const float* x, int64_t m, int64_t c, const float* shift) {
+  constexpr int64_t chunk = 32;  // rows summed in float before flushing to double
+  const int blocks = blocks_for(m, c);
+  ChannelSums sums(blocks, 2, c);
+  parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
+    double* s = sums.block(t, 0);
+    double* ss = sums.block(t, 1);
+    float* fs = scratch<float, 2>(static_cast<size_t>(2 * c));
+    float* fss = fs + c;
+    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
+      const int64_t r1 = std::min(end, r0 + chunk);
+      std::fill_n(fs, 2 * c, 0.0f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* row = x + r * c;
+        if (shift) {
+          for (int64_t j = 0; j < c; ++j) {
+            const float d = row[j] - shift[j];
+            fs[j] += d;
+            fss[j] += d * d;
+          }
+        } else {
+          for (int64_t j = 0; j < c; ++j) {
+            fs[j] += row[j];
+            fss[j] += row[j] * row[j];
+          }
+        }
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        s[j] += fs[j];
+        ss[j] += fss[j];
+      }
+    }
+  });
+  double* total = scratch<double, 3>(static_cast<size_t>(2 * c));
+  sums.reduce(0, total);
+  sums.reduce(1, total + c);
+  for (int64_t j = 0; j < c; ++j) {
+    const double mu = total[j] / static_cast<double>(m);
+    mean[j] = static_cast<float>(mu + (shift ? shift[j] : 0.0f));
+    variance[j] = static_cast<float>(std::max(0.0, total[c + j] / static_cast<double>(m) - mu * mu));
+  }
+}
+
+template <Activation act>
+inline void batch_norm_act_forward(float* y, const float* x, const float* scale, const float* shift, int64_t m,
+                                   int64_t c) {
+#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * c;
+    float* yr = y + r * c;
+    for (int64_t j = 0; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
+  }
+}
+
+// y = x * scale + shift + residual (the projection's BatchNorm fused with the skip connection).
+inline void batch_norm_add_forward(float* y, const float* x, const float* scale, const float* shift,
+                                   const float* residual, int64_t m, int64_t c) {
+#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
+  for (int64_t r = 0; r < m; ++r) {
+    const float* xr = x + r * c;
+    const float* rr = residual + r * c;
+    float* yr = y + r * c;
+    for (int64_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j] + rr[j];
+  }
+}
+
+// s1 = sum dz, s2 = sum dz * x_hat with dz = dy * act'(y_act). Results in double.
+template <Activation act>
+inline void batch_norm_act_backward_sums(double* s1, double* s2, const float* dy, const float* y_act, const float* x,
+                                         const float* mean, const float* inv_std, int64_t m, int64_t c) {
+  const int blocks = blocks_for(m, c);
+  ChannelSums sums(blocks, 2, c);
+  parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
+    double* a = sums.block(t, 0);
+    double* b = sums.block(t, 1);
+    float* fa = scratch<float, 2>(static_cast<size_t>(2 * c));
+    float* fb = fa + c;
+    constexpr int64_t chunk = 32;
+    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
+      const int64_t r1 = std::min(end, r0 + chunk);
+      std::fill_n(fa, 2 * c, 0.0f);
+      for (int64_t r = r0; r < r1; ++r) {
+        const float* dyr = dy + r * c;
+        const float* yr = y_act + r * c;
+        const float* xr = x + r * c;
+        for (int64_t j = 0; j < c; ++j) {
+          const float dz = dyr[j] * activation_mask<act>(yr[j]);
+          fa[j] += dz;
+          fb[j] += dz * (xr[j] - mean[j]);
+        }
+      }
+      for (int64_t j = 0; j < c; ++j) {
+        a[j] += fa[j];
+        b[j] += static_cast<double>(fb[j]) * inv_std[j];
+      }
+    }
+  });
+  sums.reduce(0, s1);
+  sums.reduce(1, s2);
+}
+
+// dx = k * (dy * act'(y_act) - a - (x - mean) * b). dx may alias dy.
+template <Activation act>
+inline void batch_norm_act_backward_apply(float* dx, const float* dy, const float* y_act, const float* x,
+                                          const float* mean, const float* k, const float* a, const float* b, int64_t m,
+                                          int64_t c) {
+#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
+  for (int64_t r = 0; r < m; ++r) {
+    const float* dyr = dy + r * c;
+    const float* yr = y_act + r * c;
+    const float* xr = x + r * c;
+    float* dxr = dx + r * c;
+    for (int64_t j = 0; j < c; ++j)
+      dxr[j] = k[j] * (dyr[j] * activation_mask<act>(yr[j]) - a[j] - (xr[j] - mean[j]) * b[j]);
+  }
+}
+
+}  // namespace eigennet::kernels

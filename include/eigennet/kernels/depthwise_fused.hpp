@@ -1,0 +1,184 @@
+// Depthwise convolution kernels fused with the batch-norm work around them in an inverted
+// residual block (see layers/inverted_residual.hpp):
+//   forward:  the convolution also accumulates its output's per-channel sum and sum of squares
+//             while each output row is still in cache (no separate statistics pass);
+//   backward: one sweep over input rows computes the input gradient and the weight gradient
+//             (both read the same output-gradient rows), then masks the input gradient by the
+//             ReLU6 below and accumulates that BatchNorm's backward sums, again per row in cache.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+
+#include "batch_norm_act.hpp"
+#include "depthwise_conv2d.hpp"
+
+namespace eigennet::kernels {
+
+// out = depthwise(in, weight) (no bias). When mean/variance are given, also their per-channel
+// mean and biased variance, accumulated around `shift` (see channel_statistics).
+inline void depthwise_conv2d_forward_statistics(float* out, const float* in, const float* weight,
+                                                const WindowGeometry& g, float* mean, float* variance,
+                                                const float* shift) {
+  const int64_t C = g.in_c, rows = g.batch * g.out_h, row_len = g.out_w * C;
+  const int64_t work = row_len * g.kernel_h * g.kernel_w;
+  const bool stats = mean != nullptr;
+  const int blocks = blocks_for(rows, work);
+  ChannelSums sums(blocks, 2, stats ? C : 0);
+  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
+    float* fs = scratch<float, 2>(static_cast<size_t>(2 * C));
+    float* fss = fs + C;
+    double* s = stats ? sums.block(t, 0) : nullptr;
+    double* ss = stats ? sums.block(t, 1) : nullptr;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.out_h, oh = r % g.out_h;
+      float* orow = out + r * row_len;
+      std::memset(orow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t ih = oh * g.stride_h - g.pad_top + kh;
+        if (ih < 0 || ih >= g.in_h) continue;
+        const float* irow = in + (n * g.in_h + ih) * g.in_w * C;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const float* wk = weight + (kh * g.kernel_w + kw) * C;
+          int64_t lo, hi;
+          detail::valid_output_range(kw, g, lo, hi);
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            const float* i = irow + (ow * g.stride_w - g.pad_left + kw) * C;
+            float* o = orow + ow * C;
+            for (int64_t c = 0; c < C; ++c) o[c] += i[c] * wk[c];
+          }
+        }
+      }
+      if (!stats) continue;
+      std::fill_n(fs, 2 * C, 0.0f);
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const float* o = orow + ow * C;
+        if (shift) {
+          for (int64_t c = 0; c < C; ++c) {
+            const float d = o[c] - shift[c];
+            fs[c] += d;
+            fss[c] += d * d;
+          }
+        } else {
+          for (int64_t c = 0; c < C; ++c) {
+            fs[c] += o[c];
+            fss[c] += o[c] * o[c];
+          }
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        s[c] += fs[c];
+        ss[c] += fss[c];
+      }
+    }
+  });
+  if (!stats) return;
+  double* total = scratch<double, 3>(static_cast<size_t>(2 * C));
+  sums.reduce(0, total);
+  sums.reduce(1, total + C);
+  const double count = static_cast<double>(rows * g.out_w);
+  for (int64_t c = 0; c < C; ++c) {
+    const double mu = total[c] / count;
+    mean[c] = static_cast<float>(mu + (shift ? shift[c] : 0.0f));
+    variance[c] = static_cast<float>(std::max(0.0, total[C + c] / count - mu * mu));
+  }
+}
+
+// The BatchNorm + ReLU6 that produced the depthwise input, for the fused backward.
+struct BelowBatchNormRelu6 {
+  const float* x = nullptr;  // that BatchNorm's input (pre-normalization)
+  const float* mean = nullptr;
+  const float* inv_std = nullptr;
+  double* s1 = nullptr;  // out: sum dz           (dz = din * relu6'(in))
+  double* s2 = nullptr;  // out: sum dz * x_hat
+};
+
+// One sweep over input rows: din = depthwise input gradient (gather, no write conflicts),
+// dweight += weight gradient (per-thread partials reduced in order; null to skip). With
+// `below`, din is replaced by dz = din * relu6'(in) and below's sums are accumulated.
+inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
+                                            const float* weight, const WindowGeometry& g,
+                                            const BelowBatchNormRelu6* below) {
+  const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
+  const int64_t work = row_len * taps;
+  const int blocks = blocks_for(rows, work);
+  // Weight gradient: float sums within an input row, double across rows and threads.
+  double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(blocks * taps * C)) : nullptr;
+  if (partial) std::fill_n(partial, blocks * taps * C, 0.0);
+  ChannelSums sums(blocks, 2, below ? C : 0);
+  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
+    double* pw_total = partial ? partial + t * taps * C : nullptr;
+    float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
+    float* fa = scratch<float, 2>(static_cast<size_t>(2 * C));
+    float* fb = fa + C;
+    double* sa = below ? sums.block(t, 0) : nullptr;
+    double* sb = below ? sums.block(t, 1) : nullptr;
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = r / g.in_h, ih = r % g.in_h;
+      float* drow = din + r * row_len;
+      const float* irow = in + r * row_len;
+      std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      if (pw) std::fill_n(pw, taps * C, 0.0f);
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+        const int64_t oh_s = ih + g.pad_top - kh;
+        if (oh_s < 0 || oh_s % g.stride_h) continue;
+        const int64_t oh = oh_s / g.stride_h;
+        if (oh >= g.out_h) continue;
+        const float* orow = dout + (n * g.out_h + oh) * g.out_w * C;
+        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+          const float* wk = weight + (kh * g.kernel_w + kw) * C;
+          float* acc = pw ? pw + (kh * g.kernel_w + kw) * C : nullptr;
+          int64_t lo, hi;
+          detail::valid_output_range(kw, g, lo, hi);
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            const int64_t iw = ow * g.stride_w - g.pad_left + kw;
+            float* d = drow + iw * C;
+            const float* o = orow + ow * C;
+            if (acc) {
+              const float* i = irow + iw * C;
+              for (int64_t c = 0; c < C; ++c) {
+                d[c] += o[c] * wk[c];
+                acc[c] += o[c] * i[c];
+              }
+            } else {
+              for (int64_t c = 0; c < C; ++c) d[c] += o[c] * wk[c];
+            }
+          }
+        }
+      }
+      if (pw)
+        for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
+      if (!below) continue;
+      // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
+      std::fill_n(fa, 2 * C, 0.0f);
+      const float* xrow = below->x + r * row_len;
+      for (int64_t iw = 0; iw < g.in_w; ++iw) {
+        float* d = drow + iw * C;
+        const float* i = irow + iw * C;
+        const float* xr = xrow + iw * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const float dz = d[c] * activation_mask<Activation::relu6>(i[c]);
+          d[c] = dz;
+          fa[c] += dz;
+          fb[c] += dz * (xr[c] - below->mean[c]);
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        sa[c] += fa[c];
+        sb[c] += static_cast<double>(fb[c]) * below->inv_std[c];
+      }
+    }
+  });
+  if (partial)
+    for (int64_t j = 0; j < taps * C; ++j) {
+      double total = 0;
+      for (int b = 0; b < blocks; ++b) total += partial[b * taps * C + j];
+      dweight[j] += static_cast<float>(total);
+    }
+  if (below) {
+    sums.reduce(0, below->s1);
+    sums.reduce(1, below->s2);
+  }
+}
+
+}  // namespace eigennet::kernels

@@ -1,0 +1,277 @@
+// InvertedResidual: MobileNetV2's block as one fused layer.
+//
+//   [expand 1x1 -> BN -> ReLU6] -> depthwise 3x3 -> BN -> ReLU6 -> project 1x1 -> BN [+ input]
+//
+// The parameters live in ordinary sub-layers (Conv2D, BatchNorm, DepthwiseConv2D) with Keras'
+// names, so weights load by name and the rules of each (BatchNorm's moving averages, frozen
+// behaviour, recalibration) stay in one place. Forward and backward are fused here:
+//   forward:  E = X We;  A = relu6(bn(E));  D = depthwise(A) (+ its statistics in the same
+//             sweep);  B = relu6(bn(D));  P = B Wp;  Y = bn(P) (+ X)
+//   backward: dP = bn'(dY);  dB = dP Wp^T;  dD = bn'(relu6'(dB));  one depthwise sweep gives dA,
+//             dWdw and, masked by relu6', the sums of the expand BatchNorm;  dE = bn'(dA);
+//             dX = dE We^T (+ dY)
+// Activations E, A, D, B, P are kept for backward; the gradient buffers are shared by all
+// blocks (blocks run one after another).
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "../kernels/batch_norm_act.hpp"
+#include "../kernels/depthwise_fused.hpp"
+#include "../kernels/pointwise_conv2d.hpp"
+#include "batch_norm.hpp"
+#include "conv2d.hpp"
+#include "depthwise_conv2d.hpp"
+#include "layer.hpp"
+
+namespace eigennet {
+
+class InvertedResidual : public Layer {
+ public:
+  // prefix: Keras' layer-name prefix, "expanded_conv_" or "block_<id>_". The layer itself is
+  // named prefix + "add" when it has a skip connection (Keras' Add layer) and the prefix without
+  // its trailing underscore otherwise.
+  InvertedResidual(const std::string& prefix, int64_t expansion, int64_t out_channels, int64_t stride,
+                   float bn_momentum = 0.99f, float bn_epsilon = 1e-3f)
+      : Layer(prefix.substr(0, prefix.size() - 1)),
+        expansion_(expansion),
+        out_channels_(out_channels),
+        stride_(stride),
+        prefix_(prefix),
+        bn_momentum_(bn_momentum),
+        bn_epsilon_(bn_epsilon),
+        depthwise_(prefix + "depthwise", 3, stride, Padding::same, false),
+        depthwise_bn_(prefix + "depthwise_BN", bn_momentum, bn_epsilon),
+        project_(prefix + "project", out_channels, 1, 1, Padding::same, false),
+        project_bn_(prefix + "project_BN", bn_momentum, bn_epsilon) {
+    EIGENNET_CHECK(expansion >= 1, "InvertedResidual '", name(), "': expansion must be >= 1, got ", expansion);
+    EIGENNET_CHECK(stride == 1 || stride == 2, "InvertedResidual '", name(), "': stride must be 1 or 2, got ", stride);
+  }
+  const char* type() const override { return "InvertedResidual"; }
+
+  bool has_skip() const { return skip_; }
+  bool has_expansion() const { return expansion_ != 1; }
+  // Only when has_expansion(), after build.
+  Conv2D& expand() { return *expand_; }
+  BatchNorm& expand_bn() { return *expand_bn_; }
+  DepthwiseConv2D& depthwise() { return depthwise_; }
+  BatchNorm& depthwise_bn() { return depthwise_bn_; }
+  Conv2D& project() { return project_; }
+  BatchNorm& project_bn() { return project_bn_; }
+
+  ParameterList parameters() override {
+    ParameterList all;
+    auto append = [&](Layer& l) {
+      ParameterList p = l.parameters();
+      all.insert(all.end(), p.begin(), p.end());
+    };
+    if (expand_) {
+      append(*expand_);
+      append(*expand_bn_);
+    }
+    append(depthwise_);
+    append(depthwise_bn_);
+    append(project_);
+    append(project_bn_);
+    return all;
+  }
+  void for_each_layer(const std::function<void(Layer&)>& fn) override {
+    fn(*this);
+    if (expand_) {
+      fn(*expand_);
+      fn(*expand_bn_);
+    }
+    fn(depthwise_);
+    fn(depthwise_bn_);
+    fn(project_);
+    fn(project_bn_);
+  }
+  bool has_trainable_parameters() const override {
+    return (expand_ && (expand_->has_trainable_parameters() || expand_bn_->has_trainable_parameters())) ||
+           depthwise_.has_trainable_parameters() || depthwise_bn_.has_trainable_parameters() ||
+           project_.has_trainable_parameters() || project_bn_.has_trainable_parameters();
+  }
+
+  void forward(const Tensor& x, Tensor& y, Mode mode) override {
+    check_input(x);
+    const int64_t n = x.dim(0);
+    const WindowGeometry g = depthwise_.geometry(n);
+    const int64_t m_in = g.in_pixels(), m_out = g.out_pixels(), e = g.in_c;
+    float* stats = stats_.data();  // mean and variance, reused by each BatchNorm in turn
+
+    const Tensor* a = &x;  // depthwise input
+    if (has_expansion()) {
+      ProfileScope scope("block expand (1x1 + bn + relu6)");
+      e_.resize(Shape{n, g.in_h, g.in_w, e});
+      kernels::pointwise_conv2d_forward(e_.data(), x.data(), expand_->kernel().value.data(), nullptr, m_in, in_c(), e);
+      normalize<kernels::Activation::relu6>(*expand_bn_, mode, e_, a_, stats, m_in, e);
+      a = &a_;
+    }
+    {
+      ProfileScope scope("block depthwise (3x3 + bn + relu6)");
+      d_.resize(Shape{n, g.out_h, g.out_w, e});
+      const bool need_stats = depthwise_bn_.needs_input_statistics(mode);
+      kernels::depthwise_conv2d_forward_statistics(d_.data(), a->data(), depthwise_.kernel().value.data(), g,
+                                                   need_stats ? stats : nullptr, need_stats ? stats + e : nullptr,
+                                                   depthwise_bn_.statistics_shift());
+      depthwise_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + e : nullptr, m_out);
+      b_.resize(d_.shape());
+      kernels::batch_norm_act_forward<kernels::Activation::relu6>(b_.data(), d_.data(), depthwise_bn_.scale(),
+                                                                   depthwise_bn_.shift(), m_out, e);
+    }
+    {
+      ProfileScope scope("block project (1x1 + bn [+ add])");
+      p_.resize(Shape{n, g.out_h, g.out_w, out_channels_});
+      kernels::pointwise_conv2d_forward(p_.data(), b_.data(), project_.kernel().value.data(), nullptr, m_out, e,
+                                        out_channels_);
+      const bool need_stats = project_bn_.needs_input_statistics(mode);
+      if (need_stats)
+        kernels::channel_statistics(stats, stats + out_channels_, p_.data(), m_out, out_channels_,
+                                    project_bn_.statistics_shift());
+      project_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + out_channels_ : nullptr,
+                                  m_out);
+      y.resize(p_.shape());
+      if (skip_)
+        kernels::batch_norm_add_forward(y.data(), p_.data(), project_bn_.scale(), project_bn_.shift(), x.data(), m_out,
+                                        out_channels_);
+      else
+        kernels::batch_norm_act_forward<kernels::Activation::none>(y.data(), p_.data(), project_bn_.scale(),
+                                                                    project_bn_.shift(), m_out, out_channels_);
+    }
+  }
+
+  void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
+    check_input(x);
+    check_output_grad(y, dy);
+    const int64_t n = x.dim(0);
+    const WindowGeometry g = depthwise_.geometry(n);
+    const int64_t m_in = g.in_pixels(), m_out = g.out_pixels(), e = g.in_c;
+    const bool below_needed = dx != nullptr || (expand_ && (expand_->has_trainable_parameters() ||
+                                                            expand_bn_->has_trainable_parameters()));
+    Tensor& grad_p = shared_buffer(0);
+    Tensor& grad_b = shared_buffer(1);
+    Tensor& grad_a = shared_buffer(2);
+    double* sums = sums_.data();
+    {
+      ProfileScope scope("block project backward");
+      grad_p.resize(p_.shape());
+      bn_backward<kernels::Activation::none>(project_bn_, dy.data(), dy.data(), p_.data(), grad_p.data(), sums, m_out,
+                                             out_channels_);
+      grad_b.resize(b_.shape());
+      kernels::pointwise_conv2d_backward(grad_b.data(), grad_or_null(project_.kernel()), nullptr, grad_p.data(),
+                                         b_.data(), project_.kernel().value.data(), m_out, e, out_channels_);
+      // dD = bn'(relu6'(dB)), in place.
+      bn_backward<kernels::Activation::relu6>(depthwise_bn_, grad_b.data(), b_.data(), d_.data(), grad_b.data(), sums,
+                                              m_out, e);
+    }
+    if (!below_needed && !depthwise_.has_trainable_parameters()) return;
+    {
+      ProfileScope scope("block depthwise backward");
+      const Tensor& a = has_expansion() ? a_ : x;
+      grad_a.resize(a.shape());
+      kernels::BelowBatchNormRelu6 below;
+      const bool fuse_below = expand_ && below_needed && expand_bn_->needs_backward_sums();
+      if (fuse_below) {
+        below.x = e_.data();
+        below.mean = expand_bn_->mean();
+        below.inv_std = expand_bn_->inv_std();
+        below.s1 = sums;
+        below.s2 = sums + e;
+      }
+      if (below_needed || grad_or_null(depthwise_.kernel()))
+        kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
+                                                 a.data(), depthwise_.kernel().value.data(), g,
+                                                 fuse_below ? &below : nullptr);
+      if (!below_needed) return;
+      if (expand_) {
+        // dE = bn'(dz) where dz = relu6'(dA) (already masked when fused).
+        BatchNorm& bn = *expand_bn_;
+        bn.prepare_backward(fuse_below ? below.s1 : nullptr, fuse_below ? below.s2 : nullptr, m_in);
+        if (fuse_below)
+          kernels::batch_norm_act_backward_apply<kernels::Activation::none>(
+              grad_a.data(), grad_a.data(), grad_a.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
+        else
+          kernels::batch_norm_act_backward_apply<kernels::Activation::relu6>(
+              grad_a.data(), grad_a.data(), a_.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
+      }
+    }
+    ProfileScope scope("block expand backward");
+    if (expand_) {
+      if (dx) dx->resize(x.shape());
+      kernels::pointwise_conv2d_backward(dx ? dx->data() : nullptr, grad_or_null(expand_->kernel()), nullptr,
+                                         grad_a.data(), x.data(), expand_->kernel().value.data(), m_in, in_c(), e);
+    } else if (dx) {
+      dx->copy_from(grad_a);
+    }
+    if (dx && skip_) kernels::add_forward(dx->data(), dx->data(), dy.data(), dy.size());
+  }
+
+  void reseed(uint64_t) override {}
+
+ protected:
+  Shape do_build(const Shape& in, Rng& rng) override {
+    EIGENNET_CHECK(in.rank() == 3, "InvertedResidual '", name(), "': expects [height, width, channels] input, got ", in);
+    Shape s = in;
+    if (has_expansion()) {
+      expand_ = std::make_unique<Conv2D>(prefix_ + "expand", in[2] * expansion_, 1, 1, Padding::same, false);
+      expand_bn_ = std::make_unique<BatchNorm>(prefix_ + "expand_BN", bn_momentum_, bn_epsilon_);
+      s = expand_->build(s, rng);
+      s = expand_bn_->build(s, rng);
+    }
+    s = depthwise_.build(s, rng);
+    s = depthwise_bn_.build(s, rng);
+    s = project_.build(s, rng);
+    s = project_bn_.build(s, rng);
+    skip_ = stride_ == 1 && in[2] == out_channels_;
+    const int64_t widest = std::max(in[2] * expansion_, out_channels_);
+    stats_ = Tensor(Shape{2 * widest});
+    sums_ = std::vector<double>(static_cast<size_t>(2 * widest));
+    return s;
+  }
+
+ private:
+  int64_t in_c() const { return input_shape()[2]; }
+
+  // y = act(bn(x)) for a BatchNorm whose input x is a full buffer (statistics in a pass).
+  template <kernels::Activation act>
+  static void normalize(BatchNorm& bn, Mode mode, const Tensor& x, Tensor& y, float* stats, int64_t m, int64_t c) {
+    const bool need_stats = bn.needs_input_statistics(mode);
+    if (need_stats) kernels::channel_statistics(stats, stats + c, x.data(), m, c, bn.statistics_shift());
+    bn.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + c : nullptr, m);
+    y.resize(x.shape());
+    kernels::batch_norm_act_forward<act>(y.data(), x.data(), bn.scale(), bn.shift(), m, c);
+  }
+
+  // dx = bn'(act'(dy)) with the sums pass when the BatchNorm needs it. dx may alias dy.
+  template <kernels::Activation act>
+  static void bn_backward(BatchNorm& bn, const float* dy, const float* y_act, const float* x, float* dx, double* sums,
+                          int64_t m, int64_t c) {
+    const bool need_sums = bn.needs_backward_sums();
+    if (need_sums) kernels::batch_norm_act_backward_sums<act>(sums, sums + c, dy, y_act, x, bn.mean(), bn.inv_std(), m, c);
+    bn.prepare_backward(need_sums ? sums : nullptr, need_sums ? sums + c : nullptr, m);
+    kernels::batch_norm_act_backward_apply<act>(dx, dy, y_act, x, bn.mean(), bn.k(), bn.a(), bn.b(), m, c);
+  }
+
+  // Gradient scratch shared by every block on this thread.
+  static Tensor& shared_buffer(int i) {
+    thread_local Tensor buffers[3];
+    return buffers[i];
+  }
+
+  int64_t expansion_, out_channels_, stride_;
+  bool skip_ = false;
+  std::string prefix_;
+  float bn_momentum_, bn_epsilon_;
+  std::unique_ptr<Conv2D> expand_;  // absent when expansion == 1 (Keras' "expanded_conv")
+  std::unique_ptr<BatchNorm> expand_bn_;
+  DepthwiseConv2D depthwise_;
+  BatchNorm depthwise_bn_;
+  Conv2D project_;
+  BatchNorm project_bn_;
+  Tensor e_, a_, d_, b_, p_;  // activations of the latest forward
+  Tensor stats_;
+  std::vector<double> sums_;
+};
+
+}  // namespace eigennet
