@@ -1,0 +1,119 @@
+#!/usr/bin/python3
+"""Compares eigennet with PyTorch end to end on MobileNetV2 + Dense(7): training steps at 96x96
+batch 32 (alpha 1.0 and 0.35), inference batches at the same sizes, and one 224x224 image.
+
+Timing: both sides run as persistent processes in --serve mode (bench_mobilenet and
+bench_mobilenet_torch.py). For each configuration both build the model and run the warm-up
+steps (untimed), then the script alternates A B A B ...: one measurement batch of `--steps`
+steps of ours, then one of PyTorch's, for `--rounds` rounds, and reports the median step time
+of each and the ratio torch / ours (> 1: eigennet is faster).
+
+Memory: peak resident memory (VmHWM) of a fresh process per configuration and tool, running
+one warm-up and one timed step, so that peaks of different configurations do not mix. The
+base column is the process's resident memory before any model exists (for PyTorch: after
+`import torch`).
+
+Usage: /usr/bin/python3 benchmarks/compare_mobilenet.py --build-dir build-bench [--configs all]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+from bench_common import BENCH_DIR, Server, find_binary, settle
+
+CONFIGS = ("train_a1.00_96_b32", "infer_a1.00_96_b32", "train_a0.35_96_b32", "infer_a0.35_96_b32",
+           "infer_a1.00_224_b1")
+
+
+def memory_run(argv, env):
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--build-dir", default=os.path.join(BENCH_DIR, "..", "build"),
+                        help="CMake build directory with bench_mobilenet (default: <repo>/build)")
+    parser.add_argument("--configs", default="all", help=f"comma-separated subset of {', '.join(CONFIGS)}")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per configuration and tool")
+    parser.add_argument("--rounds", type=int, default=5, help="A B alternations per configuration")
+    parser.add_argument("--steps", type=int, default=1, help="steps per measurement batch")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--save", metavar="FILE", help="also write every raw JSON reply to FILE")
+    args = parser.parse_args()
+    configs = CONFIGS if args.configs == "all" else tuple(args.configs.split(","))
+    for c in configs:
+        if c not in CONFIGS:
+            sys.exit(f"compare_mobilenet: unknown configuration '{c}' (known: {', '.join(CONFIGS)})")
+    ours_bin = find_binary(args.build_dir, "bench_mobilenet")
+    if ours_bin is None:
+        sys.exit(f"compare_mobilenet: bench_mobilenet not found in {args.build_dir} (build the 'benchmarks' target)")
+    torch_script = os.path.join(BENCH_DIR, "bench_mobilenet_torch.py")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    threads = ["--threads", str(args.threads)]
+
+    saved = []
+    times = {}  # (config, tool) -> list of step times in ms
+    params = {}
+    servers = {"ours": Server("bench_mobilenet", [ours_bin, "--serve"] + threads, env),
+               "torch": Server("bench_mobilenet_torch.py", [sys.executable, torch_script, "--serve"] + threads, env)}
+    try:
+        for c in configs:
+            for tool, server in servers.items():
+                reply = server.ask(f"setup {c} {args.warmup}")
+                params[(c, tool)] = reply["params"]
+                settle(0.1)
+            for r in range(args.rounds):
+                for tool, server in servers.items():  # A then B
+                    reply = server.ask(f"run {c} {args.steps}")
+                    reply["round"] = r
+                    saved.append(reply)
+                    times.setdefault((c, tool), []).extend(reply["times_ms"])
+                    settle(0.1)
+            for server in servers.values():
+                server.ask(f"free {c}")
+    finally:
+        for server in servers.values():
+            server.close()
+
+    memory = {}
+    if not args.no_memory:
+        for c in configs:
+            one = ["--config", c, "--warmup", "1", "--steps", "1", "--jsonl"] + threads
+            memory[(c, "ours")] = memory_run([ours_bin] + one, env)
+            memory[(c, "torch")] = memory_run([sys.executable, torch_script] + one, env)
+            saved += [memory[(c, "ours")], memory[(c, "torch")]]
+
+    if args.save:
+        with open(args.save, "w") as f:
+            for reply in saved:
+                f.write(json.dumps(reply) + "\n")
+
+    print(f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
+          f"{args.rounds} x {args.steps} steps each, interleaved A B A B after {args.warmup} warm-up steps; "
+          f"speedup = torch ms / our ms (> 1: eigennet faster)")
+    print(f"{'config':20s} {'params':>9s} {'ours ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'ours img/s':>10s} "
+          f"{'torch img/s':>11s} {'ours peak MiB':>13s} {'torch peak MiB':>14s}")
+    for c in configs:
+        batch = 1 if c.endswith("_b1") else 32
+        ours, theirs = statistics.median(times[(c, "ours")]), statistics.median(times[(c, "torch")])
+        mem = {}
+        for tool in ("ours", "torch"):
+            m = memory.get((c, tool))
+            mem[tool] = f"{m['peak_rss_mib']:.0f} (base {m['base_rss_mib']:.0f})" if m else "-"
+        note = "" if params[(c, "ours")] == params[(c, "torch")] else "  PARAMETER COUNTS DIFFER"
+        print(f"{c:20s} {params[(c, 'ours')]:9d} {ours:9.1f} {theirs:9.1f} {theirs / ours:8.2f} "
+              f"{1e3 * batch / ours:10.1f} {1e3 * batch / theirs:11.1f} {mem['ours']:>13s} {mem['torch']:>14s}"
+              f"{note}")
+        if note:
+            print(f"  eigennet {params[(c, 'ours')]} vs PyTorch {params[(c, 'torch')]} trainable parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

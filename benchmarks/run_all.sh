@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Builds the benchmarks (Release) and runs every one of them, writing all output to stdout.
+#   benchmarks/run_all.sh [build-dir]        (default build dir: <repo>/build-bench)
+# Environment: PYTHON (default /usr/bin/python3, which has torch), THREADS (default 2).
+# Takes a few minutes on an idle 2-core machine; see benchmarks/README.md for each tool.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$here")"
+build="${1:-$repo/build-bench}"
+python="${PYTHON:-/usr/bin/python3}"
+threads="${THREADS:-2}"
+
+section() { printf '\n==== %s ====\n' "$*"; }
+run() {  # prints the command, runs it, prints how long it took
+  local start=$SECONDS
+  printf '$ %s\n' "$*"
+  "$@"
+  printf '(%ds)\n' $((SECONDS - start))
+}
+
+section "machine"
+echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+section "build (Release) in $build"
+configure=(-S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DEIGENNET_BUILD_BENCHMARKS=ON)
+# A fresh directory gets only the benchmarks; an existing one keeps its own options.
+[[ -f "$build/CMakeCache.txt" ]] || configure+=(-DEIGENNET_BUILD_TESTS=OFF -DEIGENNET_BUILD_EXAMPLES=OFF)
+configure_log="$(cmake "${configure[@]}" 2>&1)" || { echo "$configure_log"; exit 1; }
+grep 'benchmarks:' <<<"$configure_log" || true
+run cmake --build "$build" --target benchmarks -j 2
+bin="$build/benchmarks"
+
+export OMP_NUM_THREADS="$threads"
+
+section "eigennet depthwise kernels (bench_depthwise)"
+run "$bin/bench_depthwise" --threads "$threads"
+
+if [[ -x "$bin/bench_depthwise_xnnpack" ]]; then
+  section "XNNPACK depthwise forward, checked against eigennet (bench_depthwise_xnnpack)"
+  run "$bin/bench_depthwise_xnnpack"
+fi
+
+section "depthwise: eigennet vs PyTorch vs XNNPACK, interleaved (compare_depthwise.py)"
+run "$python" "$here/compare_depthwise.py" --build-dir "$build" --threads "$threads"
+
+section "MobileNetV2 end to end: eigennet vs PyTorch, interleaved, and peak memory (compare_mobilenet.py)"
+run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads"
+
+section "where a training step goes (bench_mobilenet --profile)"
+run "$bin/bench_mobilenet" --config train_a1.00_96_b32 --warmup 1 --steps 1 --profile --threads "$threads"
+
+section "done"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
