@@ -11,6 +11,8 @@
 #include "core/shape.hpp"
 #include "core/tensor.hpp"
 
+#include "io/safetensors.hpp"
+
 #include "layers/activation.hpp"
 #include "layers/batch_norm.hpp"
 #include "layers/conv2d.hpp"
