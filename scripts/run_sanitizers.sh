@@ -1,0 +1,13 @@
+#!/bin/sh
+# Builds the tests with AddressSanitizer + UndefinedBehaviorSanitizer and runs them once.
+# Usage: scripts/run_sanitizers.sh [build-dir]
+set -eu
+cd "$(dirname "$0")/.."
+build="${1:-build-sanitize}"
+scripts/install_deps.sh
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEIGENNET_SANITIZE=ON -DEIGENNET_BUILD_TESTS=ON \
+  -DEIGENNET_BUILD_EXAMPLES=ON -DEIGENNET_BUILD_BENCHMARKS=OFF
+cmake --build "$build" -j "$(nproc)"
+# detect_leaks: OpenMP's thread pool is torn down after main; its allocations are not leaks.
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  ctest --test-dir "$build" --output-on-failure
