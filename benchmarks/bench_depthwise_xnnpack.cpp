@@ -120,18 +120,28 @@ std::string result_json(const Result& r) {
   return j.str();
 }
 
-// Thread pools: nullptr runs on the calling thread (XNNPACK's single-threaded mode).
-struct Pools {
-  pthreadpool_t two = pthreadpool_create(2);
-  ~Pools() { pthreadpool_destroy(two); }
-  pthreadpool_t get(int threads) const {
-    if (threads == 1) return nullptr;
-    if (threads == 2) return two;
-    eigennet::fail("bench_depthwise_xnnpack: threads must be 1 or 2, got ", threads);
+// A pthreadpool for one measurement: none for 1 thread (XNNPACK then runs on the calling
+// thread). Destroying it afterwards joins the workers, which would otherwise keep spin-waiting
+// for a while and steal a core from whatever is measured next.
+class Pool {
+ public:
+  explicit Pool(int threads) {
+    EIGENNET_CHECK(threads >= 1, "bench_depthwise_xnnpack: threads must be >= 1, got ", threads);
+    if (threads > 1) pool_ = pthreadpool_create(static_cast<size_t>(threads));
+    EIGENNET_CHECK(threads == 1 || pool_ != nullptr, "bench_depthwise_xnnpack: pthreadpool_create failed");
   }
+  ~Pool() {
+    if (pool_) pthreadpool_destroy(pool_);
+  }
+  Pool(const Pool&) = delete;
+  Pool& operator=(const Pool&) = delete;
+  pthreadpool_t get() const { return pool_; }
+
+ private:
+  pthreadpool_t pool_ = nullptr;
 };
 
-int serve(const Pools& pools, int samples, double min_sample_s) {
+int serve(int samples, double min_sample_s) {
   for (std::string line; std::getline(std::cin, line);) {
     const std::vector<std::string> words = bench::split_words(line);
     if (words.empty()) continue;
@@ -148,7 +158,8 @@ int serve(const Pools& pools, int samples, double min_sample_s) {
         s.layers = 1;
         const int threads = std::stoi(words[6]);
         XnnDepthwise op(s);
-        bench::print_line(result_json(op.run(pools.get(threads), threads, samples, min_sample_s)));
+        Pool pool(threads);
+        bench::print_line(result_json(op.run(pool.get(), threads, samples, min_sample_s)));
       } else {
         bench::print_line(bench::JsonLine().add("error", "unknown command: " + line).str());
       }
@@ -174,8 +185,7 @@ int main(int argc, char** argv) {
 
   try {
     check(xnn_initialize(nullptr), "xnn_initialize");
-    Pools pools;
-    if (serve_mode) return serve(pools, samples, min_sample_s);
+    if (serve_mode) return serve(samples, min_sample_s);
     if (!jsonl) {
       std::printf("XNNPACK depthwise 3x3 forward on MobileNetV2 alpha 1.0 shapes (checked against eigennet)\n");
       std::printf("%-28s %3s %7s %9s %9s %8s %8s %11s\n", "shape (NxHxWxC stride)", "n", "threads", "ms", "ms min",
@@ -185,7 +195,8 @@ int main(int argc, char** argv) {
     for (const auto& s : bench::mobilenet_v2_depthwise_shapes(config)) {
       XnnDepthwise op(s);
       for (int threads : {1, 2}) {
-        const Result r = op.run(pools.get(threads), threads, samples, min_sample_s);
+        Pool pool(threads);
+        const Result r = op.run(pool.get(), threads, samples, min_sample_s);
         if (!(r.max_abs_err <= tolerance)) {
           ++failures;
           std::fprintf(stderr, "bench_depthwise_xnnpack: %s: XNNPACK and eigennet differ by %g (> %g)\n",

@@ -11,6 +11,8 @@
 #include "core/shape.hpp"
 #include "core/tensor.hpp"
 
+#include "io/atomic_file.hpp"
+#include "io/json_writer.hpp"
 #include "io/safetensors.hpp"
 
 #include "layers/activation.hpp"
@@ -26,6 +28,13 @@
 
 #include "loss/softmax_cross_entropy.hpp"
 
+#include "metrics.hpp"
+
 #include "optim/adam.hpp"
 #include "optim/optimizer.hpp"
 #include "optim/sgd.hpp"
+
+#include "plot/canvas.hpp"
+#include "plot/color.hpp"
+#include "plot/confusion_matrix_png.hpp"
+#include "plot/curves_png.hpp"
