@@ -116,6 +116,7 @@ def main():
     header = (f"{'shape (NxHxWxC stride)':26s} {'n':>2s} {'dir':10s} {'ours ms':>9s} {'torch ms':>9s} {'xnn1 ms':>9s} "
               f"{'xnn2 ms':>9s} {'vs torch':>8s} {'vs xnn1':>8s} {'vs xnn2':>8s} {'GB/s':>6s} {'%DRAM':>6s} "
               f"{'%L2':>5s}")
+    any_noisy = False
     for config in ("train", "infer"):
         indices = [i for i, s in enumerate(shapes) if s["config"] == config]
         if not indices:
@@ -126,8 +127,12 @@ def main():
         for i in indices:
             s = shapes[i]
             for d in DIRECTIONS:
-                got = {tool: median_reply(results[(i, d, tool)])["ms"] for tool in ("ours", "torch", "xnn1", "xnn2")
-                       if (i, d, tool) in results}
+                replies = {tool: median_reply(results[(i, d, tool)]) for tool in ("ours", "torch", "xnn1", "xnn2")
+                           if (i, d, tool) in results}
+                got = {tool: r["ms"] for tool, r in replies.items()}
+                # Median more than twice the fastest sample: the load disturbed this measurement.
+                noisy = any(r["ms"] > 2 * r["ms_min"] for r in replies.values())
+                any_noisy = any_noisy or noisy
                 ours = median_reply(results[(i, d, "ours")])
                 for tool, ms in got.items():
                     totals.setdefault((d, tool), 0.0)
@@ -139,7 +144,8 @@ def main():
                       f"{fmt(got.get('xnn1'), '.4f', 9)} {fmt(got.get('xnn2'), '.4f', 9)} "
                       f"{fmt(speed['torch'], '.2f', 8)} {fmt(speed['xnn1'], '.2f', 8)} {fmt(speed['xnn2'], '.2f', 8)} "
                       f"{ours['gbs']:6.1f} {100 * ours['frac_dram']:5.0f}% "
-                      f"{fmt(None if frac_l2 is None else 100 * frac_l2, '.0f', 4)}{'%' if frac_l2 is not None else ' '}")
+                      f"{fmt(None if frac_l2 is None else 100 * frac_l2, '.0f', 4)}{'%' if frac_l2 is not None else ' '}"
+                      f"{' *' if noisy else ''}")
         # All depthwise layers of the model (each shape times its layer count).
         for d in DIRECTIONS:
             t = {tool: totals.get((d, tool)) for tool in ("ours", "torch", "xnn1", "xnn2")}
@@ -147,6 +153,9 @@ def main():
             print(f"{config + ' all layers (sum n*ms)':29s} {d:10s} {t['ours']:9.3f} {fmt(t['torch'], '.3f', 9)} "
                   f"{fmt(t['xnn1'], '.3f', 9)} {fmt(t['xnn2'], '.3f', 9)} {fmt(sp['torch'], '.2f', 8)} "
                   f"{fmt(sp['xnn1'], '.2f', 8)} {fmt(sp['xnn2'], '.2f', 8)}")
+    if any_noisy:
+        print("\n* a median more than twice the fastest sample for at least one tool: the machine's load disturbed "
+              "the row; rerun, or compare the ms_min fields (--save)")
     if failures:
         print("\nXNNPACK CROSS-CHECK FAILED:\n  " + "\n  ".join(failures))
         return 3
