@@ -1,0 +1,92 @@
+// evaluate: a saved classifier on an image folder (<root>/<class>/*, all of it test data) ->
+// accuracy, classification report, confusion matrix (text and PNG) and metrics.json.
+// Class folders are matched to the model's classes by name; folders the model does not know
+// are reported and skipped.
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+
+#include <eigennet/eigennet.hpp>
+
+#include "common/cli.hpp"
+#include "common/evaluation.hpp"
+
+namespace fs = std::filesystem;
+using namespace eigennet;
+
+int main(int argc, char** argv) {
+  return cli::run("evaluate", [&] {
+    std::string model_path, data, out = "runs/evaluate";
+    int64_t batch_size = 64, threads = 0, max_per_class = 0;
+    bool tta_flip = false;
+    cli::Parser p("evaluate", "Evaluates a saved classifier (model.safetensors from train_emotions) on an image folder.");
+    p.option("model", model_path, "classifier file (safetensors with eigennet metadata)", "FILE");
+    p.option("data", data, "folder of class folders, all used as test data", "DIR");
+    p.option("out", out, "output directory for report.txt, metrics.json, confusion_matrix.png", "DIR");
+    p.option("batch-size", batch_size, "images per forward pass", 1, 4096);
+    p.option("max-per-class", max_per_class, "use at most N images per class (0 = all)", 0, 1 << 30);
+    p.flag("tta-flip", tta_flip, "average predictions with the mirrored image");
+    p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
+    if (!p.parse(argc, argv)) return 0;
+    if (model_path.empty()) throw cli::UsageError("--model is required");
+    if (data.empty()) throw cli::UsageError("--data is required");
+    if (!fs::exists(model_path)) throw cli::UsageError("--model: '" + model_path + "' does not exist");
+    if (!fs::is_directory(data)) throw cli::UsageError("--data: '" + data + "' is not a directory");
+    if (threads > 0) set_threads(static_cast<int>(threads));
+
+    LoadedClassifier loaded = load_classifier(model_path);
+    const std::vector<std::string>& model_classes = loaded.spec.class_names;
+
+    // Match class folders to the model's classes by name.
+    std::vector<std::string> folders, known, unknown;
+    for (const auto& entry : fs::directory_iterator(data))
+      if (entry.is_directory() && entry.path().filename().string()[0] != '.')
+        folders.push_back(entry.path().filename().string());
+    std::sort(folders.begin(), folders.end());
+    for (const auto& f : folders)
+      (std::find(model_classes.begin(), model_classes.end(), f) != model_classes.end() ? known : unknown).push_back(f);
+    for (const auto& f : unknown)
+      std::fprintf(stderr, "evaluate: skipping folder '%s': the model has no class of that name\n", f.c_str());
+    if (known.empty()) {
+      std::string names;
+      for (const auto& c : model_classes) names += (names.empty() ? "" : ", ") + c;
+      fail("'", data, "' has no class folder named like the model's classes (", names, ")");
+    }
+
+    ImageFolderOptions folder;
+    folder.color = ColorMode::rgb;
+    folder.classes = known;
+    folder.max_per_class = max_per_class;
+    ImageSet images = load_image_folder(data, folder);
+    // Labels index the folder's classes; map them to the model's class indices.
+    std::vector<int32_t> labels;
+    std::vector<int64_t> indices;
+    for (int64_t i = 0; i < images.size(); ++i) {
+      const std::string& name = images.class_names()[static_cast<size_t>(images.label(i))];
+      labels.push_back(static_cast<int32_t>(std::find(model_classes.begin(), model_classes.end(), name) -
+                                            model_classes.begin()));
+      indices.push_back(i);
+    }
+    BatchOptions options;
+    options.height = static_cast<int>(loaded.spec.base.height);
+    options.width = static_cast<int>(loaded.spec.base.width);
+    const Tensor probabilities =
+        examples::predict_probabilities(*loaded.model, images, indices, options, tta_flip, batch_size);
+    const ClassificationMetrics metrics = evaluate_classifier(probabilities, labels, model_classes, {2});
+    fs::create_directories(out);
+    char title[256];
+    std::snprintf(title, sizeof title, "%s on %s: accuracy %.4f", fs::path(model_path).filename().c_str(),
+                  fs::path(data).filename().c_str(), metrics.accuracy);
+    examples::write_evaluation(out, metrics, title, [&](Json& j) {
+      j["model"] = model_path;
+      j["data"] = data;
+      j["tta_flip"] = tta_flip;
+      j["skipped_files"] = images.skipped_count();
+      Json skipped = Json::array();
+      for (const auto& f : unknown) skipped.push_back(f);
+      j["skipped_folders"] = skipped;
+    });
+    return 0;
+  });
+}
