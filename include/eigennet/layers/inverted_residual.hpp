@@ -30,8 +30,8 @@ namespace eigennet {
 class InvertedResidual : public Layer {
  public:
   // prefix: Keras' layer-name prefix, "expanded_conv_" or "block_<id>_". The layer itself is
-  // named prefix + "add" when it has a skip connection (Keras' Add layer) and the prefix without
-  // its trailing underscore otherwise.
+  // named by the prefix without its trailing underscore ("block_3"), with or without a skip
+  // connection (which is decided at build, from the input channels).
   InvertedResidual(const std::string& prefix, int64_t expansion, int64_t out_channels, int64_t stride,
                    float bn_momentum = 0.99f, float bn_epsilon = 1e-3f)
       : Layer(prefix.substr(0, prefix.size() - 1)),

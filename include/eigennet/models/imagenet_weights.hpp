@@ -9,6 +9,7 @@
 //     call recalibrate_batch_norm on a batch of real images afterwards.
 #pragma once
 
+#include <set>
 #include <string>
 
 #include "../io/model_io.hpp"
@@ -73,14 +74,18 @@ inline WeightsLoadReport load_imagenet_weights(Sequential& base, const std::stri
                    it->second->beta().value.shape(), " channels");
     biases.emplace_back(it->second, &t.tensor);
   }
+  // Every BatchNorm needs a bias. Checked before anything is modified, naming the first one without.
+  std::set<const BatchNorm*> with_bias;
+  for (const auto& b : biases) with_bias.insert(b.first);
+  for (const auto& [name, bn] : batch_norms)
+    EIGENNET_CHECK(with_bias.count(bn), "'", path, "': no folded bias in the file for BatchNorm '", name, "' (",
+                   biases.size(), " biases for ", batch_norms.size(), " BatchNorm layers in the model)");
   ParameterList kernel_params;
   for (Parameter* p : params) {
     const std::string leaf = p->name.substr(p->name.rfind('/') + 1);
     if (leaf == "kernel" || leaf == "depthwise_kernel") kernel_params.push_back(p);
   }
   report.tensors_loaded = static_cast<int64_t>(load_parameters(kernel_params, kernels_only).loaded.size());
-  EIGENNET_CHECK(biases.size() == batch_norms.size(), "'", path, "': ", biases.size(), " folded biases for ",
-                 batch_norms.size(), " BatchNorm layers in the model");
   for (auto& [bn, bias] : biases) {
     bn->gamma().value.fill(1.0f);
     bn->beta().value.copy_from(*bias);
