@@ -11,6 +11,15 @@
 #include "core/shape.hpp"
 #include "core/tensor.hpp"
 
+#include "data/augment.hpp"
+#include "data/batch.hpp"
+#include "data/image.hpp"
+#include "data/image_folder.hpp"
+#include "data/sampling.hpp"
+#include "data/seed.hpp"
+#include "data/split.hpp"
+#include "data/stb.hpp"
+
 #include "io/atomic_file.hpp"
 #include "io/json_writer.hpp"
 #include "io/safetensors.hpp"
