@@ -22,6 +22,7 @@
 
 #include "io/atomic_file.hpp"
 #include "io/json_writer.hpp"
+#include "io/model_io.hpp"
 #include "io/safetensors.hpp"
 
 #include "layers/activation.hpp"
@@ -30,6 +31,7 @@
 #include "layers/dense.hpp"
 #include "layers/depthwise_conv2d.hpp"
 #include "layers/dropout.hpp"
+#include "layers/inverted_residual.hpp"
 #include "layers/layer.hpp"
 #include "layers/pooling.hpp"
 #include "layers/residual.hpp"
@@ -38,6 +40,10 @@
 #include "loss/softmax_cross_entropy.hpp"
 
 #include "metrics.hpp"
+#include "models/classifier.hpp"
+#include "models/classifier_io.hpp"
+#include "models/imagenet_weights.hpp"
+#include "models/mobilenet_v2.hpp"
 
 #include "optim/adam.hpp"
 #include "optim/optimizer.hpp"
@@ -47,3 +53,5 @@
 #include "plot/color.hpp"
 #include "plot/confusion_matrix_png.hpp"
 #include "plot/curves_png.hpp"
+#include "train/progress.hpp"
+#include "train/schedule.hpp"

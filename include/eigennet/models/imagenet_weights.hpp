@@ -100,10 +100,14 @@ inline WeightsLoadReport load_imagenet_weights(Sequential& base, const std::stri
 // BatchNorm::recalibrate_on_next_forward): afterwards the network computes the same function as
 // before in inference mode, and the same function in training mode on this batch.
 inline void recalibrate_batch_norm(Sequential& net, const Tensor& calibration_batch) {
-  net.for_each_layer([](Layer& l) {
-    if (auto* bn = dynamic_cast<BatchNorm*>(&l)) bn->recalibrate_on_next_forward();
-  });
-  net.forward(calibration_batch, Mode::inference);
+  // Twice: statistics are accumulated around the current moving mean, which the first pass
+  // moves to the batch mean, so the second pass measures the variance without cancellation.
+  for (int pass = 0; pass < 2; ++pass) {
+    net.for_each_layer([](Layer& l) {
+      if (auto* bn = dynamic_cast<BatchNorm*>(&l)) bn->recalibrate_on_next_forward();
+    });
+    net.forward(calibration_batch, Mode::inference);
+  }
 }
 
 }  // namespace eigennet
