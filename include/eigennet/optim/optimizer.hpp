@@ -22,7 +22,12 @@ class Optimizer {
   void zero_grad() { eigennet::zero_grad(params_); }
 
   float learning_rate() const { return lr_; }
-  void set_learning_rate(float lr) { lr_ = lr; }
+  void set_learning_rate(float lr) {
+    // Same rule as the constructor: a schedule that yields NaN or a negative rate must not
+    // silently corrupt the weights.
+    EIGENNET_CHECK(lr >= 0.0f, "optimizer: learning rate must be non-negative, got ", lr);
+    lr_ = lr;
+  }
   int64_t steps() const { return steps_; }
   const ParameterList& parameters() const { return params_; }
 
