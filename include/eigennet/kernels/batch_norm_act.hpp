@@ -57,11 +57,13 @@ class ChannelSums {
   double* data_;
 };
 
-// Mean and biased variance per channel of x [M, C], shifted by `shift` (a per-channel guess
-// of the mean, e.g. the moving mean, or null for 0) so that E[d^2] - E[d]^2 stays well
-// conditioned.
-inline void channel_statistics(float* mean, float* variance, const float* x, int64_t m, int64_t c, const float* shift) {
+// Mean and biased variance per channel of x [M, C]. Sums are taken around `shift`, a sample of
+// each channel (any value near the mean keeps E[d^2] - E[d]^2 free of cancellation when
+// |mean| >> std); null means the first row of x.
+inline void channel_statistics(float* mean, float* variance, const float* x, int64_t m, int64_t c,
+                               const float* shift = nullptr) {
   constexpr int64_t chunk = 32;  // rows summed in float before flushing to double
+  if (!shift) shift = x;
   const int blocks = blocks_for(m, c);
   ChannelSums sums(blocks, 2, c);
   parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
@@ -74,17 +76,10 @@ inline void channel_statistics(float* mean, float* variance, const float* x, int
       std::fill_n(fs, 2 * c, 0.0f);
       for (int64_t r = r0; r < r1; ++r) {
         const float* row = x + r * c;
-        if (shift) {
-          for (int64_t j = 0; j < c; ++j) {
-            const float d = row[j] - shift[j];
-            fs[j] += d;
-            fss[j] += d * d;
-          }
-        } else {
-          for (int64_t j = 0; j < c; ++j) {
-            fs[j] += row[j];
-            fss[j] += row[j] * row[j];
-          }
+        for (int64_t j = 0; j < c; ++j) {
+          const float d = row[j] - shift[j];
+          fs[j] += d;
+          fss[j] += d * d;
         }
       }
       for (int64_t j = 0; j < c; ++j) {
@@ -98,7 +93,7 @@ inline void channel_statistics(float* mean, float* variance, const float* x, int
   sums.reduce(1, total + c);
   for (int64_t j = 0; j < c; ++j) {
     const double mu = total[j] / static_cast<double>(m);
-    mean[j] = static_cast<float>(mu + (shift ? shift[j] : 0.0f));
+    mean[j] = static_cast<float>(mu + shift[j]);
     variance[j] = static_cast<float>(std::max(0.0, total[c + j] / static_cast<double>(m) - mu * mu));
   }
 }

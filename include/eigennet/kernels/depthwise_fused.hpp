@@ -16,13 +16,25 @@
 namespace eigennet::kernels {
 
 // out = depthwise(in, weight) (no bias). When mean/variance are given, also their per-channel
-// mean and biased variance, accumulated around `shift` (see channel_statistics).
+// mean and biased variance, accumulated around the first output pixel (computed up front; see
+// channel_statistics for why a shift).
 inline void depthwise_conv2d_forward_statistics(float* out, const float* in, const float* weight,
-                                                const WindowGeometry& g, float* mean, float* variance,
-                                                const float* shift) {
+                                                const WindowGeometry& g, float* mean, float* variance) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h, row_len = g.out_w * C;
   const int64_t work = row_len * g.kernel_h * g.kernel_w;
   const bool stats = mean != nullptr;
+  float* shift = stats ? scratch<float, 6>(static_cast<size_t>(C)) : nullptr;
+  if (stats) {
+    std::fill_n(shift, C, 0.0f);
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+      for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+        const int64_t ih = kh - g.pad_top, iw = kw - g.pad_left;
+        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+        const float* i = in + (ih * g.in_w + iw) * C;
+        const float* wk = weight + (kh * g.kernel_w + kw) * C;
+        for (int64_t c = 0; c < C; ++c) shift[c] += i[c] * wk[c];
+      }
+  }
   const int blocks = blocks_for(rows, work);
   ChannelSums sums(blocks, 2, stats ? C : 0);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
@@ -53,17 +65,10 @@ inline void depthwise_conv2d_forward_statistics(float* out, const float* in, con
       std::fill_n(fs, 2 * C, 0.0f);
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
         const float* o = orow + ow * C;
-        if (shift) {
-          for (int64_t c = 0; c < C; ++c) {
-            const float d = o[c] - shift[c];
-            fs[c] += d;
-            fss[c] += d * d;
-          }
-        } else {
-          for (int64_t c = 0; c < C; ++c) {
-            fs[c] += o[c];
-            fss[c] += o[c] * o[c];
-          }
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = o[c] - shift[c];
+          fs[c] += d;
+          fss[c] += d * d;
         }
       }
       for (int64_t c = 0; c < C; ++c) {
@@ -79,7 +84,7 @@ inline void depthwise_conv2d_forward_statistics(float* out, const float* in, con
   const double count = static_cast<double>(rows * g.out_w);
   for (int64_t c = 0; c < C; ++c) {
     const double mu = total[c] / count;
-    mean[c] = static_cast<float>(mu + (shift ? shift[c] : 0.0f));
+    mean[c] = static_cast<float>(mu + shift[c]);
     variance[c] = static_cast<float>(std::max(0.0, total[C + c] / count - mu * mu));
   }
 }

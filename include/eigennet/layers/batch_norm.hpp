@@ -55,7 +55,7 @@ class BatchNorm : public Layer {
     if (needs_input_statistics(mode)) {
       batch_mean = batch_stats_.data();
       batch_variance = batch_mean + c;
-      kernels::channel_statistics(batch_mean, batch_variance, x.data(), m, c, moving_mean_.value.data());
+      kernels::channel_statistics(batch_mean, batch_variance, x.data(), m, c);
     }
     prepare_forward(mode, batch_mean, batch_variance, m);
     y.resize(x.shape());
@@ -85,8 +85,6 @@ class BatchNorm : public Layer {
   // ---- Coefficients, for this layer and for fused layers -------------------------------------
   // Whether forward needs the per-channel mean and biased variance of its input.
   bool needs_input_statistics(Mode mode) const { return uses_batch_statistics(mode) || recalibrate_; }
-  // A per-channel guess of the input mean to accumulate statistics around (numerical stability).
-  const float* statistics_shift() const { return moving_mean_.value.data(); }
 
   // Sets up a forward over m rows. batch_mean/batch_variance (biased) are required when
   // needs_input_statistics(mode). Updates the moving statistics in training mode and makes

@@ -113,8 +113,7 @@ class InvertedResidual : public Layer {
       d_.resize(Shape{n, g.out_h, g.out_w, e});
       const bool need_stats = depthwise_bn_.needs_input_statistics(mode);
       kernels::depthwise_conv2d_forward_statistics(d_.data(), a->data(), depthwise_.kernel().value.data(), g,
-                                                   need_stats ? stats : nullptr, need_stats ? stats + e : nullptr,
-                                                   depthwise_bn_.statistics_shift());
+                                                   need_stats ? stats : nullptr, need_stats ? stats + e : nullptr);
       depthwise_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + e : nullptr, m_out);
       b_.resize(d_.shape());
       kernels::batch_norm_act_forward<kernels::Activation::relu6>(b_.data(), d_.data(), depthwise_bn_.scale(),
@@ -127,8 +126,7 @@ class InvertedResidual : public Layer {
                                         out_channels_);
       const bool need_stats = project_bn_.needs_input_statistics(mode);
       if (need_stats)
-        kernels::channel_statistics(stats, stats + out_channels_, p_.data(), m_out, out_channels_,
-                                    project_bn_.statistics_shift());
+        kernels::channel_statistics(stats, stats + out_channels_, p_.data(), m_out, out_channels_);
       project_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + out_channels_ : nullptr,
                                   m_out);
       y.resize(p_.shape());
@@ -237,7 +235,7 @@ class InvertedResidual : public Layer {
   template <kernels::Activation act>
   static void normalize(BatchNorm& bn, Mode mode, const Tensor& x, Tensor& y, float* stats, int64_t m, int64_t c) {
     const bool need_stats = bn.needs_input_statistics(mode);
-    if (need_stats) kernels::channel_statistics(stats, stats + c, x.data(), m, c, bn.statistics_shift());
+    if (need_stats) kernels::channel_statistics(stats, stats + c, x.data(), m, c);
     bn.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + c : nullptr, m);
     y.resize(x.shape());
     kernels::batch_norm_act_forward<act>(y.data(), x.data(), bn.scale(), bn.shift(), m, c);
