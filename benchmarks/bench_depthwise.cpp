@@ -174,7 +174,8 @@ std::string result_json(const Result& r, const Bandwidth& bw) {
   bench::JsonLine j;
   j.add("tool", "eigennet").add("config", r.shape.config).add("batch", r.shape.batch).add("h", r.shape.height);
   j.add("w", r.shape.width).add("c", r.shape.channels).add("stride", r.shape.stride).add("out_h", g.out_h);
-  j.add("out_w", g.out_w).add("layers", r.shape.layers).add("direction", r.direction).add("threads", eigennet::max_threads());
+  j.add("out_w", g.out_w).add("layers", r.shape.layers).add("direction", r.direction);
+  j.add("threads", eigennet::max_threads());
   j.add("ms", 1e3 * s).add("ms_min", 1e3 * r.timing.min_s).add("samples", r.timing.samples);
   j.add("calls_per_sample", r.timing.calls_per_sample);
   j.add("gflops", r.flops / s / 1e9).add("bytes", r.bytes).add("gbs", gbs);

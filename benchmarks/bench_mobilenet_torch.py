@@ -8,9 +8,13 @@ BatchNorm eps 1e-3 and momentum 0.01 (Keras' 0.99), global average pooling, Line
 Convolutions use PyTorch's symmetric padding (padding=1 for 3x3); on these even sizes it gives
 the same output sizes and cost as TF-SAME. Training step: forward in train mode, cross-entropy,
 backward, Adam (eps 1e-7 as Keras); gradients are reset with zero_grad(set_to_none=True).
-Inference: eval mode under torch.inference_mode().
+Inference: eval mode under torch.inference_mode() ("eager"), or with --frozen / the serve
+variant "frozen": torch.jit.optimize_for_inference(torch.jit.script(model)), PyTorch's CPU
+inference fast path (BatchNorm folded into the convolutions, oneDNN weights prepacked once).
+Eager PyTorch 1.13 sends small ungrouped convolutions at batch 1 to its im2col + BLAS path,
+and Debian's torch uses the reference (netlib) BLAS there, so eager batch-1 inference is slow.
 
-Usage: /usr/bin/python3 bench_mobilenet_torch.py [--config NAME|all] [--steps N] [--jsonl] [--serve]
+Usage: /usr/bin/python3 bench_mobilenet_torch.py [--config NAME|all] [--steps N] [--frozen] [--jsonl] [--serve]
 """
 
 import argparse
@@ -73,8 +77,9 @@ class MobileNetV2(nn.Module):
 
 
 class Workload:
-    def __init__(self, name):
+    def __init__(self, name, frozen=False):
         self.name = name
+        self.variant = "frozen" if frozen else "eager"
         self.train, self.alpha, self.size, self.batch = CONFIGS[name]
         torch.manual_seed(1)
         cl = torch.channels_last
@@ -85,6 +90,12 @@ class Workload:
         self.params = sum(p.numel() for p in self.model.parameters())
         self.last = 0.0
         self.model.train(self.train)
+        self.inference_model = self.model
+        if frozen:
+            if self.train:
+                raise ValueError(f"{name}: 'frozen' applies to inference configurations only")
+            with torch.no_grad():
+                self.inference_model = torch.jit.optimize_for_inference(torch.jit.script(self.model))
 
     def step(self):
         if self.train:
@@ -95,7 +106,7 @@ class Workload:
             self.last = loss.item()
         else:
             with torch.inference_mode():
-                self.last = self.model(self.images)[0, 0].item()
+                self.last = self.inference_model(self.images)[0, 0].item()
 
     def run(self, steps):
         seconds = []
@@ -109,7 +120,8 @@ class Workload:
 def result(w, seconds, base_rss):
     ms = [1e3 * s for s in seconds]
     med = statistics.median(ms)
-    return dict(tool="pytorch", config=w.name, train=w.train, alpha=w.alpha, size=w.size, batch=w.batch,
+    return dict(tool="pytorch", variant=w.variant, config=w.name, train=w.train, alpha=w.alpha, size=w.size,
+                batch=w.batch,
                 threads=torch.get_num_threads(), params=w.params, ms=med, ms_min=min(ms), times_ms=ms,
                 images_per_s=w.batch / (med / 1e3), loss_or_logit=w.last, peak_rss_mib=peak_rss_mib(),
                 base_rss_mib=base_rss)
@@ -122,9 +134,12 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--frozen", action="store_true",
+                        help="inference configurations through torch.jit.optimize_for_inference")
     parser.add_argument("--jsonl", action="store_true")
     parser.add_argument("--serve", action="store_true",
-                        help="read 'setup NAME WARMUP' / 'run NAME STEPS' / 'free NAME' lines from stdin")
+                        help="read 'setup NAME WARMUP [frozen]' / 'run NAME STEPS [frozen]' / 'free NAME [frozen]' "
+                             "lines from stdin")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -132,29 +147,35 @@ def main():
         loaded = {}
 
         def handle(words):
+            frozen = words[-1] == "frozen"
+            if frozen:
+                words = words[:-1]
+            key = (words[1] if len(words) > 1 else "", frozen)
             if words[0] == "setup" and len(words) == 3:
                 start = time.perf_counter()
-                w = Workload(words[1])
+                w = Workload(words[1], frozen)
                 w.run(int(words[2]))
-                loaded[words[1]] = w
-                return {"setup": words[1], "params": w.params, "seconds": time.perf_counter() - start}
+                loaded[key] = w
+                return {"setup": words[1], "variant": w.variant, "params": w.params,
+                        "seconds": time.perf_counter() - start}
             if words[0] == "run" and len(words) == 3:
-                w = loaded[words[1]]
+                w = loaded[key]
                 return result(w, w.run(int(words[2])), base_rss)
             if words[0] == "free" and len(words) == 2:
-                loaded.pop(words[1], None)
+                loaded.pop(key, None)
                 return {"freed": words[1]}
-            raise ValueError("expected 'setup NAME WARMUP', 'run NAME STEPS' or 'free NAME'")
+            raise ValueError("expected 'setup NAME WARMUP [frozen]', 'run NAME STEPS [frozen]' or 'free NAME [frozen]'")
         serve_loop(handle)
         return 0
 
     names = list(CONFIGS) if args.config == "all" else [args.config]
     if not args.jsonl:
         print(f"PyTorch {torch.__version__} MobileNetV2 + Linear({CLASSES}), channels_last, "
-              f"{torch.get_num_threads()} threads, {args.warmup} warm-up + {args.steps} timed steps")
+              f"{torch.get_num_threads()} threads, {args.warmup} warm-up + {args.steps} timed steps"
+              f"{', inference frozen (optimize_for_inference)' if args.frozen else ''}")
         print(f"{'config':20s} {'params':>10s} {'ms':>9s} {'ms min':>9s} {'images/s':>10s} {'peak MiB*':>11s}")
     for name in names:
-        w = Workload(name)
+        w = Workload(name, args.frozen and not CONFIGS[name][0])
         w.run(args.warmup)
         r = result(w, w.run(args.steps), base_rss)
         if args.jsonl:

@@ -140,11 +140,12 @@ def main():
                 speed = {t: got[t] / got["ours"] if t in got else None for t in ("torch", "xnn1", "xnn2")}
                 label = f"{config} {s['batch']}x{s['h']}x{s['w']}x{s['c']} s{s['stride']}"
                 frac_l2 = ours.get("frac_l2")
+                l2 = f"{fmt(None if frac_l2 is None else 100 * frac_l2, '.0f', 4)}{' ' if frac_l2 is None else '%'}"
                 print(f"{label:26s} {s['layers']:2d} {d:10s} {got['ours']:9.4f} {fmt(got.get('torch'), '.4f', 9)} "
                       f"{fmt(got.get('xnn1'), '.4f', 9)} {fmt(got.get('xnn2'), '.4f', 9)} "
                       f"{fmt(speed['torch'], '.2f', 8)} {fmt(speed['xnn1'], '.2f', 8)} {fmt(speed['xnn2'], '.2f', 8)} "
                       f"{ours['gbs']:6.1f} {100 * ours['frac_dram']:5.0f}% "
-                      f"{fmt(None if frac_l2 is None else 100 * frac_l2, '.0f', 4)}{'%' if frac_l2 is not None else ' '}"
+                      f"{l2}"
                       f"{' *' if noisy else ''}")
         # All depthwise layers of the model (each shape times its layer count).
         for d in DIRECTIONS:

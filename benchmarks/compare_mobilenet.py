@@ -6,7 +6,9 @@ Timing: both sides run as persistent processes in --serve mode (bench_mobilenet 
 bench_mobilenet_torch.py). For each configuration both build the model and run the warm-up
 steps (untimed), then the script alternates A B A B ...: one measurement batch of `--steps`
 steps of ours, then one of PyTorch's, for `--rounds` rounds, and reports the median step time
-of each and the ratio torch / ours (> 1: eigennet is faster).
+of each and the ratio torch / ours (> 1: eigennet is faster). Inference configurations also
+run PyTorch "frozen" (torch.jit.optimize_for_inference: BatchNorm folded, oneDNN weights
+prepacked), PyTorch's CPU inference fast path, as a third tool in the alternation (A B C).
 
 Memory: peak resident memory (VmHWM) of a fresh process per configuration and tool, running
 one warm-up and one timed step, so that peaks of different configurations do not mix. The
@@ -44,6 +46,7 @@ def main():
     parser.add_argument("--steps", type=int, default=1, help="steps per measurement batch")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
+    parser.add_argument("--no-frozen", action="store_true", help="skip PyTorch's frozen inference variant")
     parser.add_argument("--save", metavar="FILE", help="also write every raw JSON reply to FILE")
     args = parser.parse_args()
     configs = CONFIGS if args.configs == "all" else tuple(args.configs.split(","))
@@ -64,19 +67,23 @@ def main():
                "torch": Server("bench_mobilenet_torch.py", [sys.executable, torch_script, "--serve"] + threads, env)}
     try:
         for c in configs:
-            for tool, server in servers.items():
-                reply = server.ask(f"setup {c} {args.warmup}")
+            # (tool, server, command suffix): ours, PyTorch eager, and for inference PyTorch frozen.
+            tools = [("ours", servers["ours"], ""), ("torch", servers["torch"], "")]
+            if c.startswith("infer") and not args.no_frozen:
+                tools.append(("frozen", servers["torch"], " frozen"))
+            for tool, server, suffix in tools:
+                reply = server.ask(f"setup {c} {args.warmup}{suffix}")
                 params[(c, tool)] = reply["params"]
                 settle(0.1)
             for r in range(args.rounds):
-                for tool, server in servers.items():  # A then B
-                    reply = server.ask(f"run {c} {args.steps}")
+                for tool, server, suffix in tools:  # A B (C) A B (C) ...
+                    reply = server.ask(f"run {c} {args.steps}{suffix}")
                     reply["round"] = r
                     saved.append(reply)
                     times.setdefault((c, tool), []).extend(reply["times_ms"])
                     settle(0.1)
-            for server in servers.values():
-                server.ask(f"free {c}")
+            for tool, server, suffix in tools:
+                server.ask(f"free {c}{suffix}")
     finally:
         for server in servers.values():
             server.close()
@@ -96,9 +103,11 @@ def main():
 
     print(f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
           f"{args.rounds} x {args.steps} steps each, interleaved A B A B after {args.warmup} warm-up steps; "
-          f"speedup = torch ms / our ms (> 1: eigennet faster); min = fastest single step")
+          f"torch = PyTorch eager, speedup = torch ms / our ms (> 1: eigennet faster); min = fastest single step; "
+          f"frozen = PyTorch inference through torch.jit.optimize_for_inference, vs frozen = frozen ms / our ms")
     print(f"{'config':20s} {'params':>9s} {'ours ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'ours min':>9s} "
-          f"{'torch min':>9s} {'ours img/s':>10s} {'torch img/s':>11s} {'ours peak MiB':>13s} {'torch peak MiB':>14s}")
+          f"{'torch min':>9s} {'frozen ms':>9s} {'vs frozen':>9s} {'ours img/s':>10s} {'torch img/s':>11s} "
+          f"{'ours peak MiB':>13s} {'torch peak MiB':>14s}")
     for c in configs:
         batch = 1 if c.endswith("_b1") else 32
         ours, theirs = statistics.median(times[(c, "ours")]), statistics.median(times[(c, "torch")])
@@ -107,8 +116,12 @@ def main():
             m = memory.get((c, tool))
             mem[tool] = f"{m['peak_rss_mib']:.0f} (base {m['base_rss_mib']:.0f})" if m else "-"
         note = "" if params[(c, "ours")] == params[(c, "torch")] else "  PARAMETER COUNTS DIFFER"
+        frozen = statistics.median(times[(c, "frozen")]) if (c, "frozen") in times else None
+        frozen_cols = f"{frozen:9.1f} {frozen / ours:9.2f}" if frozen else f"{'-':>9s} {'-':>9s}"
         print(f"{c:20s} {params[(c, 'ours')]:9d} {ours:9.1f} {theirs:9.1f} {theirs / ours:8.2f} "
-              f"{min(times[(c, 'ours')]):9.1f} {min(times[(c, 'torch')]):9.1f} {1e3 * batch / ours:10.1f} {1e3 * batch / theirs:11.1f} {mem['ours']:>13s} {mem['torch']:>14s}"
+              f"{min(times[(c, 'ours')]):9.1f} {min(times[(c, 'torch')]):9.1f} {frozen_cols} "
+              f"{1e3 * batch / ours:10.1f} "
+              f"{1e3 * batch / theirs:11.1f} {mem['ours']:>13s} {mem['torch']:>14s}"
               f"{note}")
         if note:
             print(f"  eigennet {params[(c, 'ours')]} vs PyTorch {params[(c, 'torch')]} trainable parameters")

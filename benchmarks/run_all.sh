@@ -20,8 +20,10 @@ run() {  # prints the command, runs it, prints how long it took
 }
 
 section "machine"
-echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
-echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+commit="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')"
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+echo "date: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), commit: $commit"
+echo "cpu: $cpu, $(nproc) cores; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 
 section "build (Release) in $build"
 configure=(-S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release -DEIGENNET_BUILD_BENCHMARKS=ON)
@@ -32,7 +34,7 @@ grep 'benchmarks:' <<<"$configure_log" || true
 run cmake --build "$build" --target benchmarks -j 2
 bin="$build/benchmarks"
 
-export OMP_NUM_THREADS="$threads"
+export OMP_NUM_THREADS="$threads" PYTHONDONTWRITEBYTECODE=1
 
 section "eigennet depthwise kernels (bench_depthwise)"
 run "$bin/bench_depthwise" --threads "$threads"
