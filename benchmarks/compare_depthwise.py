@@ -9,9 +9,9 @@ XNNPACK 2 threads, then the next direction or shape. Each answer is a median ove
 (see bench_util.hpp); with --rounds R > 1 the whole sequence repeats and the median of the
 rounds is shown.
 
-Speedup = their time / our time (> 1: eigennet is faster). %DRAM and %L2 are our effective
+Speedup = their time / our time (> 1: eigennet is faster). %DRAM, %L3 and %L2 are our effective
 bandwidth (minimum bytes / time) as a fraction of the triad bandwidth bench_depthwise measures
-at start; %L2 only for working sets that fit in the cores' L2.
+at start; %L3 for working sets that fit in half the L3, %L2 for those that fit in the cores' L2.
 
 Usage: /usr/bin/python3 benchmarks/compare_depthwise.py --build-dir build-bench [--config train|infer|all]
 """
@@ -35,6 +35,11 @@ def median_reply(replies):
 
 def fmt(value, spec, width):
     return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}s}"
+
+
+def percent(fraction):
+    """A fraction as a 5-character percentage column, or '-' when absent."""
+    return f"{fmt(None if fraction is None else 100 * fraction, '.0f', 4)}{' ' if fraction is None else '%'}"
 
 
 def main():
@@ -115,7 +120,7 @@ def main():
           f"speedup = their ms / our ms (> 1: eigennet faster)")
     header = (f"{'shape (NxHxWxC stride)':26s} {'n':>2s} {'dir':10s} {'ours ms':>9s} {'torch ms':>9s} {'xnn1 ms':>9s} "
               f"{'xnn2 ms':>9s} {'vs torch':>8s} {'vs xnn1':>8s} {'vs xnn2':>8s} {'GB/s':>6s} {'%DRAM':>6s} "
-              f"{'%L2':>5s}")
+              f"{'%L3':>5s} {'%L2':>5s}")
     any_noisy = False
     for config in ("train", "infer"):
         indices = [i for i, s in enumerate(shapes) if s["config"] == config]
@@ -139,13 +144,12 @@ def main():
                     totals[(d, tool)] += s["layers"] * ms
                 speed = {t: got[t] / got["ours"] if t in got else None for t in ("torch", "xnn1", "xnn2")}
                 label = f"{config} {s['batch']}x{s['h']}x{s['w']}x{s['c']} s{s['stride']}"
-                frac_l2 = ours.get("frac_l2")
-                l2 = f"{fmt(None if frac_l2 is None else 100 * frac_l2, '.0f', 4)}{' ' if frac_l2 is None else '%'}"
+                l3, l2 = (percent(ours.get(key)) for key in ("frac_l3", "frac_l2"))
                 print(f"{label:26s} {s['layers']:2d} {d:10s} {got['ours']:9.4f} {fmt(got.get('torch'), '.4f', 9)} "
                       f"{fmt(got.get('xnn1'), '.4f', 9)} {fmt(got.get('xnn2'), '.4f', 9)} "
                       f"{fmt(speed['torch'], '.2f', 8)} {fmt(speed['xnn1'], '.2f', 8)} {fmt(speed['xnn2'], '.2f', 8)} "
                       f"{ours['gbs']:6.1f} {100 * ours['frac_dram']:5.0f}% "
-                      f"{l2}"
+                      f"{l3} {l2}"
                       f"{' *' if noisy else ''}")
         # All depthwise layers of the model (each shape times its layer count).
         for d in DIRECTIONS:
