@@ -2,7 +2,7 @@
 # Builds the benchmarks (Release) and runs every one of them, writing all output to stdout.
 #   benchmarks/run_all.sh [build-dir]        (default build dir: <repo>/build-bench)
 # Environment: PYTHON (default /usr/bin/python3, which has torch), THREADS (default 2).
-# Takes a few minutes on an idle 2-core machine; see benchmarks/README.md for each tool.
+# About a minute on a quiet 2-core machine plus the build; see benchmarks/README.md for each tool.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
