@@ -71,7 +71,7 @@ void apply_recipe(Config& c, const std::string& recipe) {
     c.hidden = 0;
     c.dropout = 0.2;
     c.optimizer = "adamw";
-    c.lr = 1e-3;
+    c.lr = 5e-4;
     c.weight_decay = 0.05;
     c.schedule = "cosine";
     c.warmup_epochs = 1;

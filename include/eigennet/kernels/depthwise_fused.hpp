@@ -15,25 +15,94 @@
 
 namespace eigennet::kernels {
 
-// out = depthwise(in, weight) (no bias). When mean/variance are given, also their per-channel
-// mean and biased variance, accumulated around the first output pixel (computed up front; see
-// channel_statistics for why a shift).
-inline void depthwise_conv2d_forward_statistics(float* out, const float* in, const float* weight,
-                                                const WindowGeometry& g, float* mean, float* variance) {
+// v -> relu6(v * scale + shift) per channel: a BatchNorm (with given coefficients) + ReLU6.
+struct Relu6Affine {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+};
+
+namespace detail {
+// dst = relu6(src * scale + shift) over `pixels` pixels of C channels. Out of line so that the
+// restrict qualifiers hold and the loop vectorizes.
+__attribute__((noinline)) inline void relu6_affine_row(float* __restrict dst, const float* __restrict src,
+                                                       const float* __restrict scale, const float* __restrict shift,
+                                                       int64_t pixels, int64_t channels) {
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int64_t c = 0; c < channels; ++c)
+      dst[p * channels + c] = activate<Activation::relu6>(src[p * channels + c] * scale[c] + shift[c]);
+}
+
+// data = relu6(data * scale + shift), in place.
+__attribute__((noinline)) inline void relu6_affine_row_in_place(float* __restrict data, const float* __restrict scale,
+                                                                const float* __restrict shift, int64_t pixels,
+                                                                int64_t channels) {
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int64_t c = 0; c < channels; ++c)
+      data[p * channels + c] = activate<Activation::relu6>(data[p * channels + c] * scale[c] + shift[c]);
+}
+
+// The last few transformed input rows of one thread: with stride 1 consecutive output rows share
+// two of their three input rows, so each input row is transformed about once.
+class TransformedRows {
+ public:
+  TransformedRows(const float* source, const Relu6Affine* transform, const WindowGeometry& g)
+      : source_(source), transform_(transform), row_len_(g.in_w * g.in_c), in_h_(g.in_h), c_(g.in_c),
+        pixels_(g.in_w), slots_(static_cast<int>(std::min<int64_t>(g.kernel_h, 8))) {
+    if (transform_) buffer_ = scratch<float, 7>(static_cast<size_t>(slots_ * row_len_));
+    for (int k = 0; k < 8; ++k) tag_[k] = -1;
+  }
+  // Input row (n, ih), transformed when a transform is set.
+  const float* row(int64_t n, int64_t ih) {
+    const int64_t index = n * in_h_ + ih;
+    const float* src = source_ + index * row_len_;
+    if (!transform_) return src;
+    const int slot = static_cast<int>(index % slots_);
+    float* dst = buffer_ + slot * row_len_;
+    if (tag_[slot] != index) {
+      relu6_affine_row(dst, src, transform_->scale, transform_->shift, pixels_, c_);
+      tag_[slot] = index;
+    }
+    return dst;
+  }
+
+ private:
+  const float* source_;
+  const Relu6Affine* transform_;
+  int64_t row_len_, in_h_, c_, pixels_;
+  int slots_;
+  float* buffer_ = nullptr;
+  int64_t tag_[8];
+};
+}  // namespace detail
+
+// out = depthwise(input) (no bias), where input = in, or relu6(in * scale + shift) with an
+// input_transform: the expand BatchNorm + ReLU6 applied on the fly, so that activation is never
+// stored. With an output_transform, out receives relu6(depthwise * scale + shift) (inference:
+// the depthwise BatchNorm + ReLU6 in the same sweep). When mean/variance are given (training, no
+// output transform), also the output's per-channel mean and biased variance, accumulated around
+// the first output pixel (see channel_statistics for why a shift).
+inline void depthwise_conv2d_forward_fused(float* out, const float* in, const float* weight, const WindowGeometry& g,
+                                           const Relu6Affine* input_transform, const Relu6Affine* output_transform,
+                                           float* mean, float* variance) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h, row_len = g.out_w * C;
   const int64_t work = row_len * g.kernel_h * g.kernel_w;
   const bool stats = mean != nullptr;
+  EIGENNET_CHECK(!(stats && output_transform), "depthwise_conv2d_forward_fused: statistics need the raw output");
   float* shift = stats ? scratch<float, 6>(static_cast<size_t>(C)) : nullptr;
   if (stats) {
+    detail::TransformedRows first(in, input_transform, g);
     std::fill_n(shift, C, 0.0f);
-    for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+    for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      const int64_t ih = kh - g.pad_top;
+      if (ih < 0 || ih >= g.in_h) continue;
+      const float* irow = first.row(0, ih);
       for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-        const int64_t ih = kh - g.pad_top, iw = kw - g.pad_left;
-        if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
-        const float* i = in + (ih * g.in_w + iw) * C;
+        const int64_t iw = kw - g.pad_left;
+        if (iw < 0 || iw >= g.in_w) continue;
         const float* wk = weight + (kh * g.kernel_w + kw) * C;
-        for (int64_t c = 0; c < C; ++c) shift[c] += i[c] * wk[c];
+        for (int64_t c = 0; c < C; ++c) shift[c] += irow[iw * C + c] * wk[c];
       }
+    }
   }
   const int blocks = blocks_for(rows, work);
   ChannelSums sums(blocks, 2, stats ? C : 0);
@@ -42,6 +111,7 @@ inline void depthwise_conv2d_forward_statistics(float* out, const float* in, con
     float* fss = fs + C;
     double* s = stats ? sums.block(t, 0) : nullptr;
     double* ss = stats ? sums.block(t, 1) : nullptr;
+    detail::TransformedRows input(in, input_transform, g);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
       float* orow = out + r * row_len;
@@ -49,7 +119,7 @@ inline void depthwise_conv2d_forward_statistics(float* out, const float* in, con
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         const int64_t ih = oh * g.stride_h - g.pad_top + kh;
         if (ih < 0 || ih >= g.in_h) continue;
-        const float* irow = in + (n * g.in_h + ih) * g.in_w * C;
+        const float* irow = input.row(n, ih);
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           const float* wk = weight + (kh * g.kernel_w + kw) * C;
           int64_t lo, hi;
@@ -61,6 +131,8 @@ inline void depthwise_conv2d_forward_statistics(float* out, const float* in, con
           }
         }
       }
+      if (output_transform)
+        detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
       if (!stats) continue;
       std::fill_n(fs, 2 * C, 0.0f);
       for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -116,11 +188,13 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate(float* __restric
 }  // namespace detail
 
 // One sweep over input rows: din = depthwise input gradient (gather, no write conflicts),
-// dweight += weight gradient (per-thread partials reduced in order; null to skip). With
-// `below`, din is replaced by dz = din * relu6'(in) and below's sums are accumulated.
+// dweight += weight gradient (per-thread partials reduced in order; null to skip). The
+// depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
+// input_transform (as in the forward). With `below`, din is replaced by
+// dz = din * relu6'(input) and below's sums are accumulated.
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
-                                            const BelowBatchNormRelu6* below) {
+                                            const Relu6Affine* input_transform, const BelowBatchNormRelu6* below) {
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
   const int64_t work = row_len * taps;
   const int blocks = blocks_for(rows, work);
@@ -135,10 +209,11 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     float* fb = fa + C;
     double* sa = below ? sums.block(t, 0) : nullptr;
     double* sb = below ? sums.block(t, 1) : nullptr;
+    detail::TransformedRows input(in, input_transform, g);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
-      const float* irow = in + r * row_len;
+      const float* irow = input.row(n, ih);
       std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       if (pw) std::fill_n(pw, taps * C, 0.0f);
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {

@@ -5,13 +5,14 @@
 // The parameters live in ordinary sub-layers (Conv2D, BatchNorm, DepthwiseConv2D) with Keras'
 // names, so weights load by name and the rules of each (BatchNorm's moving averages, frozen
 // behaviour, recalibration) stay in one place. Forward and backward are fused here:
-//   forward:  E = X We;  A = relu6(bn(E));  D = depthwise(A) (+ its statistics in the same
-//             sweep);  B = relu6(bn(D));  P = B Wp;  Y = bn(P) (+ X)
-//   backward: dP = bn'(dY);  dB = dP Wp^T;  dD = bn'(relu6'(dB));  one depthwise sweep gives dA,
-//             dWdw and, masked by relu6', the sums of the expand BatchNorm;  dE = bn'(dA);
-//             dX = dE We^T (+ dY)
-// Activations E, A, D, B, P are kept for backward; the gradient buffers are shared by all
-// blocks (blocks run one after another).
+//   forward:  E = X We;  A = relu6(bn(E)) is computed row by row inside the depthwise sweep and
+//             never stored;  D = depthwise(A) (+ its statistics in the same sweep);
+//             B = relu6(bn(D)) (inference: in the same sweep);  P = B Wp;  Y = bn(P) (+ X)
+//   backward: dP = bn'(dY);  dB = dP Wp^T;  dD = bn'(relu6'(dB));  one depthwise sweep
+//             recomputes A row by row and gives dA, dWdw and, masked by relu6', the sums of the
+//             expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
+// Activations E, D, B, P are kept for backward; the gradient buffers are shared by all blocks
+// (blocks run one after another).
 #pragma once
 
 #include <memory>
@@ -100,24 +101,50 @@ class InvertedResidual : public Layer {
     const int64_t m_in = g.in_pixels(), m_out = g.out_pixels(), e = g.in_c;
     float* stats = stats_.data();  // mean and variance, reused by each BatchNorm in turn
 
-    const Tensor* a = &x;  // depthwise input
-    if (has_expansion()) {
-      ProfileScope scope("block expand (1x1 + bn + relu6)");
+    // The expand BatchNorm + ReLU6 is applied inside the depthwise sweeps (forward and backward),
+    // so its output is never stored: only E = X We is.
+    if (expand_) {
+      ProfileScope scope("block expand (1x1 + bn statistics)");
       e_.resize(Shape{n, g.in_h, g.in_w, e});
       kernels::pointwise_conv2d_forward(e_.data(), x.data(), expand_->kernel().value.data(), nullptr, m_in, in_c(), e);
-      normalize<kernels::Activation::relu6>(*expand_bn_, mode, e_, a_, stats, m_in, e);
-      a = &a_;
+      const bool need_stats = expand_bn_->needs_input_statistics(mode);
+      if (need_stats) kernels::channel_statistics(stats, stats + e, e_.data(), m_in, e);
+      expand_bn_->prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + e : nullptr, m_in);
+      expand_transform_ = {expand_bn_->scale(), expand_bn_->shift()};
     }
+    const float* dw_input = expand_ ? e_.data() : x.data();
+    const kernels::Relu6Affine* input_transform = expand_ ? &expand_transform_ : nullptr;
     {
       ProfileScope scope("block depthwise (3x3 + bn + relu6)");
-      d_.resize(Shape{n, g.out_h, g.out_w, e});
       const bool need_stats = depthwise_bn_.needs_input_statistics(mode);
-      kernels::depthwise_conv2d_forward_statistics(d_.data(), a->data(), depthwise_.kernel().value.data(), g,
-                                                   need_stats ? stats : nullptr, need_stats ? stats + e : nullptr);
-      depthwise_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + e : nullptr, m_out);
-      b_.resize(d_.shape());
-      kernels::batch_norm_act_forward<kernels::Activation::relu6>(b_.data(), d_.data(), depthwise_bn_.scale(),
-                                                                   depthwise_bn_.shift(), m_out, e);
+      b_.resize(Shape{n, g.out_h, g.out_w, e});
+      if (need_stats) {
+        // Training: D is kept for the BatchNorm backward; B = relu6(bn(D)) in a second pass.
+        d_.resize(b_.shape());
+        kernels::depthwise_conv2d_forward_fused(d_.data(), dw_input, depthwise_.kernel().value.data(), g,
+                                                input_transform, nullptr, stats, stats + e);
+        depthwise_bn_.prepare_forward(mode, stats, stats + e, m_out);
+        kernels::batch_norm_act_forward<kernels::Activation::relu6>(b_.data(), d_.data(), depthwise_bn_.scale(),
+                                                                     depthwise_bn_.shift(), m_out, e);
+        d_valid_ = true;
+      } else {
+        // Inference (or frozen BatchNorm): the normalization only needs the moving statistics.
+        // D is still needed by backward when something below trains, so it is kept then.
+        depthwise_bn_.prepare_forward(mode, nullptr, nullptr, m_out);
+        const kernels::Relu6Affine output_transform{depthwise_bn_.scale(), depthwise_bn_.shift()};
+        if (mode == Mode::train) {
+          d_.resize(b_.shape());
+          kernels::depthwise_conv2d_forward_fused(d_.data(), dw_input, depthwise_.kernel().value.data(), g,
+                                                  input_transform, nullptr, nullptr, nullptr);
+          kernels::batch_norm_act_forward<kernels::Activation::relu6>(b_.data(), d_.data(), depthwise_bn_.scale(),
+                                                                       depthwise_bn_.shift(), m_out, e);
+          d_valid_ = true;
+        } else {
+          kernels::depthwise_conv2d_forward_fused(b_.data(), dw_input, depthwise_.kernel().value.data(), g,
+                                                  input_transform, &output_transform, nullptr, nullptr);
+          d_valid_ = false;
+        }
+      }
     }
     {
       ProfileScope scope("block project (1x1 + bn [+ add])");
@@ -151,6 +178,14 @@ class InvertedResidual : public Layer {
     Tensor& grad_b = shared_buffer(1);
     Tensor& grad_a = shared_buffer(2);
     double* sums = sums_.data();
+    if (!d_valid_) {
+      // The latest forward ran in inference mode, which does not keep D: recompute it.
+      d_.resize(b_.shape());
+      kernels::depthwise_conv2d_forward_fused(d_.data(), expand_ ? e_.data() : x.data(),
+                                              depthwise_.kernel().value.data(), g,
+                                              expand_ ? &expand_transform_ : nullptr, nullptr, nullptr, nullptr);
+      d_valid_ = true;
+    }
     {
       ProfileScope scope("block project backward");
       grad_p.resize(p_.shape());
@@ -166,10 +201,11 @@ class InvertedResidual : public Layer {
     if (!below_needed && !depthwise_.has_trainable_parameters()) return;
     {
       ProfileScope scope("block depthwise backward");
-      const Tensor& a = has_expansion() ? a_ : x;
-      grad_a.resize(a.shape());
+      grad_a.resize(Shape{n, g.in_h, g.in_w, e});
+      // With an expansion, the depthwise input relu6(bn(E)) is recomputed row by row, and the
+      // input gradient comes out masked by relu6' with the expand BatchNorm's sums.
       kernels::BelowBatchNormRelu6 below;
-      const bool fuse_below = expand_ && below_needed && expand_bn_->needs_backward_sums();
+      const bool fuse_below = expand_ && below_needed;
       if (fuse_below) {
         below.x = e_.data();
         below.mean = expand_bn_->mean();
@@ -177,21 +213,17 @@ class InvertedResidual : public Layer {
         below.s1 = sums;
         below.s2 = sums + e;
       }
-      if (below_needed || grad_or_null(depthwise_.kernel()))
-        kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
-                                                 a.data(), depthwise_.kernel().value.data(), g,
-                                                 fuse_below ? &below : nullptr);
+      kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
+                                               expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
+                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr);
       if (!below_needed) return;
       if (expand_) {
-        // dE = bn'(dz) where dz = relu6'(dA) (already masked when fused).
+        // dE = bn'(dz), dz = relu6'(dA) already applied.
         BatchNorm& bn = *expand_bn_;
-        bn.prepare_backward(fuse_below ? below.s1 : nullptr, fuse_below ? below.s2 : nullptr, m_in);
-        if (fuse_below)
-          kernels::batch_norm_act_backward_apply<kernels::Activation::none>(
-              grad_a.data(), grad_a.data(), grad_a.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
-        else
-          kernels::batch_norm_act_backward_apply<kernels::Activation::relu6>(
-              grad_a.data(), grad_a.data(), a_.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
+        const bool sums_needed = bn.needs_backward_sums();
+        bn.prepare_backward(sums_needed ? below.s1 : nullptr, sums_needed ? below.s2 : nullptr, m_in);
+        kernels::batch_norm_act_backward_apply<kernels::Activation::none>(
+            grad_a.data(), grad_a.data(), grad_a.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
       }
     }
     ProfileScope scope("block expand backward");
@@ -231,16 +263,6 @@ class InvertedResidual : public Layer {
  private:
   int64_t in_c() const { return input_shape()[2]; }
 
-  // y = act(bn(x)) for a BatchNorm whose input x is a full buffer (statistics in a pass).
-  template <kernels::Activation act>
-  static void normalize(BatchNorm& bn, Mode mode, const Tensor& x, Tensor& y, float* stats, int64_t m, int64_t c) {
-    const bool need_stats = bn.needs_input_statistics(mode);
-    if (need_stats) kernels::channel_statistics(stats, stats + c, x.data(), m, c);
-    bn.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + c : nullptr, m);
-    y.resize(x.shape());
-    kernels::batch_norm_act_forward<act>(y.data(), x.data(), bn.scale(), bn.shift(), m, c);
-  }
-
   // dx = bn'(act'(dy)) with the sums pass when the BatchNorm needs it. dx may alias dy.
   template <kernels::Activation act>
   static void bn_backward(BatchNorm& bn, const float* dy, const float* y_act, const float* x, float* dx, double* sums,
@@ -267,7 +289,9 @@ class InvertedResidual : public Layer {
   BatchNorm depthwise_bn_;
   Conv2D project_;
   BatchNorm project_bn_;
-  Tensor e_, a_, d_, b_, p_;  // activations of the latest forward
+  Tensor e_, d_, b_, p_;  // activations of the latest forward (E, D, B, P above)
+  bool d_valid_ = false;   // inference-mode forwards do not store D
+  kernels::Relu6Affine expand_transform_;  // the expand BatchNorm + ReLU6 of the latest forward
   Tensor stats_;
   std::vector<double> sums_;
 };
