@@ -33,6 +33,8 @@ int main(int argc, char** argv) {
     if (data.empty()) throw cli::UsageError("--data is required");
     if (!fs::exists(model_path)) throw cli::UsageError("--model: '" + model_path + "' does not exist");
     if (!fs::is_directory(data)) throw cli::UsageError("--data: '" + data + "' is not a directory");
+    if (fs::exists(out) && !fs::is_directory(out))
+      throw cli::UsageError("--out: '" + out + "' exists and is not a directory");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
     LoadedClassifier loaded = load_classifier(model_path);

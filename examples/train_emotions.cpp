@@ -8,9 +8,11 @@
 // Dropout 0.4 -> Dense N, Adam); `--recipe best` is this project's best fine-tuning recipe.
 // Explicit flags override the recipe. Run with --help for every flag.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -18,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include <signal.h>
 #include <unistd.h>
 
 #include <eigennet/eigennet.hpp>
@@ -147,19 +150,71 @@ std::string format_double(double v) {
   return s.str();
 }
 
+// A double as text that reads back as the same value: 6 significant digits when they suffice
+// (so fingerprints of existing checkpoints stay as they were), all 17 otherwise. A checkpoint's
+// best validation accuracy (e.g. 1/3) must survive the round trip, or a resumed run counts an
+// equal accuracy as an improvement and picks a different best epoch.
+std::string exact_double(double v) {
+  const std::string shortest = format_double(v);
+  if (std::strtod(shortest.c_str(), nullptr) == v || v != v) return shortest;
+  char text[32];
+  std::snprintf(text, sizeof text, "%.17g", v);
+  return text;
+}
+
 // Everything that must match for --resume to continue a run rather than start a different one.
 std::string fingerprint(const Config& c, const std::string& data) {
+  const auto x = exact_double;
   std::ostringstream s;
   s << "data=" << data << ";classes=" << c.classes << ";exclude=" << c.exclude << ";max=" << c.max_per_class
-    << ";val=" << c.val_fraction << ";alpha=" << c.alpha << ";size=" << c.size << ";weights=" << c.weights
+    << ";val=" << x(c.val_fraction) << ";alpha=" << x(c.alpha) << ";size=" << c.size << ";weights=" << c.weights
     << ";mode=" << c.mode << ";from=" << c.finetune_from << ";pool=" << c.pooling << ";hidden=" << c.hidden
-    << ";dropout=" << c.dropout << ";epochs=" << c.epochs << ";bs=" << c.batch_size << ";opt=" << c.optimizer
-    << ";lr=" << c.lr << ";mom=" << c.momentum << ";wd=" << c.weight_decay << ";sched=" << c.schedule
-    << ";warm=" << c.warmup_epochs << ";minlr=" << c.min_lr << ";ls=" << c.label_smoothing
-    << ";cw=" << c.class_weights << ";sampler=" << c.sampler << ";clip=" << c.clip_norm << ";aug=" << c.augment_flip
-    << "," << c.augment_shift << "," << c.augment_rotate << "," << c.augment_scale << "," << c.augment_brightness
-    << "," << c.augment_contrast << ";seed=" << c.seed << ";color=" << c.color;
+    << ";dropout=" << x(c.dropout) << ";epochs=" << c.epochs << ";bs=" << c.batch_size << ";opt=" << c.optimizer
+    << ";lr=" << x(c.lr) << ";mom=" << x(c.momentum) << ";wd=" << x(c.weight_decay) << ";sched=" << c.schedule
+    << ";warm=" << x(c.warmup_epochs) << ";minlr=" << x(c.min_lr) << ";ls=" << x(c.label_smoothing)
+    << ";cw=" << c.class_weights << ";sampler=" << c.sampler << ";clip=" << x(c.clip_norm)
+    << ";aug=" << x(c.augment_flip) << "," << x(c.augment_shift) << "," << x(c.augment_rotate) << ","
+    << x(c.augment_scale) << "," << x(c.augment_brightness) << "," << x(c.augment_contrast) << ";seed=" << c.seed
+    << ";color=" << c.color;
   return s.str();
+}
+
+// "lr: 0.001 in the checkpoint, 0.002 now; ..." for the fields of two fingerprints that differ.
+std::string fingerprint_differences(const std::string& saved, const std::string& current) {
+  const auto fields = [](const std::string& fp) {
+    std::map<std::string, std::string> m;
+    std::istringstream in(fp);
+    for (std::string field; std::getline(in, field, ';');) {
+      const size_t eq = field.find('=');
+      m[field.substr(0, eq)] = eq == std::string::npos ? "" : field.substr(eq + 1);
+    }
+    return m;
+  };
+  // The fingerprint's short keys, as flags.
+  const std::map<std::string, std::string> flag_of = {
+      {"val", "val-fraction"},  {"max", "max-per-class"}, {"from", "finetune-from"}, {"pool", "pooling"},
+      {"bs", "batch-size"},     {"opt", "optimizer"},     {"mom", "momentum"},       {"wd", "weight-decay"},
+      {"sched", "schedule"},    {"warm", "warmup-epochs"}, {"minlr", "min-lr"},      {"ls", "label-smoothing"},
+      {"cw", "class-weights"},  {"clip", "clip-norm"},
+      {"aug", "augment-flip,-shift,-rotate,-scale,-brightness,-contrast"}};
+  const auto flag = [&](const std::string& key) {
+    auto it = flag_of.find(key);
+    return "--" + (it == flag_of.end() ? key : it->second);
+  };
+  const auto quoted = [](const std::string& v) { return v.empty() ? std::string("''") : v; };
+  const auto a = fields(saved), b = fields(current);
+  std::string out;
+  const auto add = [&](const std::string& key, const std::string& then, const std::string& now) {
+    out += (out.empty() ? "" : "; ") + flag(key) + ": " + then + " in the checkpoint, " + now + " now";
+  };
+  for (const auto& [key, value] : b) {
+    auto it = a.find(key);
+    if (it == a.end()) add(key, "absent", quoted(value));
+    else if (it->second != value) add(key, quoted(it->second), quoted(value));
+  }
+  for (const auto& [key, value] : a)
+    if (!b.count(key)) add(key, quoted(value), "absent");
+  return out.empty() ? "unknown difference" : out;
 }
 
 std::string resolve_weights(const Config& c) {
@@ -179,6 +234,26 @@ std::string resolve_weights(const Config& c) {
     if (fs::exists(dir + "/" + name)) return dir + "/" + name;
   }
   throw cli::UsageError("--weights auto: '" + name + "' not found in ../shared/weights; pass --weights FILE");
+}
+
+// Atomic writes go through "<name>.tmp.<pid>.<n>" (io/atomic_file.hpp, io/safetensors.hpp); a
+// run killed while writing leaves that file behind. Removes the ones in `dir` whose process is
+// gone (a checkpoint's is as large as the checkpoint).
+void remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    const size_t at = name.rfind(".tmp.");
+    if (at == std::string::npos) continue;
+    const char* digits = name.c_str() + at + 5;
+    char* end = nullptr;
+    const long pid = std::strtol(digits, &end, 10);
+    if (end == digits || *end != '.' || pid <= 0) continue;
+    if (::kill(static_cast<pid_t>(pid), 0) == 0 || errno != ESRCH) continue;  // still running (or not ours)
+    std::error_code remove_ec;
+    if (fs::remove(entry.path(), remove_ec))
+      std::fprintf(stderr, "removed %s, left behind by an interrupted run\n", entry.path().c_str());
+  }
 }
 
 // One epoch's numbers, as logged in log.csv and plotted.
@@ -259,7 +334,7 @@ void save_checkpoint(const std::string& path, Classifier& model, const Classifie
       {"step", std::to_string(state.step)},
       {"optimizer_steps", std::to_string(optimizer.steps())},
       {"best_epoch", std::to_string(state.best_epoch)},
-      {"best_val_accuracy", format_double(state.best_val_accuracy)},
+      {"best_val_accuracy", exact_double(state.best_val_accuracy)},
       {"epochs_without_improvement", std::to_string(state.epochs_without_improvement)},
   };
   save_classifier(path, model, spec, meta, extra);
@@ -268,10 +343,12 @@ void save_checkpoint(const std::string& path, Classifier& model, const Classifie
 // Restores model, optimizer and state from a checkpoint written by save_checkpoint.
 TrainingState load_checkpoint(const std::string& path, Classifier& model, Optimizer& optimizer, const std::string& fp) {
   const SafetensorsFile file = read_safetensors(path);
+  EIGENNET_CHECK(file.metadata.count("checkpoint_fingerprint"), "cannot resume from '", path,
+                 "': it is not a training checkpoint (no 'checkpoint_fingerprint' metadata)");
   const std::string& saved_fp = file.metadata_at("checkpoint_fingerprint");
-  EIGENNET_CHECK(saved_fp == fp, "cannot resume from '", path,
-                 "': it was written by a run with different settings (data, model or training flags).\n  checkpoint: ",
-                 saved_fp, "\n  this run:   ", fp);
+  if (saved_fp != fp)
+    fail("cannot resume from '", path, "': it was written by a run with different settings (",
+         fingerprint_differences(saved_fp, fp), "). Repeat that run's flags, or use another --out.");
   SafetensorsFile params;
   params.path = path;
   for (const NamedTensor& t : file.tensors)
@@ -301,19 +378,56 @@ TrainingState load_checkpoint(const std::string& path, Classifier& model, Optimi
   return s;
 }
 
-// Stops training with a clear message when the loss or a gradient is not finite.
-void check_finite(double loss, const ParameterList& params, int64_t step, int64_t epoch) {
-  if (!std::isfinite(loss))
+// True when every value is finite; integer ops on the exponent bits, so that it vectorizes.
+bool all_finite(const Tensor& t) {
+  const float* v = t.data();
+  uint32_t non_finite = 0;
+  for (int64_t i = 0; i < t.size(); ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, v + i, sizeof bits);
+    non_finite |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return non_finite == 0;
+}
+
+const char* kDivergedAdvice = "the last good checkpoint is kept. Try a lower --lr or --clip-norm.";
+
+// Stops training with a clear message when the loss or a gradient is not finite. `watched` are
+// the parameters training changes (values and BatchNorm statistics), checked after every step,
+// so a non-finite loss with finite parameters means an activation overflowed.
+void check_finite(double loss, const ParameterList& params, const ParameterList& watched, int64_t step,
+                  int64_t epoch) {
+  if (!std::isfinite(loss)) {
+    for (const Parameter* p : watched)  // BatchNorm statistics change in the forward pass
+      if (!all_finite(p->value))
+        fail("training diverged: the loss is ", loss, " at step ", step, " (epoch ", epoch + 1, ") and parameter '",
+             p->name, "' is not finite; ", kDivergedAdvice);
+    const Parameter* largest = nullptr;
+    float largest_abs = -1;
+    for (const Parameter* p : watched)
+      for (int64_t i = 0; i < p->value.size(); ++i)
+        if (std::fabs(p->value[i]) > largest_abs) {
+          largest_abs = std::fabs(p->value[i]);
+          largest = p;
+        }
     fail("training diverged: the loss is ", loss, " at step ", step, " (epoch ", epoch + 1,
-         "); the last good checkpoint is kept. Try a lower --lr or --clip-norm.");
+         ") although every parameter is finite (largest: '", largest ? largest->name : "-", "', |value| ",
+         largest_abs, "); ", kDivergedAdvice);
+  }
   for (const Parameter* p : params) {
     if (!p->trainable()) continue;
-    const float* g = p->grad.data();
-    for (int64_t i = 0; i < p->grad.size(); ++i)
-      if (!std::isfinite(g[i]))
-        fail("training diverged: the gradient of '", p->name, "' is not finite at step ", step, " (epoch ", epoch + 1,
-             "); the last good checkpoint is kept. Try a lower --lr or --clip-norm.");
+    if (!all_finite(p->grad))
+      fail("training diverged: the gradient of '", p->name, "' is not finite at step ", step, " (epoch ", epoch + 1,
+           "); ", kDivergedAdvice);
   }
+}
+
+// After an optimizer step: a parameter that became non-finite would poison the checkpoint.
+void check_parameters_finite(const ParameterList& watched, int64_t step, int64_t epoch) {
+  for (const Parameter* p : watched)
+    if (!all_finite(p->value))
+      fail("training diverged: parameter '", p->name, "' is not finite after step ", step, " (epoch ", epoch + 1,
+           "); ", kDivergedAdvice);
 }
 
 // Base features [N, C] of the images `indices` (inference mode), optionally mirrored.
@@ -378,8 +492,17 @@ int run(int argc, char** argv) {
       return 2;
     }
   }
+  if (!fs::is_directory(c.data)) throw cli::UsageError("--data: '" + c.data + "' is not a directory");
   const std::string weights = resolve_weights(c);
+  if (!weights.empty() && !fs::is_regular_file(weights))
+    throw cli::UsageError("--weights: '" + weights + "' is not a file");
+  if (fs::exists(c.out) && !fs::is_directory(c.out))
+    throw cli::UsageError("--out: '" + c.out + "' exists and is not a directory");
   fs::create_directories(c.out);
+  // Fail now rather than at the end of the first epoch.
+  if (::access(c.out.c_str(), W_OK) != 0)
+    fail("cannot write to the output directory '", c.out, "': ", std::strerror(errno));
+  remove_stale_temporaries(c.out);
   const std::string checkpoint_path = c.out + "/checkpoint.safetensors", model_path = c.out + "/model.safetensors";
   const auto run_start = std::chrono::steady_clock::now();
 
@@ -459,6 +582,8 @@ int run(int argc, char** argv) {
   ParameterList trainable = frozen ? model->head().parameters() : model->parameters();
   std::unique_ptr<Optimizer> optimizer = make_optimizer(c, trainable);
   ParameterList all_params = model->parameters();
+  // What training changes: checked for non-finite values after every step.
+  const ParameterList watched = frozen ? model->head().parameters() : all_params;
 
   // Loss: optional class weights from the training split.
   SoftmaxCrossEntropy::Options loss_options;
@@ -599,9 +724,10 @@ int run(int argc, char** argv) {
         model->backward(loss.gradient());
         loss_sum += l * static_cast<double>(count);
       }
-      check_finite(loss_sum, trainable, state.step, epoch);
+      check_finite(loss_sum, trainable, watched, state.step, epoch);
       if (c.clip_norm > 0) clip_grad_norm(trainable, c.clip_norm);
       optimizer->step();
+      check_parameters_finite(watched, state.step, epoch);
       ++state.step;
       const std::vector<int32_t> predicted = argmax_predictions(*logits);
       for (int64_t i = 0; i < count; ++i) correct += predicted[static_cast<size_t>(i)] == batch_labels[static_cast<size_t>(i)];

@@ -106,7 +106,9 @@ class Parser {
         if (it == options_.end()) throw UsageError("unknown flag --" + name + " (see --help)");
         Option& o = it->second;
         if (o.takes_value && !inline_value) {
-          if (i + 1 >= argc) throw UsageError("--" + name + " needs a value (" + o.metavar + ")");
+          // "--out --epochs 3" forgot the value: do not take the next flag as the directory.
+          if (i + 1 >= argc || (std::string(argv[i + 1]).rfind("--", 0) == 0 && std::string(argv[i + 1]).size() > 2))
+            throw UsageError("--" + name + " needs a value (" + o.metavar + ")");
           value = argv[++i];
         } else if (!o.takes_value && inline_value) {
           throw UsageError("--" + name + " takes no value");
@@ -115,6 +117,8 @@ class Parser {
         o.given = true;
         continue;
       }
+      // "-x" is a mistyped flag rather than a file name (write ./-x for such a file).
+      if (arg.size() > 1 && arg[0] == '-') throw UsageError("unknown flag " + arg + " (see --help)");
       if (!positional_) throw UsageError("unexpected argument '" + arg + "' (see --help)");
       positional_->push_back(arg);
     }

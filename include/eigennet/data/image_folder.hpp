@@ -246,6 +246,7 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   // Decode in parallel straight into the final block; failures are compacted out afterwards.
   std::vector<uint8_t> pixels(static_cast<size_t>(file_count * image_bytes));
   std::vector<std::string> failures(static_cast<size_t>(file_count));
+  std::vector<std::pair<int, int>> native_sizes(static_cast<size_t>(file_count));  // width, height
   const int threads = options.threads > 0 ? options.threads : max_threads();
 #pragma omp parallel num_threads(threads)
   {
@@ -256,10 +257,13 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
       const auto f = static_cast<size_t>(i);
       try {
         uint8_t* slot = pixels.data() + i * image_bytes;
-        if (!read_image(files[f], options.color, options.alpha, options.limits, decoded, error))
+        if (!read_image(files[f], options.color, options.alpha, options.limits, decoded, error)) {
           failures[f] = error;
-        else if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height, width))
-          failures[f] = "stb_image_resize failed (out of memory?)";
+        } else {
+          native_sizes[f] = {decoded.width, decoded.height};
+          if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height, width))
+            failures[f] = "stb_image_resize failed (out of memory?)";
+        }
       } catch (const std::exception& e) {  // nothing may leave an OpenMP region
         failures[f] = e.what();
       }
@@ -288,6 +292,19 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   ImageSet set(height, width, channels, class_names, std::move(pixels), std::move(labels), std::move(paths),
                std::move(skipped));
 
+  if (options.warnings && options.height == 0) {
+    // The stored size came from the first image: say so when it does not fit the others (a
+    // 1x1 thumbnail first would shrink every image to 1x1).
+    int64_t other_sizes = 0;
+    size_t example = 0;
+    for (size_t f = 0; f < native_sizes.size(); ++f)
+      if (failures[f].empty() && native_sizes[f] != std::make_pair(width, height) && other_sizes++ == 0) example = f;
+    if (other_sizes > 0)
+      std::cerr << "eigennet: " << other_sizes << " of " << set.size() << " images in '" << root
+                << "' were resized to the stored size " << width << "x" << height
+                << " (that of the first image; e.g. '" << files[example] << "' is " << native_sizes[example].first
+                << "x" << native_sizes[example].second << ")\n";
+  }
   if (options.warnings && set.skipped_count() > 0) {
     for (const auto& s : set.skipped()) std::cerr << "eigennet: skipping '" << s.path << "': " << s.reason << '\n';
     std::cerr << "eigennet: skipped " << set.skipped_count() << " of " << file_count << " files in '" << root << "'\n";

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../core/error.hpp"
@@ -27,6 +28,10 @@ inline std::string temporary_path_for(const std::string& path) {
 // path and the system's reason when any step fails; the temporary file is removed then.
 inline void write_file_atomically(const std::string& path, const void* bytes, size_t size) {
   EIGENNET_CHECK(!path.empty(), "write_file_atomically: empty path");
+  // The rename would replace a device, FIFO or directory (as root, "/dev/null" would become a file).
+  struct stat existing {};
+  if (::stat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode))
+    fail("cannot write '", path, "': it exists and is not a regular file");
   const std::string temporary = detail::temporary_path_for(path);
   std::FILE* file = std::fopen(temporary.c_str(), "wb");
   if (!file) fail("cannot write '", path, "': cannot create '", temporary, "': ", std::strerror(errno));

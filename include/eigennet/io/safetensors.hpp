@@ -718,6 +718,10 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
                               const std::map<std::string, std::string>& metadata = {}) {
   namespace st = detail::safetensors;
   const std::string file = st::file_label(path);
+  // The rename would replace a device, FIFO or directory (as root, "/dev/null" would become a file).
+  struct stat existing {};
+  if (::stat(path.c_str(), &existing) == 0 && !S_ISREG(existing.st_mode))
+    fail(file, ": cannot write: it exists and is not a regular file");
   EIGENNET_CHECK(tensors.size() <= safetensors_max_tensors, file, ": cannot write ", tensors.size(),
                  " tensors, more than the limit of ", safetensors_max_tensors);
   std::set<std::string> names;
@@ -767,7 +771,7 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
 
   static std::atomic<unsigned long> temp_counter{0};  // threads of one process writing one path never collide
   const std::string temp = path + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(temp_counter++);
-  const std::string temp_file = st::file_label(temp);
+  const std::string temp_file = file + " (temporary file '" + temp + "')";  // names the target too
   int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail(file, ": cannot create the temporary file '", temp, "': ", std::strerror(errno));
   try {

@@ -1,0 +1,135 @@
+# Command-line hygiene of every example program: unknown flags, missing values, values out of
+# range or not numbers, missing or nonexistent paths each give a message on stderr that names the
+# flag (or path) and a non-zero status; --help exits 0 and lists every flag the program declares.
+SOURCES=$(cd "$(dirname "$0")/../../examples" && pwd)
+. "$(dirname "$0")/common.sh"
+
+"$TOOL" dataset data a,b 3 16 || exit 2
+"$TOOL" weights base.safetensors 0.35 || exit 2
+"$TOOL" image face.png 16 16 || exit 2
+# A classifier file for evaluate and predict: one epoch on the tiny dataset.
+# shellcheck disable=SC2086
+run model "$TRAIN" --data data --out model --mode frozen $TINY --epochs 1
+expect_status model 0
+MODEL=model/model.safetensors
+
+# rejected NAME STATUS TEXT PROGRAM ARGS...: the program exits with STATUS and TEXT on stderr.
+rejected() {
+  name=$1
+  want=$2
+  text=$3
+  shift 3
+  run "$name" "$@"
+  expect_status "$name" "$want"
+  expect_in "$name.err" "$text" "$name"
+}
+
+for program in train_emotions evaluate predict extract_features; do
+  binary=$BIN/$program
+  # --help: exit 0, every declared flag listed, nothing on stderr.
+  run "${program}_help" "$binary" --help
+  expect_status "${program}_help" 0
+  if [ -s "${program}_help.err" ]; then fail "$program --help wrote to stderr"; else pass; fi
+  flags=$(grep -o 'p\.\(option\|flag\|choice\)("[a-z0-9-]*"' "$SOURCES/$program.cpp" | sed 's/.*("//; s/"$//')
+  count=0
+  for flag in $flags --help; do
+    case $flag in --help) ;; *) flag=--$flag ;; esac
+    count=$((count + 1))
+    if grep -q -- "^  $flag\( \|$\)" "${program}_help.out"; then pass; else
+      fail "$program --help does not list $flag"
+    fi
+  done
+  echo "$program --help lists all $count flags"
+  run "${program}_h" "$binary" -h
+  expect_status "${program}_h" 0
+
+  rejected "${program}_unknown" 2 "$program: unknown flag --bogus" "$binary" --bogus
+  rejected "${program}_unknown_inline" 2 "$program: unknown flag --bogus" "$binary" --bogus=1
+  rejected "${program}_single_dash" 2 "$program: unknown flag -t" "$binary" -t 1
+  rejected "${program}_missing_value" 2 "$program: --threads needs a value (N)" "$binary" --threads
+  rejected "${program}_value_is_flag" 2 "$program: --threads needs a value (N)" "$binary" --threads --help
+  rejected "${program}_range_high" 2 "$program: --threads: 2000 is outside [0, 1024]" "$binary" --threads 2000
+  rejected "${program}_range_low" 2 "$program: --threads: -1 is outside [0, 1024]" "$binary" --threads -1
+  rejected "${program}_not_integer" 2 "$program: --threads: 'two' is not an integer" "$binary" --threads two
+  rejected "${program}_trailing" 2 "$program: --threads: '2x' is not an integer" "$binary" --threads 2x
+  rejected "${program}_empty" 2 "$program: --threads: '' is not an integer" "$binary" --threads=
+  rejected "${program}_overflow" 2 "$program: --threads: '99999999999999999999' is not an integer" "$binary" \
+    --threads 99999999999999999999
+  if [ "$program" = extract_features ]; then
+    rejected "${program}_flag_value" 2 "$program: --threads: 'yes' is not an integer" "$binary" --threads=yes
+  else
+    rejected "${program}_flag_value" 2 "$program: --tta-flip takes no value" "$binary" --tta-flip=yes
+  fi
+done
+
+# ---- train_emotions ------------------------------------------------------------------------------
+T=$TRAIN
+rejected train_lr_text 2 "train_emotions: --lr: 'fast' is not a number" "$T" --lr fast
+rejected train_lr_nan 2 "train_emotions: --lr: 'nan' is not a number" "$T" --lr nan
+rejected train_lr_inf 2 "train_emotions: --lr: inf is outside [0, 10]" "$T" --lr inf
+rejected train_lr_negative 2 "train_emotions: --lr: -0.1 is outside [0, 10]" "$T" --lr -0.1
+rejected train_epochs_zero 2 "train_emotions: --epochs: 0 is outside [1, 100000]" "$T" --epochs 0
+rejected train_batch_zero 2 "train_emotions: --batch-size: 0 is outside [1, 4096]" "$T" --batch-size 0
+rejected train_size_small 2 "train_emotions: --size: 16 is outside [32, 512]" "$T" --size 16
+rejected train_dropout 2 "train_emotions: --dropout: 1 is outside [0, 0.95]" "$T" --dropout 1
+rejected train_mode 2 "train_emotions: --mode: 'fast' is not one of frozen|finetune" "$T" --mode fast
+rejected train_recipe 2 "train_emotions: --recipe: 'good' is not one of study|best|none" "$T" --recipe good
+rejected train_recipe_missing 2 "train_emotions: --recipe needs a value" "$T" --recipe
+rejected train_out_missing 2 "train_emotions: --out needs a value (DIR)" "$T" --out --epochs 1
+rejected train_positional 2 "train_emotions: unexpected argument 'data'" "$T" data
+rejected train_data_missing 2 "train_emotions: --data: 'no_such_dir' is not a directory" "$T" --data no_such_dir
+rejected train_data_file 2 "train_emotions: --data: 'face.png' is not a directory" "$T" --data face.png
+rejected train_weights_missing 2 "train_emotions: --weights: 'no_such.safetensors' is not a file" \
+  "$T" --data data --weights no_such.safetensors
+rejected train_weights_auto 2 "train_emotions: --weights auto: no ImageNet file for alpha 0.5" \
+  "$T" --data data --alpha 0.5 --weights auto
+rejected train_finetune_from 2 "train_emotions: --finetune-from needs --mode finetune" "$T" --finetune-from block_3
+# shellcheck disable=SC2086
+rejected train_finetune_block 1 "no layer or block named 'block_99'" \
+  "$T" --data data --out bad_block $TINY --mode finetune --finetune-from block_99 --epochs 1
+if [ -e no_such_dir ] || [ -e bad_block/checkpoint.safetensors ]; then fail "a rejected run left outputs"; else pass; fi
+
+# ---- evaluate ------------------------------------------------------------------------------------
+E=$EVALUATE
+rejected evaluate_no_model 2 "evaluate: --model is required" "$E" --data data
+rejected evaluate_no_data 2 "evaluate: --data is required" "$E" --model "$MODEL"
+rejected evaluate_model_missing 2 "evaluate: --model: 'no_such.safetensors' does not exist" \
+  "$E" --model no_such.safetensors --data data
+rejected evaluate_data_missing 2 "evaluate: --data: 'no_such_dir' is not a directory" \
+  "$E" --model "$MODEL" --data no_such_dir
+rejected evaluate_batch 2 "evaluate: --batch-size: 0 is outside [1, 4096]" "$E" --batch-size 0
+rejected evaluate_not_model 1 "'face.png'" "$E" --model face.png --data data
+rejected evaluate_weights_not_classifier 1 "is not an eigennet classifier" "$E" --model base.safetensors --data data
+run evaluate_ok "$E" --model "$MODEL" --data data --out evaluation --threads 1
+expect_status evaluate_ok 0
+
+# ---- predict -------------------------------------------------------------------------------------
+P=$PREDICT
+rejected predict_no_images 2 "predict: no images given" "$P" --model "$MODEL"
+rejected predict_model_missing 2 "predict: --model: 'no_such.safetensors' does not exist" \
+  "$P" --model no_such.safetensors face.png
+rejected predict_model_flag 2 "predict: --model needs a value (FILE)" "$P" --model --json face.png
+rejected predict_image_missing 1 "predict: 'no_such.png': cannot open file" "$P" --model "$MODEL" no_such.png
+rejected predict_image_directory 1 "predict: 'data'" "$P" --model "$MODEL" data
+run predict_ok "$P" --model "$MODEL" --json --threads 1 face.png
+expect_status predict_ok 0
+expect_in predict_ok.out '"image":"face.png"' "predict --json"
+
+# ---- extract_features ----------------------------------------------------------------------------
+X=$EXTRACT
+rejected extract_no_weights 2 "extract_features: --weights is required" "$X" --out f.npy face.png
+rejected extract_no_out 2 "extract_features: --out is required" "$X" --weights base.safetensors face.png
+rejected extract_no_images 2 "extract_features: no images given" "$X" --weights base.safetensors --out f.npy
+rejected extract_weights_missing 2 "extract_features: --weights: 'no_such.safetensors' does not exist" \
+  "$X" --weights no_such.safetensors --out f.npy face.png
+rejected extract_alpha 2 "extract_features: --alpha: 'wide' is not a number" "$X" --alpha wide
+rejected extract_pool 2 "extract_features: --pool: 'sum' is not one of avg|max" "$X" --pool sum
+rejected extract_image_missing 1 "'no_such.png' does not exist" \
+  "$X" --weights base.safetensors --alpha 0.35 --size 32 --out f.npy no_such.png
+rejected extract_wrong_alpha 1 "base.safetensors" \
+  "$X" --weights base.safetensors --alpha 1.0 --size 32 --out f.npy face.png
+if [ -e f.npy ]; then fail "a rejected extract_features run wrote f.npy"; else pass; fi
+run extract_ok "$X" --weights base.safetensors --alpha 0.35 --size 32 --threads 1 --out f.npy face.png data
+expect_status extract_ok 0
+expect_in extract_ok.out "wrote f.npy: [7, " "extract_features"
+finish

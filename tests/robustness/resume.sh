@@ -1,0 +1,70 @@
+# Resume semantics: --resume continues only a checkpoint written with the same settings; one from
+# different settings, a file that is not a checkpoint, and a damaged checkpoint are refused with
+# a message naming the file (and the differing flag), a non-zero status and the file untouched.
+. "$(dirname "$0")/common.sh"
+
+"$TOOL" dataset data a,b,c 12 16 || exit 2
+"$TOOL" dataset other_data a,b,c 12 16 3 || exit 2
+flags="--data data --mode finetune $TINY --epochs 2"
+# shellcheck disable=SC2086
+run first "$TRAIN" $flags --out out
+expect_status first 0
+cp out/checkpoint.safetensors saved.safetensors
+
+# refused NAME EXPECTED_TEXT EXTRA_FLAGS...: resuming with changed flags fails, naming the change.
+refused() {
+  name=$1
+  text=$2
+  shift 2
+  # shellcheck disable=SC2086
+  run "$name" "$TRAIN" $flags --out out --resume "$@"
+  expect_status "$name" 1
+  expect_in "$name.err" \
+    "cannot resume from 'out/checkpoint.safetensors': it was written by a run with different settings" "$name"
+  expect_in "$name.err" "$text" "$name"
+  if cmp -s out/checkpoint.safetensors saved.safetensors; then pass; else fail "$name: the checkpoint changed"; fi
+}
+refused lr "--lr: 0.001 in the checkpoint, 0.002 now" --lr 0.002
+refused epochs "--epochs: 2 in the checkpoint, 3 now" --epochs 3
+refused seed "--seed: 7 in the checkpoint, 8 now" --seed 8
+refused batch "--batch-size: 4 in the checkpoint, 8 now" --batch-size 8
+refused alpha "--alpha: 0.35 in the checkpoint, 0.5 now" --alpha 0.5
+refused mode "--mode: finetune in the checkpoint, frozen now" --mode frozen
+refused classes "--classes: '' in the checkpoint, a,b now" --classes a,b
+refused data "--data:" --data other_data
+refused augment "--augment-flip" --augment-flip 0.5
+# A learning rate that differs beyond the 6th significant digit is a different run too.
+refused lr_digits "--lr: 0.001 in the checkpoint, 0.0010000001" --lr 0.0010000001
+
+# Same settings: nothing left to train, the run only reports (exit 0), checkpoint unchanged.
+# shellcheck disable=SC2086
+run same "$TRAIN" $flags --out out --resume
+expect_status same 0
+expect_in same.err "resumed from out/checkpoint.safetensors after epoch 2" "resume with the same settings"
+if cmp -s out/checkpoint.safetensors saved.safetensors; then pass; else fail "same settings: the checkpoint changed"; fi
+
+# A model file is not a checkpoint.
+mkdir -p not_checkpoint
+cp out/model.safetensors not_checkpoint/checkpoint.safetensors
+# shellcheck disable=SC2086
+run not_checkpoint "$TRAIN" $flags --out not_checkpoint --resume
+expect_status not_checkpoint 1
+expect_in not_checkpoint.err "'not_checkpoint/checkpoint.safetensors': it is not a training checkpoint" \
+  "model as checkpoint"
+
+# A truncated checkpoint (e.g. copied while incomplete) is refused, naming the file.
+mkdir -p truncated
+head -c 100000 saved.safetensors > truncated/checkpoint.safetensors
+# shellcheck disable=SC2086
+run truncated "$TRAIN" $flags --out truncated --resume
+expect_status truncated 1
+expect_in truncated.err "truncated/checkpoint.safetensors" "truncated checkpoint"
+
+# Without --resume an existing checkpoint is not silently continued: the run starts over and
+# ends with the same weights as the first run.
+# shellcheck disable=SC2086
+run restart "$TRAIN" $flags --out out
+expect_status restart 0
+if "$TOOL" compare out/checkpoint.safetensors saved.safetensors --exact --skip training/history > compare.out 2>&1
+then pass; else fail "a fresh run into the same --out differs from the first run"; cat compare.out >&2; fi
+finish
