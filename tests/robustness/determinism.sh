@@ -24,7 +24,7 @@ done
 # 1 vs 2 threads. The kernels split their sums (GEMM panels, BatchNorm statistics) by thread, so
 # the rounding differs: measured after one fine-tuning step, the largest difference of any tensor
 # relative to (1 + the tensor's largest magnitude) is 1.6e-6, and after 4 epochs of the frozen
-# mode (head on cached features) 2e-13; inference gives the same probabilities to ~1e-7.
+# mode (head on cached features) below 1e-12; inference probabilities differ by 3e-8.
 # Several fine-tuning steps of this tiny model are chaotic instead: a 1e-6 relative change of the
 # learning rate on one thread grows to 5e-3 within three steps, and so do the thread differences,
 # so they are compared where the dynamics do not amplify rounding.
