@@ -3,10 +3,10 @@
 # already present are skipped. Run as root (or with sudo available).
 set -eu
 
-packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev"
+packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev"
 if [ "${1:-}" = "--all" ]; then
-  # Benchmarks, PyTorch reference fixtures and fuzzing.
-  packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine clang libclang-rt-14-dev"
+  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes).
+  packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine"
 fi
 
 missing=""

@@ -9,5 +9,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEIGENNET_SANITIZE=ON 
   -DEIGENNET_BUILD_EXAMPLES=ON -DEIGENNET_BUILD_BENCHMARKS=OFF
 cmake --build "$build" -j "$(nproc)"
 # detect_leaks: OpenMP's thread pool is torn down after main; its allocations are not leaks.
-ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+# suppressions: only third-party code (stb_image_write's JPEG encoder, see the file); every
+# other report stops the run (halt_on_error).
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
+  UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$(pwd)/scripts/ubsan.supp" \
   ctest --test-dir "$build" --output-on-failure

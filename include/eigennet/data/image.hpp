@@ -5,7 +5,9 @@
 // Decoding never throws: it reports the reason (stb's own, or a size limit) so that a loader
 // decoding thousands of files in parallel can skip bad ones with a message. Dimensions are
 // checked from the header (stbi_info) before anything is decoded, so a file that claims to be
-// 100000 x 100000 pixels is refused without allocating for it.
+// 100000 x 100000 pixels is refused without allocating for it. Before stb_image sees the data, a
+// few checks refuse files that corrupt memory, overflow or over-allocate inside Debian 12's
+// stb_image 2.27 (found by fuzz/fuzz_image; see detail::check_before_stb).
 #pragma once
 
 #include <algorithm>
@@ -95,6 +97,116 @@ inline void convert_pixels(const uint8_t* in, int in_channels, uint8_t* out, int
 
 inline std::string describe_size(int width, int height) { return std::to_string(width) + "x" + std::to_string(height); }
 
+// stb_image 2.27 (Debian 12's) trusts the code counts of a JPEG Huffman table (DHT segment):
+// more than 256 codes in one table write past its fixed-size arrays, already while reading the
+// header (stbi_info), so a crafted file corrupts memory (upstream fixed it in 2.28). This walks
+// the marker segments as stb_image does (skipping stray bytes between segments, entropy-coded
+// data up to the next marker that is not a restart, and reading every table of a DHT segment
+// even past its declared length) and returns false when a table declares more than 256 codes.
+// Data that is not a JPEG (no SOI marker at the start) passes.
+inline bool jpeg_huffman_tables_fit(const uint8_t* p, size_t size) {
+  size_t i = 0;
+  if (size < 2 || p[i] != 0xFF) return true;
+  while (i < size && p[i] == 0xFF) ++i;  // stb skips fill bytes before any marker code
+  if (i >= size || p[i] != 0xD8) return true;
+  ++i;
+  while (i < size) {
+    if (p[i] != 0xFF) {  // stray byte between segments
+      ++i;
+      continue;
+    }
+    while (i < size && p[i] == 0xFF) ++i;
+    if (i >= size) break;
+    const uint8_t marker = p[i++];
+    if (marker == 0xD9) break;                                     // EOI
+    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length
+    if (i + 2 > size) break;
+    const size_t length = size_t{p[i]} << 8 | p[i + 1];
+    if (marker == 0xC4) {  // DHT: class/id byte, 16 code counts, then the symbols; repeated
+      size_t table = i + 2;
+      for (int64_t remaining = static_cast<int64_t>(length) - 2; remaining > 0 && table < size;) {
+        size_t codes = 0;
+        for (size_t k = 1; k <= 16; ++k) codes += table + k < size ? p[table + k] : 0;  // stb reads 0 past the end
+        if (codes > 256) return false;
+        table += 17 + codes;
+        remaining -= static_cast<int64_t>(17 + codes);
+      }
+      i = table;
+      continue;
+    }
+    i += length;
+    if (marker == 0xDA) {  // SOS: after the scan header, entropy-coded data up to a marker other than RSTn
+      while (i < size) {
+        if (p[i] != 0xFF) {
+          ++i;
+          continue;
+        }
+        size_t next = i + 1;
+        while (next < size && p[next] == 0xFF) ++next;
+        if (next < size && (p[next] == 0x00 || (p[next] >= 0xD0 && p[next] <= 0xD7))) {
+          i = next + 1;  // stuffed 0xFF or a restart marker: still entropy-coded data
+          continue;
+        }
+        break;  // i is at the 0xFF of the next marker
+      }
+    }
+  }
+  return true;
+}
+
+// stb_image reserves memory for a PNG IDAT chunk as large as the chunk claims (up to 2 GB)
+// before it finds that the data is not there. stb cannot decode a PNG in which a chunk before
+// IEND runs past the end of the file anyway, so such a file is refused up front. Returns the
+// reason, empty when the data is not a PNG or its chunks fit.
+inline std::string check_png_chunks(const uint8_t* p, size_t size) {
+  static const uint8_t signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
+  if (size < 8 || std::memcmp(p, signature, 8) != 0) return {};
+  const auto be32 = [&](size_t at) {
+    return uint32_t{p[at]} << 24 | uint32_t{p[at + 1]} << 16 | uint32_t{p[at + 2]} << 8 | uint32_t{p[at + 3]};
+  };
+  for (size_t i = 8; size - i >= 8;) {
+    const uint32_t length = be32(i);
+    if (std::memcmp(p + i + 4, "IEND", 4) == 0) break;
+    const size_t left = size - i - 8;  // after the chunk's length and type
+    if (length > left || left - length < 4)
+      return "truncated or corrupt PNG: a chunk claims " + std::to_string(length) + " bytes but " +
+             std::to_string(left) + " bytes are left in the file";
+    i += 12 + size_t{length};
+  }
+  return {};
+}
+
+// stb_image 2.27 reads the width, height and maximum value of a PNM header into an int without
+// an overflow check (undefined behaviour; fixed upstream in 2.28). Reads them as stb_image does
+// (whitespace and # comments between them) and returns false when one does not fit in an int.
+// Data that is not a binary PGM/PPM ("P5"/"P6") passes.
+inline bool pnm_header_numbers_fit(const uint8_t* p, size_t size) {
+  if (size < 2 || p[0] != 'P' || (p[1] != '5' && p[1] != '6')) return true;
+  const auto is_space = [](uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
+  size_t i = 2;
+  for (int number = 0; number < 3; ++number) {
+    for (;;) {  // whitespace, then a comment up to the end of its line, repeated
+      while (i < size && is_space(p[i])) ++i;
+      if (i >= size || p[i] != '#') break;
+      while (i < size && p[i] != '\n' && p[i] != '\r') ++i;
+    }
+    int64_t value = 0;
+    for (; i < size && p[i] >= '0' && p[i] <= '9'; ++i) {
+      value = value * 10 + (p[i] - '0');
+      if (value > INT32_MAX) return false;
+    }
+  }
+  return true;
+}
+
+// The checks above, in one: the reason stb_image must not see these bytes, or an empty string.
+inline std::string check_before_stb(const uint8_t* data, size_t size) {
+  if (!jpeg_huffman_tables_fit(data, size))
+    return "corrupt JPEG: a Huffman table (DHT segment) declares more than 256 codes";
+  if (!pnm_header_numbers_fit(data, size)) return "corrupt PNM: a number in the header does not fit in 32 bits";
+  return check_png_chunks(data, size);
+}
+
 }  // namespace detail
 
 // Checks the dimensions an image header announces against the limits. Returns an empty string
@@ -156,6 +268,8 @@ inline bool decode_image(const uint8_t* data, size_t size, ColorMode color, Alph
     return false;
   }
   const int length = static_cast<int>(size);
+  error = detail::check_before_stb(data, size);
+  if (!error.empty()) return false;
   int width = 0, height = 0, file_channels = 0;
   if (!stbi_info_from_memory(data, length, &width, &height, &file_channels)) {
     error = std::string("not a readable image (stb_image: ") + stbi_failure_reason() + ")";
@@ -188,8 +302,13 @@ inline bool read_image(const std::string& path, ColorMode color, AlphaMode alpha
 
 // Reads the dimensions from a file's header without decoding the pixels.
 inline bool read_image_size(const std::string& path, int& width, int& height, std::string& error) {
+  // The whole file, not stbi_info on the path: stb_image must not see data that fails the checks.
+  thread_local std::vector<uint8_t> bytes;
+  if (!read_file_bytes(path, ImageLimits{}, bytes, error)) return false;
+  error = detail::check_before_stb(bytes.data(), bytes.size());
+  if (!error.empty()) return false;
   int channels = 0;
-  if (stbi_info(path.c_str(), &width, &height, &channels)) return true;
+  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &width, &height, &channels)) return true;
   error = std::string("not a readable image (stb_image: ") + stbi_failure_reason() + ")";
   return false;
 }

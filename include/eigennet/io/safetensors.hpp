@@ -10,9 +10,9 @@
 // JSON parser that accepts only objects, arrays, strings and integers, and every violation (short
 // file, oversized header, bad JSON, missing or extra keys, unknown dtype, negative or overflowing
 // shape, wrong byte count, offsets outside the data section, overlapping tensors, duplicate names,
-// too many tensors) is an Error naming the file, the tensor and the problem. Data bytes that no
-// tensor covers are an error too (as in the reference implementation): a conforming writer never
-// leaves gaps, and a gap is more likely damage than intent.
+// too many tensors or JSON values) is an Error naming the file, the tensor and the problem. Data
+// bytes that no tensor covers are an error too (as in the reference implementation): a conforming
+// writer never leaves gaps, and a gap is more likely damage than intent.
 //
 // F32 is read as is; F16, BF16 and F64 are converted to float32 (NamedTensor::dtype keeps the
 // file's dtype). Other dtypes are recognized, so that their sizes validate, but reading them fails.
@@ -46,6 +46,11 @@ namespace eigennet {
 // Limits that keep a hostile file from exhausting memory before it is rejected.
 constexpr uint64_t safetensors_max_header_bytes = 100'000'000;
 constexpr size_t safetensors_max_tensors = 100'000;
+// JSON values in a header. A tensor's entry takes about 12 (the entry, its dtype, the shape and
+// offset arrays and their integers), so the tensor limit fits with room for metadata. Without
+// it a header of short values ("[0,0,0,..." or many tiny keys) would cost ~100 bytes of parse
+// tree per 2 bytes of header: 5 GB for a 100 MB header. With it the tree stays below ~300 MB.
+constexpr size_t safetensors_max_header_values = 16 * safetensors_max_tensors;
 
 struct NamedTensor {
   std::string name;
@@ -178,9 +183,10 @@ inline void append_utf8(std::string& out, uint32_t code) {
 // null are rejected, as are duplicate object keys, invalid UTF-8 and nesting deeper than 32.
 class JsonParser {
  public:
-  JsonParser(const char* text, size_t size, std::string context, size_t max_top_level_entries)
+  JsonParser(const char* text, size_t size, std::string context, size_t max_top_level_entries,
+             size_t max_values = safetensors_max_header_values)
       : s_(reinterpret_cast<const unsigned char*>(text)), size_(size), context_(std::move(context)),
-        max_top_level_entries_(max_top_level_entries) {}
+        max_top_level_entries_(max_top_level_entries), max_values_(max_values) {}
 
   // Exactly one value, surrounded by optional whitespace (headers are padded with spaces).
   JsonValue parse_document() {
@@ -210,6 +216,7 @@ class JsonParser {
 
   JsonValue parse_value(int depth) {
     if (at_end()) error("expected a value but the header ends");
+    if (++values_ > max_values_) error("more than " + std::to_string(max_values_) + " values (header size limit)");
     const unsigned char c = peek();
     if (c == '{') return parse_object(depth);
     if (c == '[') return parse_array(depth);
@@ -384,6 +391,8 @@ class JsonParser {
   size_t pos_ = 0;
   std::string context_;
   size_t max_top_level_entries_;
+  size_t max_values_;
+  size_t values_ = 0;
 };
 
 inline void append_json_string(std::string& out, const std::string& s) {

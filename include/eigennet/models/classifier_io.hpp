@@ -4,6 +4,7 @@
 // prediction need no other flags.
 #pragma once
 
+#include <cmath>
 #include <map>
 #include <memory>
 #include <sstream>
@@ -15,6 +16,12 @@
 #include "mobilenet_v2.hpp"
 
 namespace eigennet {
+
+// Bounds on what a classifier file's metadata may ask for (input side in pixels; hidden units
+// and classes). Loading also checks the head's kernels in the file before building the model, so
+// that a small file cannot make the loader allocate a large one. (The layers check the rest.)
+constexpr int64_t classifier_max_input_side = 16384;
+constexpr int64_t classifier_max_units = int64_t{1} << 20;
 
 struct ClassifierSpec {
   MobileNetV2Config base;  // pooling must be avg or max
@@ -51,12 +58,28 @@ struct ClassifierSpec {
       EIGENNET_CHECK(it != m.end(), "'", file, "' is not an eigennet classifier: metadata key '", key, "' is missing");
       return it->second;
     };
-    auto number = [&](const std::string& key) {
+    // The metadata comes from a file: every number is checked to be whole (no trailing text or
+    // embedded NUL), finite and in range before it is converted (an out-of-range cast is UB).
+    auto finite = [&](const std::string& key) {
       const std::string& v = get(key);
       char* end = nullptr;
       const double x = std::strtod(v.c_str(), &end);
-      EIGENNET_CHECK(!v.empty() && *end == '\0', "'", file, "': metadata '", key, "' = '", v, "' is not a number");
+      EIGENNET_CHECK(!v.empty() && end == v.c_str() + v.size() && std::isfinite(x), "'", file, "': metadata '", key,
+                     "' = '", v, "' is not a number");
       return x;
+    };
+    auto number = [&](const std::string& key, double lo, double hi) {
+      const double x = finite(key);
+      EIGENNET_CHECK(x >= lo && x <= hi, "'", file, "': metadata '", key, "' = '", get(key), "' is outside [", lo,
+                     ", ", hi, "]");
+      return x;
+    };
+    auto integer = [&](const std::string& key, int64_t lo, int64_t hi) {
+      const double x = finite(key);
+      EIGENNET_CHECK(x >= static_cast<double>(lo) && x <= static_cast<double>(hi), "'", file, "': metadata '", key,
+                     "' = '", get(key), "' is outside [", lo, ", ", hi, "]");
+      EIGENNET_CHECK(x == std::floor(x), "'", file, "': metadata '", key, "' = '", get(key), "' is not an integer");
+      return static_cast<int64_t>(x);
     };
     EIGENNET_CHECK(get("format") == "eigennet-classifier", "'", file, "': metadata format is '", get("format"),
                    "', expected 'eigennet-classifier'");
@@ -65,19 +88,23 @@ struct ClassifierSpec {
     EIGENNET_CHECK(get("preprocessing") == "rgb_div127.5_minus1", "'", file, "': unsupported preprocessing '",
                    get("preprocessing"), "'");
     ClassifierSpec s;
-    s.base.alpha = static_cast<float>(number("alpha"));
-    s.base.height = static_cast<int64_t>(number("input_height"));
-    s.base.width = static_cast<int64_t>(number("input_width"));
+    s.base.alpha = static_cast<float>(number("alpha", 0.1, 10));
+    s.base.height = integer("input_height", 32, classifier_max_input_side);
+    s.base.width = integer("input_width", 32, classifier_max_input_side);
     const std::string& pooling = get("pooling");
     EIGENNET_CHECK(pooling == "max" || pooling == "avg", "'", file, "': unsupported pooling '", pooling, "'");
     s.base.pooling = pooling == "max" ? GlobalPooling::max : GlobalPooling::avg;
-    s.base.bn_epsilon = static_cast<float>(number("batchnorm_epsilon"));
-    s.head.hidden_units = static_cast<int64_t>(number("head_hidden_units"));
-    s.head.dropout = static_cast<float>(number("head_dropout"));
+    s.base.bn_epsilon = static_cast<float>(number("batchnorm_epsilon", 0, 1));
+    s.head.hidden_units = integer("head_hidden_units", 0, classifier_max_units);
+    s.head.dropout = static_cast<float>(number("head_dropout", 0, 1));
     std::istringstream names(get("classes"));
-    for (std::string line; std::getline(names, line);) s.class_names.push_back(line);
+    for (std::string line; std::getline(names, line);) {
+      EIGENNET_CHECK(static_cast<int64_t>(s.class_names.size()) < classifier_max_units, "'", file, "': more than ",
+                     classifier_max_units, " class names");
+      s.class_names.push_back(line);
+    }
     s.head.classes = static_cast<int64_t>(s.class_names.size());
-    EIGENNET_CHECK(static_cast<double>(s.class_names.size()) == number("num_classes"), "'", file, "': ",
+    EIGENNET_CHECK(s.head.classes == integer("num_classes", 2, classifier_max_units), "'", file, "': ",
                    s.class_names.size(), " class names but num_classes = ", get("num_classes"));
     return s;
   }
@@ -108,12 +135,25 @@ struct LoadedClassifier {
   std::map<std::string, std::string> metadata;
 };
 
-// Rebuilds a classifier from a file written by save_classifier. Extra tensors in the file (such
-// as a checkpoint's optimizer state, names starting with "optimizer/" or "training/") are ignored.
-inline LoadedClassifier load_classifier(const std::string& path) {
-  SafetensorsFile file = read_safetensors(path);
+// Rebuilds a classifier from a file written by save_classifier, already read (or parsed from
+// memory with parse_safetensors). Extra tensors in the file (such as a checkpoint's optimizer
+// state, names starting with "optimizer/" or "training/") are ignored.
+inline LoadedClassifier load_classifier(SafetensorsFile file) {
+  const std::string& path = file.path;
   LoadedClassifier out;
   out.spec = ClassifierSpec::from_metadata(file.metadata, path);
+  // The head's size comes from the metadata alone: before allocating it, check that the file
+  // holds kernels of that size (then a hostile file pays for the memory it makes us use).
+  const int64_t features = mobilenet_v2_feature_channels(out.spec.base.alpha);
+  const auto check_kernel = [&](const std::string& name, const Shape& expected) {
+    const Tensor* t = file.find(name);
+    EIGENNET_CHECK(t != nullptr, "'", path, "': tensor '", name, "' is missing");
+    EIGENNET_CHECK(t->shape() == expected, "'", path, "': tensor '", name, "' has shape ", t->shape(),
+                   " but the metadata describes ", expected);
+  };
+  if (out.spec.head.hidden_units > 0) check_kernel("head_dense/kernel", Shape{features, out.spec.head.hidden_units});
+  check_kernel("predictions/kernel",
+               Shape{out.spec.head.hidden_units > 0 ? out.spec.head.hidden_units : features, out.spec.head.classes});
   out.metadata = file.metadata;
   out.model = make_classifier(out.spec);
   SafetensorsFile model_only;
@@ -123,5 +163,8 @@ inline LoadedClassifier load_classifier(const std::string& path) {
   load_parameters(out.model->parameters(), model_only);
   return out;
 }
+
+// Reads and rebuilds a classifier file (see above).
+inline LoadedClassifier load_classifier(const std::string& path) { return load_classifier(read_safetensors(path)); }
 
 }  // namespace eigennet

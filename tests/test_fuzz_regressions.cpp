@@ -1,0 +1,442 @@
+// Regression tests for what fuzzing the loaders found (fuzz/README.md) and for the limits that
+// keep hostile files harmless: every such input is refused with a reason that names the
+// problem (an eigennet::Error, or a decode failure for image loaders that skip bad files),
+// before anything large is allocated. Crashing inputs found by the fuzzers are kept in
+// tests/fixtures/fuzz/.
+#include <doctest/doctest.h>
+
+#include <malloc.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <new>
+#include <string>
+#include <vector>
+
+#include <eigennet/eigennet.hpp>
+
+using namespace eigennet;
+namespace fs = std::filesystem;
+
+// ---- Heap accounting: operator new/delete of this test program count live bytes -------------
+// (Tensors allocate through Eigen's aligned_malloc, which this does not see; the JSON parse
+// tree and strings go through operator new.)
+namespace {
+std::atomic<int64_t> live_bytes{0};
+std::atomic<int64_t> peak_bytes{0};
+}  // namespace
+
+void* operator new(size_t size) {
+  void* p = std::malloc(size ? size : 1);
+  if (!p) throw std::bad_alloc();
+  const int64_t now = live_bytes += static_cast<int64_t>(malloc_usable_size(p));
+  int64_t peak = peak_bytes.load();
+  while (now > peak && !peak_bytes.compare_exchange_weak(peak, now)) {
+  }
+  return p;
+}
+void operator delete(void* p) noexcept {
+  if (!p) return;
+  live_bytes -= static_cast<int64_t>(malloc_usable_size(p));
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept { operator delete(p); }
+
+namespace {
+
+// The most heap memory (through operator new) that `body` had in use at once beyond what was in
+// use before it.
+template <typename Body>
+int64_t peak_extra_bytes(Body&& body) {
+  const int64_t before = live_bytes.load();
+  peak_bytes = before;
+  body();
+  return peak_bytes.load() - before;
+}
+
+const std::string fixtures = std::string(EIGENNET_FIXTURES_DIR) + "/fuzz/";
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  REQUIRE_MESSAGE(in.good(), "cannot open ", path);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const fs::path& path, const std::vector<uint8_t>& bytes) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  REQUIRE(out.good());
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    static int counter = 0;
+    path = fs::temp_directory_path() /
+           ("eigennet_test_fuzz_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// decode_image's verdict on bytes: empty when it decodes, its reason otherwise.
+std::string decode_error(const std::vector<uint8_t>& bytes, ColorMode color = ColorMode::rgb) {
+  Image image;
+  std::string error;
+  if (decode_image(bytes.data(), bytes.size(), color, AlphaMode::composite_black, ImageLimits{}, image, error))
+    return {};
+  CHECK(!error.empty());
+  return error;
+}
+
+// A small valid baseline JPEG (stb_image_write, compiled in by eigennet/plot).
+std::vector<uint8_t> small_jpeg() {
+  const int width = 19, height = 11;
+  std::vector<uint8_t> pixels(static_cast<size_t>(width * height * 3));
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>((i * 37) % 251);
+  std::vector<uint8_t> out;
+  const auto append = [](void* context, void* data, int size) {
+    auto* bytes = static_cast<std::vector<uint8_t>*>(context);
+    bytes->insert(bytes->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+  };
+  REQUIRE(stbi_write_jpg_to_func(append, &out, width, height, 3, pixels.data(), 90));
+  return out;
+}
+
+// A marker segment: 0xFF, the marker, a 2-byte length that counts itself, the payload.
+std::vector<uint8_t> segment(uint8_t marker, const std::vector<uint8_t>& payload) {
+  const size_t length = payload.size() + 2;
+  std::vector<uint8_t> s(payload.size() + 4);
+  s[0] = 0xFF;
+  s[1] = marker;
+  s[2] = static_cast<uint8_t>(length >> 8);
+  s[3] = static_cast<uint8_t>(length & 0xFF);
+  std::copy(payload.begin(), payload.end(), s.begin() + 4);
+  return s;
+}
+
+// A DHT table (class 0, id 0) whose 16 code counts add up to `codes`, followed by the symbols.
+std::vector<uint8_t> dht_payload(int codes) {
+  std::vector<uint8_t> payload(17, 0);
+  for (int i = 0; i < 16 && codes > 0; ++i) {
+    payload[static_cast<size_t>(1 + i)] = static_cast<uint8_t>(std::min(codes, 255));
+    codes -= std::min(codes, 255);
+  }
+  int symbols = 0;
+  for (int i = 1; i <= 16; ++i) symbols += payload[static_cast<size_t>(i)];
+  payload.resize(payload.size() + static_cast<size_t>(symbols), 0);
+  return payload;
+}
+
+std::vector<uint8_t> insert_at(std::vector<uint8_t> bytes, size_t at, const std::vector<uint8_t>& part) {
+  bytes.insert(bytes.begin() + static_cast<std::ptrdiff_t>(at), part.begin(), part.end());
+  return bytes;
+}
+
+}  // namespace
+
+// ---- Images -------------------------------------------------------------------------------------
+
+TEST_CASE("fuzz finding: a JPEG Huffman table with more than 256 codes is refused before stb_image reads it") {
+  // stb_image 2.27 overflows its Huffman arrays on this file (UBSan: index 257 out of bounds
+  // for 'stbi_uc[257]'), already inside stbi_info.
+  const std::string path = fixtures + "jpeg_dht_too_many_codes.jpg";
+  const std::vector<uint8_t> bytes = read_bytes(path);
+  CHECK(contains(decode_error(bytes), "Huffman table (DHT segment) declares more than 256 codes"));
+  CHECK(contains(decode_error(bytes, ColorMode::grayscale), "more than 256 codes"));
+
+  int width = 0, height = 0;
+  std::string error;
+  CHECK_FALSE(read_image_size(path, width, height, error));
+  CHECK(contains(error, "more than 256 codes"));
+
+  try {
+    load_image(path);
+    FAIL("load_image accepted the file");
+  } catch (const Error& e) {
+    CHECK(contains(e.what(), path));
+    CHECK(contains(e.what(), "more than 256 codes"));
+  }
+
+  // An image folder skips it, also as its first file (which sets the stored size).
+  TempDir dir;
+  write_bytes(dir.path / "happy" / "a_bad.jpg", bytes);
+  write_bytes(dir.path / "happy" / "b_good.jpg", small_jpeg());
+  ImageFolderOptions options;
+  options.warnings = false;
+  const ImageSet set = load_image_folder(dir.path.string(), options);
+  CHECK(set.size() == 1);
+  CHECK(set.width() == 19);
+  REQUIRE(set.skipped_count() == 1);
+  CHECK(contains(set.skipped()[0].reason, "more than 256 codes"));
+}
+
+TEST_CASE("the JPEG Huffman check walks segments as stb_image does: payloads are skipped, every DHT is seen") {
+  const std::vector<uint8_t> jpeg = small_jpeg();
+  REQUIRE(decode_error(jpeg).empty());
+  Image original;
+  std::string error;
+  REQUIRE(decode_image(jpeg.data(), jpeg.size(), ColorMode::rgb, AlphaMode::drop, ImageLimits{}, original, error));
+  const std::vector<uint8_t> bad_table = dht_payload(257), full_table = dht_payload(256);
+
+  // Inside an APP1 payload (as in EXIF or ICC data) the same bytes are not a table: still decodes, identically.
+  std::vector<uint8_t> app1 = {'E', 'x', 'i', 'f', 0, 0};
+  const std::vector<uint8_t> disguised = segment(0xC4, bad_table);
+  app1.insert(app1.end(), disguised.begin(), disguised.end());
+  const std::vector<uint8_t> with_app1 = insert_at(jpeg, 2, segment(0xE1, app1));
+  Image decoded;
+  REQUIRE(decode_image(with_app1.data(), with_app1.size(), ColorMode::rgb, AlphaMode::drop, ImageLimits{}, decoded,
+                       error));
+  CHECK(decoded.pixels == original.pixels);
+
+  // As a real segment: after SOI, after fill bytes, and after the entropy-coded data (before
+  // EOI, where stb_image reads markers between scans), each is refused; 256 codes are fine.
+  CHECK(contains(decode_error(insert_at(jpeg, 2, segment(0xC4, bad_table))), "more than 256 codes"));
+  std::vector<uint8_t> filled = segment(0xC4, bad_table);
+  filled.insert(filled.begin(), {0xFF, 0xFF});
+  CHECK(contains(decode_error(insert_at(jpeg, 2, filled)), "more than 256 codes"));
+  REQUIRE(jpeg[jpeg.size() - 2] == 0xFF);
+  REQUIRE(jpeg[jpeg.size() - 1] == 0xD9);
+  CHECK(contains(decode_error(insert_at(jpeg, jpeg.size() - 2, segment(0xC4, bad_table))), "more than 256 codes"));
+  CHECK(detail::jpeg_huffman_tables_fit(insert_at(jpeg, 2, segment(0xC4, full_table)).data(),
+                                        jpeg.size() + full_table.size() + 4));
+  // A second table in the same segment, and a table cut off by the end of the file (stb reads
+  // zeros there, the counts that are present still add up).
+  std::vector<uint8_t> two = dht_payload(12);
+  two.insert(two.end(), bad_table.begin(), bad_table.end());
+  CHECK(contains(decode_error(insert_at(jpeg, 2, segment(0xC4, two))), "more than 256 codes"));
+  std::vector<uint8_t> cut = {0xFF, 0xD8, 0xFF, 0xC4, 0x01, 0x00, 0x00, 255, 255};
+  CHECK(contains(decode_error(cut), "more than 256 codes"));
+}
+
+TEST_CASE("fuzz finding: a PNG chunk longer than the file is refused before stb_image allocates for it") {
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "png_idat_past_end.png");
+  // The IDAT chunk of this 80-byte file claims ~2 GB; stb_image reserved that much before
+  // finding the data missing.
+  const size_t idat = static_cast<size_t>(std::search(bytes.begin(), bytes.end(), "IDAT", "IDAT" + 4) - bytes.begin());
+  REQUIRE(idat + 4 <= bytes.size());
+  const uint32_t claimed = uint32_t{bytes[idat - 4]} << 24 | uint32_t{bytes[idat - 3]} << 16 |
+                           uint32_t{bytes[idat - 2]} << 8 | uint32_t{bytes[idat - 1]};
+  CHECK(claimed > 1'000'000'000u);
+  CHECK(contains(decode_error(bytes), "truncated or corrupt PNG: a chunk claims " + std::to_string(claimed) + " bytes"));
+
+  // Every truncation of a valid PNG is refused with a reason; the whole file decodes.
+  std::vector<uint8_t> png;
+  const auto append = [](void* context, void* data, int size) {
+    auto* out = static_cast<std::vector<uint8_t>*>(context);
+    out->insert(out->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+  };
+  std::vector<uint8_t> pixels(7 * 5 * 4);
+  for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 11);
+  REQUIRE(stbi_write_png_to_func(append, &png, 7, 5, 4, pixels.data(), 7 * 4));
+  CHECK(decode_error(png).empty());
+  for (size_t n = 1; n + 12 < png.size(); ++n) {  // the last 12 bytes are IEND, which stb does not read
+    CAPTURE(n);
+    CHECK(!decode_error(std::vector<uint8_t>(png.begin(), png.begin() + static_cast<std::ptrdiff_t>(n))).empty());
+  }
+}
+
+TEST_CASE("fuzz finding: a PNM header number beyond 32 bits is refused before stb_image parses it") {
+  // stb_image 2.27 overflows an int reading the width of this file (UBSan: signed integer overflow).
+  CHECK(contains(decode_error(read_bytes(fixtures + "pnm_width_overflow.ppm")),
+                 "corrupt PNM: a number in the header does not fit in 32 bits"));
+  const auto bytes = [](const std::string& text) { return std::vector<uint8_t>(text.begin(), text.end()); };
+  // Every one of the three numbers, also after comments.
+  CHECK(contains(decode_error(bytes("P5 2147483648 1 255\n")), "does not fit in 32 bits"));
+  CHECK(contains(decode_error(bytes("P6\n# c 1\n1 99999999999 255\n")), "does not fit in 32 bits"));
+  CHECK(contains(decode_error(bytes("P5 1 1\n#\n#x\n 4294967296\n")), "does not fit in 32 bits"));
+  // The largest int passes this check and meets the size limit instead; a valid file decodes.
+  CHECK(contains(decode_error(bytes("P5 2147483647 1 255\n")), "exceed the limit of 16384 pixels per side"));
+  std::string gray = "P5\n# comment\n3 2\n255\n";
+  gray += std::string("\x00\x40\x80\xc0\xff\x10", 6);
+  Image image;
+  std::string error;
+  const std::vector<uint8_t> valid = bytes(gray);
+  REQUIRE(decode_image(valid.data(), valid.size(), ColorMode::grayscale, AlphaMode::drop, ImageLimits{}, image, error));
+  CHECK(image.width == 3);
+  CHECK(image.at(1, 1, 0) == 0xff);
+}
+
+TEST_CASE("the fuzz seeds and real FER-2013 images pass the pre-decode checks and decode") {
+  // Committed seeds cover what stb_image_write cannot produce: progressive, CMYK and restart-marker
+  // JPEGs, 16-bit, palette, bilevel and interlaced PNGs.
+  int seeds = 0;
+  for (const auto& entry : fs::directory_iterator(std::string(EIGENNET_SOURCE_DIR) + "/fuzz/corpus/image")) {
+    CAPTURE(entry.path().string());
+    CHECK(decode_error(read_bytes(entry.path().string())).empty());
+    ++seeds;
+  }
+  CHECK(seeds >= 9);
+  const fs::path fer = fs::path(EIGENNET_SHARED_DIR) / "data" / "fer2013" / "train" / "happy";
+  if (!fs::is_directory(fer)) return;
+  int checked = 0;
+  for (const auto& entry : fs::directory_iterator(fer)) {
+    if (checked == 200) break;
+    CAPTURE(entry.path().string());
+    CHECK(decode_error(read_bytes(entry.path().string()), ColorMode::grayscale).empty());
+    ++checked;
+  }
+  CHECK(checked == 200);
+}
+
+// ---- Safetensors -----------------------------------------------------------------------------
+
+namespace {
+
+std::string safetensors_file(const std::string& header, const std::string& data = {}) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xFF);
+  return out + header + data;
+}
+
+std::string parse_error(const std::string& bytes) {
+  try {
+    parse_safetensors(bytes.data(), bytes.size(), "hostile.safetensors");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a safetensors header of many tiny JSON values is refused at the value limit, with bounded memory") {
+  // 10 million "0," are a 20 MB header, and were ~2 GB of parse tree before the limit.
+  std::string zeros;
+  zeros.reserve(20'000'010);
+  for (int i = 0; i < 10'000'000; ++i) zeros += "0,";
+  zeros.back() = ']';
+  const std::string array = safetensors_file(R"({"w":{"dtype":"F32","shape":[)" + zeros + "}}");
+  std::string error;
+  const int64_t peak = peak_extra_bytes([&] { error = parse_error(array); });
+  CHECK(contains(error, "hostile.safetensors"));
+  CHECK(contains(error, "more than " + std::to_string(safetensors_max_header_values) + " values (header size limit)"));
+  MESSAGE("peak parse memory for a 20 MB header of zeros: ", peak / 1'000'000, " MB");
+  CHECK(peak < 400'000'000);
+
+  // The same limit holds across many small arrays (it counts values, not array lengths).
+  std::string metadata = R"({"__metadata__":{)";
+  for (int i = 0; i < 200'000; ++i) metadata += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":[0,0,0,0,0,0,0,0,0,0]";
+  CHECK(contains(parse_error(safetensors_file(metadata + "}}")), "values (header size limit)"));
+
+  // A file at the tensor limit stays well inside it: 100,000 entries of 12 values.
+  CHECK(safetensors_max_header_values >= 12 * safetensors_max_tensors + 100'000);
+}
+
+// ---- Classifier metadata -----------------------------------------------------------------------
+
+namespace {
+
+ClassifierSpec small_spec() {
+  ClassifierSpec spec;
+  spec.base.alpha = 0.35f;
+  spec.base.height = spec.base.width = 32;
+  spec.base.pooling = GlobalPooling::max;
+  spec.head.hidden_units = 0;
+  spec.head.dropout = 0.25f;
+  spec.class_names = {"happy", "sad"};
+  spec.head.classes = 2;
+  return spec;
+}
+
+// A parsed classifier file: metadata of `spec` with `changes` applied, and a head kernel of the
+// shape the (unchanged) spec needs.
+SafetensorsFile classifier_file(const ClassifierSpec& spec, const std::map<std::string, std::string>& changes) {
+  SafetensorsFile file;
+  file.path = "model.safetensors";
+  file.metadata = spec.to_metadata();
+  for (const auto& [key, value] : changes) file.metadata[key] = value;
+  const int64_t features = mobilenet_v2_feature_channels(spec.base.alpha);
+  file.tensors.push_back({"predictions/kernel", Tensor(Shape{features, spec.head.classes}), "F32"});
+  return file;
+}
+
+std::string load_error(SafetensorsFile file) {
+  try {
+    load_classifier(std::move(file));
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("classifier metadata: numbers are checked before conversion and the head size against the file") {
+  const ClassifierSpec spec = small_spec();
+  struct Case {
+    std::map<std::string, std::string> changes;
+    std::string expected;
+  };
+  const std::vector<Case> cases = {
+      // Each of these was a float -> integer (or double -> float) cast of an out-of-range value.
+      {{{"input_height", "1e300"}}, "metadata 'input_height' = '1e300' is outside [32, 16384]"},
+      {{{"input_width", "nan"}}, "metadata 'input_width' = 'nan' is not a number"},
+      {{{"alpha", "1e39"}}, "metadata 'alpha' = '1e39' is outside"},
+      {{{"batchnorm_epsilon", "inf"}}, "'batchnorm_epsilon' = 'inf' is not a number"},
+      {{{"head_hidden_units", "-1"}}, "'head_hidden_units' = '-1' is outside [0, 1048576]"},
+      {{{"head_hidden_units", "4.5"}}, "'head_hidden_units' = '4.5' is not an integer"},
+      {{{"num_classes", "1e20"}}, "'num_classes' = '1e20' is outside [2, 1048576]"},
+      {{{"num_classes", "3"}}, "2 class names but num_classes = 3"},
+      {{{"head_dropout", "0.5junk"}}, "'head_dropout' = '0.5junk' is not a number"},
+      // An embedded NUL used to end the number early ("32" was read).
+      {{{"input_height", std::string("32\0junk", 7)}}, "metadata 'input_height'"},
+      {{{"format", "other"}}, "metadata format is 'other'"},
+      // The head's size must match kernels in the file before the model is built: a 1M-unit
+      // hidden layer would be a 5 GB kernel.
+      {{{"head_hidden_units", "1048576"}}, "tensor 'head_dense/kernel' is missing"},
+      {{{"num_classes", "4"}, {"classes", "a\nb\nc\nd"}},
+       "tensor 'predictions/kernel' has shape [1280, 2] but the metadata describes [1280, 4]"},
+  };
+  for (const Case& c : cases) {
+    CAPTURE(c.expected);
+    const std::string error = load_error(classifier_file(spec, c.changes));
+    CHECK(contains(error, "model.safetensors"));
+    CHECK(contains(error, c.expected));
+  }
+  // Consistent metadata gets past these checks to the model (whose base weights are missing here).
+  CHECK(contains(load_error(classifier_file(spec, {})), "model parameter(s) missing from the file"));
+}
+
+TEST_CASE("save_classifier / load_classifier round trip (from disk and from memory)") {
+  TempDir dir;
+  const std::string path = (dir.path / "classifier.safetensors").string();
+  ClassifierSpec spec = small_spec();
+  spec.head.hidden_units = 8;
+  std::unique_ptr<Classifier> model = make_classifier(spec, 5);
+  save_classifier(path, *model, spec, {{"note", "test"}});
+
+  const LoadedClassifier from_disk = load_classifier(path);
+  CHECK(from_disk.spec.class_names == spec.class_names);
+  CHECK(from_disk.spec.head.hidden_units == 8);
+  CHECK(from_disk.spec.head.dropout == doctest::Approx(0.25));
+  CHECK(from_disk.spec.base.height == 32);
+  CHECK(from_disk.metadata.at("note") == "test");
+  const std::vector<uint8_t> bytes = read_bytes(path);
+  const LoadedClassifier from_memory = load_classifier(parse_safetensors(bytes.data(), bytes.size(), path));
+  const ParameterList saved = model->parameters(), disk = from_disk.model->parameters(),
+                      memory = from_memory.model->parameters();
+  REQUIRE(saved.size() == disk.size());
+  REQUIRE(saved.size() == memory.size());
+  for (size_t i = 0; i < saved.size(); ++i) {
+    CAPTURE(saved[i]->name);
+    REQUIRE(saved[i]->value.size() == disk[i]->value.size());
+    CHECK(std::memcmp(saved[i]->value.data(), disk[i]->value.data(), sizeof(float) * saved[i]->value.size()) == 0);
+    CHECK(std::memcmp(saved[i]->value.data(), memory[i]->value.data(), sizeof(float) * saved[i]->value.size()) == 0);
+  }
+}
