@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstdint>
+
+#include <Eigen/Core>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -64,6 +66,19 @@ void parallel_blocks(int64_t n, int64_t work_per_item, Body&& body) {
   }
 }
 
+// Runs body(i) for i in [0, n): split statically over all threads when total_work is worth a
+// team, inline otherwise. An OpenMP region is never entered just to run serially: libgomp
+// allocates a new team whenever the team size changes, and a training step must not allocate.
+template <typename Body>
+void parallel_for(int64_t n, int64_t total_work, Body&& body) {
+  if (total_work < parallel_grain || n < 2 || max_threads() <= 1) {
+    for (int64_t i = 0; i < n; ++i) body(i);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) body(i);
+}
+
 // Number of blocks parallel_blocks will use for this much work.
 inline int blocks_for(int64_t n, int64_t work_per_item) {
   return (n * work_per_item < parallel_grain || n < 2) ? 1 : max_threads();
@@ -74,6 +89,14 @@ inline int blocks_for(int64_t n, int64_t work_per_item) {
 template <typename T, int Slot = 0>
 T* scratch(size_t count) {
   thread_local std::vector<T> buffer;
+  if (buffer.size() < count) buffer.resize(count);
+  return buffer.data();
+}
+
+// Like scratch, but aligned for Eigen's aligned packet loads (64 bytes with AVX-512).
+template <int Slot>
+float* aligned_scratch(size_t count) {
+  thread_local std::vector<float, Eigen::aligned_allocator<float>> buffer;
   if (buffer.size() < count) buffer.resize(count);
   return buffer.data();
 }

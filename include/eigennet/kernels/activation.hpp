@@ -10,20 +10,17 @@ namespace eigennet::kernels {
 
 // y = min(max(x, 0), cap); cap = +infinity for ReLU, 6 for ReLU6.
 inline void relu_forward(float* y, const float* x, int64_t n, float cap) {
-#pragma omp parallel for schedule(static) if (n >= parallel_grain)
-  for (int64_t i = 0; i < n; ++i) y[i] = std::min(std::max(x[i], 0.0f), cap);
+  parallel_for(n, n, [&](int64_t i) { y[i] = std::min(std::max(x[i], 0.0f), cap); });
 }
 
 // dx = dy where 0 < y < cap, else 0. dx may alias dy.
 inline void relu_backward(float* dx, const float* dy, const float* y, int64_t n, float cap) {
-#pragma omp parallel for schedule(static) if (n >= parallel_grain)
-  for (int64_t i = 0; i < n; ++i) dx[i] = (y[i] > 0.0f && y[i] < cap) ? dy[i] : 0.0f;
+  parallel_for(n, n, [&](int64_t i) { dx[i] = (y[i] > 0.0f && y[i] < cap) ? dy[i] : 0.0f; });
 }
 
 // y = a + b.
 inline void add_forward(float* y, const float* a, const float* b, int64_t n) {
-#pragma omp parallel for schedule(static) if (n >= parallel_grain)
-  for (int64_t i = 0; i < n; ++i) y[i] = a[i] + b[i];
+  parallel_for(n, n, [&](int64_t i) { y[i] = a[i] + b[i]; });
 }
 
 }  // namespace eigennet::kernels

@@ -21,14 +21,18 @@ enum class Activation { none, relu6 };
 
 template <Activation act>
 inline float activate(float v) {
-  if constexpr (act == Activation::relu6) return std::min(std::max(v, 0.0f), 6.0f);
-  else return v;
+  if constexpr (act == Activation::relu6)
+    return std::min(std::max(v, 0.0f), 6.0f);
+  else
+    return v;
 }
 // act'(.) expressed through the activation's output y.
 template <Activation act>
 inline float activation_mask(float y) {
-  if constexpr (act == Activation::relu6) return (y > 0.0f && y < 6.0f) ? 1.0f : 0.0f;
-  else return (void)y, 1.0f;
+  if constexpr (act == Activation::relu6)
+    return (y > 0.0f && y < 6.0f) ? 1.0f : 0.0f;
+  else
+    return (void)y, 1.0f;
 }
 
 // Per-channel sums accumulated per thread block: float within a row (short, exact enough),
@@ -37,7 +41,9 @@ class ChannelSums {
  public:
   // Prepares `blocks` x `count` x C double accumulators, zeroed (thread-local scratch).
   ChannelSums(int blocks, int count, int64_t channels)
-      : blocks_(blocks), count_(count), c_(channels),
+      : blocks_(blocks),
+        count_(count),
+        c_(channels),
         data_(scratch<double, 1>(static_cast<size_t>(blocks) * count * channels)) {
     std::fill_n(data_, static_cast<int64_t>(blocks) * count * channels, 0.0);
   }
@@ -101,24 +107,22 @@ inline void channel_statistics(float* mean, float* variance, const float* x, int
 template <Activation act>
 inline void batch_norm_act_forward(float* y, const float* x, const float* scale, const float* shift, int64_t m,
                                    int64_t c) {
-#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * c, [&](int64_t r) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
     for (int64_t j = 0; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
-  }
+  });
 }
 
 // y = x * scale + shift + residual (the projection's BatchNorm fused with the skip connection).
 inline void batch_norm_add_forward(float* y, const float* x, const float* scale, const float* shift,
                                    const float* residual, int64_t m, int64_t c) {
-#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * c, [&](int64_t r) {
     const float* xr = x + r * c;
     const float* rr = residual + r * c;
     float* yr = y + r * c;
     for (int64_t j = 0; j < c; ++j) yr[j] = xr[j] * scale[j] + shift[j] + rr[j];
-  }
+  });
 }
 
 // s1 = sum dz, s2 = sum dz * x_hat with dz = dy * act'(y_act). Results in double.
@@ -161,15 +165,14 @@ template <Activation act>
 inline void batch_norm_act_backward_apply(float* dx, const float* dy, const float* y_act, const float* x,
                                           const float* mean, const float* k, const float* a, const float* b, int64_t m,
                                           int64_t c) {
-#pragma omp parallel for schedule(static) if (m * c >= parallel_grain)
-  for (int64_t r = 0; r < m; ++r) {
+  parallel_for(m, m * c, [&](int64_t r) {
     const float* dyr = dy + r * c;
     const float* yr = y_act + r * c;
     const float* xr = x + r * c;
     float* dxr = dx + r * c;
     for (int64_t j = 0; j < c; ++j)
       dxr[j] = k[j] * (dyr[j] * activation_mask<act>(yr[j]) - a[j] - (xr[j] - mean[j]) * b[j]);
-  }
+  });
 }
 
 }  // namespace eigennet::kernels

@@ -17,8 +17,7 @@ inline int64_t conv2d_workspace_size(const WindowGeometry& g) { return g.out_pix
 inline void im2col(float* col, const float* in, const WindowGeometry& g) {
   const int64_t patch = conv2d_patch_size(g);
   const int64_t rows = g.batch * g.out_h;
-#pragma omp parallel for schedule(static) if (rows * g.out_w * patch >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.out_w * patch, [&](int64_t r) {
     const int64_t n = r / g.out_h, oh = r % g.out_h;
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       float* dst = col + (r * g.out_w + ow) * patch;
@@ -29,12 +28,13 @@ inline void im2col(float* col, const float* in, const WindowGeometry& g) {
           if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) {
             std::memset(dst, 0, static_cast<size_t>(g.in_c) * sizeof(float));
           } else {
-            std::memcpy(dst, in + ((n * g.in_h + ih) * g.in_w + iw) * g.in_c, static_cast<size_t>(g.in_c) * sizeof(float));
+            std::memcpy(dst, in + ((n * g.in_h + ih) * g.in_w + iw) * g.in_c,
+                        static_cast<size_t>(g.in_c) * sizeof(float));
           }
         }
       }
     }
-  }
+  });
 }
 
 // din = col2im(dcol): every input pixel sums the patch entries that read it. Gathers per input
@@ -42,8 +42,7 @@ inline void im2col(float* col, const float* in, const WindowGeometry& g) {
 inline void col2im(float* din, const float* dcol, const WindowGeometry& g) {
   const int64_t patch = conv2d_patch_size(g);
   const int64_t rows = g.batch * g.in_h;
-#pragma omp parallel for schedule(static) if (rows * g.in_w * patch >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.in_w * patch, [&](int64_t r) {
     const int64_t n = r / g.in_h, ih = r % g.in_h;
     float* drow = din + r * g.in_w * g.in_c;
     std::memset(drow, 0, static_cast<size_t>(g.in_w * g.in_c) * sizeof(float));
@@ -64,7 +63,7 @@ inline void col2im(float* din, const float* dcol, const WindowGeometry& g) {
         }
       }
     }
-  }
+  });
 }
 
 // out[n, oh, ow, :] = sum over the window of in * weight (+ bias). bias may be null.

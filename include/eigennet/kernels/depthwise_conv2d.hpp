@@ -27,14 +27,15 @@ inline void depthwise_conv2d_forward(float* out, const float* in, const float* w
                                      const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h;
   const int64_t work = g.out_w * C * g.kernel_h * g.kernel_w;
-#pragma omp parallel for schedule(static) if (rows * work >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * work, [&](int64_t r) {
     const int64_t n = r / g.out_h, oh = r % g.out_h;
     float* orow = out + r * g.out_w * C;
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
       float* o = orow + ow * C;
-      if (bias) std::memcpy(o, bias, static_cast<size_t>(C) * sizeof(float));
-      else std::memset(o, 0, static_cast<size_t>(C) * sizeof(float));
+      if (bias)
+        std::memcpy(o, bias, static_cast<size_t>(C) * sizeof(float));
+      else
+        std::memset(o, 0, static_cast<size_t>(C) * sizeof(float));
     }
     for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
       const int64_t ih = oh * g.stride_h - g.pad_top + kh;
@@ -51,7 +52,7 @@ inline void depthwise_conv2d_forward(float* out, const float* in, const float* w
         }
       }
     }
-  }
+  });
 }
 
 // din[n, ih, iw, c] = sum of dout[n, oh, ow, c] * weight[kh, kw, c] over the windows that read
@@ -60,8 +61,7 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
                                             const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.in_h;
   const int64_t work = g.in_w * C * g.kernel_h * g.kernel_w;
-#pragma omp parallel for schedule(static) if (rows * work >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * work, [&](int64_t r) {
     const int64_t n = r / g.in_h, ih = r % g.in_h;
     float* drow = din + r * g.in_w * C;
     std::memset(drow, 0, static_cast<size_t>(g.in_w * C) * sizeof(float));
@@ -82,7 +82,7 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
         }
       }
     }
-  }
+  });
 }
 
 // dweight += sum over n, oh, ow of dout * in at the window position; dbias += sum of dout.

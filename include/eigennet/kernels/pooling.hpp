@@ -16,8 +16,7 @@ namespace eigennet::kernels {
 // of the winning input element within its image's H*W*C plane (ties: the first in scan order).
 inline void max_pool2d_forward(float* out, int32_t* argmax, const float* in, const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h;
-#pragma omp parallel for schedule(static) if (rows * g.out_w * C * g.kernel_h * g.kernel_w >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.out_w * C * g.kernel_h * g.kernel_w, [&](int64_t r) {
     const int64_t n = r / g.out_h, oh = r % g.out_h;
     const float* image = in + n * g.in_h * g.in_w * C;
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -43,29 +42,27 @@ inline void max_pool2d_forward(float* out, int32_t* argmax, const float* in, con
         }
       }
     }
-  }
+  });
 }
 
 // din = 0, then each output's gradient goes to its arg-max input. Serial over images' outputs
 // per image (windows of one image may overlap), parallel over the batch.
 inline void max_pool2d_backward(float* din, const float* dout, const int32_t* argmax, const WindowGeometry& g) {
   const int64_t C = g.in_c, plane_in = g.in_h * g.in_w * C, plane_out = g.out_h * g.out_w * C;
-#pragma omp parallel for schedule(static) if (g.batch * (plane_in + plane_out) >= parallel_grain)
-  for (int64_t n = 0; n < g.batch; ++n) {
+  parallel_for(g.batch, g.batch * (plane_in + plane_out), [&](int64_t n) {
     float* d = din + n * plane_in;
     std::memset(d, 0, static_cast<size_t>(plane_in) * sizeof(float));
     const float* o = dout + n * plane_out;
     const int32_t* a = argmax + n * plane_out;
     for (int64_t i = 0; i < plane_out; ++i)
       if (a[i] >= 0) d[a[i]] += o[i];
-  }
+  });
 }
 
 // out = mean over the in-bounds cells of each window.
 inline void avg_pool2d_forward(float* out, const float* in, const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h;
-#pragma omp parallel for schedule(static) if (rows * g.out_w * C * g.kernel_h * g.kernel_w >= parallel_grain)
-  for (int64_t r = 0; r < rows; ++r) {
+  parallel_for(rows, rows * g.out_w * C * g.kernel_h * g.kernel_w, [&](int64_t r) {
     const int64_t n = r / g.out_h, oh = r % g.out_h;
     const float* image = in + n * g.in_h * g.in_w * C;
     for (int64_t ow = 0; ow < g.out_w; ++ow) {
@@ -86,15 +83,14 @@ inline void avg_pool2d_forward(float* out, const float* in, const WindowGeometry
       const float inv = count ? 1.0f / static_cast<float>(count) : 0.0f;
       for (int64_t c = 0; c < C; ++c) o[c] *= inv;
     }
-  }
+  });
 }
 
 // din[cell] = sum over windows containing the cell of dout / window count. Parallel over the
 // batch (windows within an image may overlap).
 inline void avg_pool2d_backward(float* din, const float* dout, const WindowGeometry& g) {
   const int64_t C = g.in_c, plane_in = g.in_h * g.in_w * C;
-#pragma omp parallel for schedule(static) if (g.batch * plane_in * g.kernel_h * g.kernel_w >= parallel_grain)
-  for (int64_t n = 0; n < g.batch; ++n) {
+  parallel_for(g.batch, g.batch * plane_in * g.kernel_h * g.kernel_w, [&](int64_t n) {
     float* image = din + n * plane_in;
     std::memset(image, 0, static_cast<size_t>(plane_in) * sizeof(float));
     for (int64_t oh = 0; oh < g.out_h; ++oh) {
@@ -114,13 +110,12 @@ inline void avg_pool2d_backward(float* din, const float* dout, const WindowGeome
           }
       }
     }
-  }
+  });
 }
 
 // out[n, c] = mean over H*W of in[n, :, :, c].
 inline void global_avg_pool_forward(float* out, const float* in, int64_t batch, int64_t pixels, int64_t c) {
-#pragma omp parallel for schedule(static) if (batch * pixels * c >= parallel_grain)
-  for (int64_t n = 0; n < batch; ++n) {
+  parallel_for(batch, batch * pixels * c, [&](int64_t n) {
     float* o = out + n * c;
     std::memset(o, 0, static_cast<size_t>(c) * sizeof(float));
     const float* image = in + n * pixels * c;
@@ -128,22 +123,21 @@ inline void global_avg_pool_forward(float* out, const float* in, int64_t batch, 
       for (int64_t j = 0; j < c; ++j) o[j] += image[p * c + j];
     const float inv = 1.0f / static_cast<float>(pixels);
     for (int64_t j = 0; j < c; ++j) o[j] *= inv;
-  }
+  });
 }
 
 inline void global_avg_pool_backward(float* din, const float* dout, int64_t batch, int64_t pixels, int64_t c) {
   const float inv = 1.0f / static_cast<float>(pixels);
-#pragma omp parallel for schedule(static) if (batch * pixels * c >= parallel_grain)
-  for (int64_t n = 0; n < batch; ++n)
+  parallel_for(batch, batch * pixels * c, [&](int64_t n) {
     for (int64_t p = 0; p < pixels; ++p)
       for (int64_t j = 0; j < c; ++j) din[(n * pixels + p) * c + j] = dout[n * c + j] * inv;
+  });
 }
 
 // out[n, c] = max over H*W; argmax[n, c] = the winning pixel index (first on ties).
 inline void global_max_pool_forward(float* out, int32_t* argmax, const float* in, int64_t batch, int64_t pixels,
                                     int64_t c) {
-#pragma omp parallel for schedule(static) if (batch * pixels * c >= parallel_grain)
-  for (int64_t n = 0; n < batch; ++n) {
+  parallel_for(batch, batch * pixels * c, [&](int64_t n) {
     float* o = out + n * c;
     int32_t* a = argmax + n * c;
     const float* image = in + n * pixels * c;
@@ -159,17 +153,16 @@ inline void global_max_pool_forward(float* out, int32_t* argmax, const float* in
           a[j] = static_cast<int32_t>(p);
         }
       }
-  }
+  });
 }
 
 inline void global_max_pool_backward(float* din, const float* dout, const int32_t* argmax, int64_t batch,
                                      int64_t pixels, int64_t c) {
-#pragma omp parallel for schedule(static) if (batch * pixels * c >= parallel_grain)
-  for (int64_t n = 0; n < batch; ++n) {
+  parallel_for(batch, batch * pixels * c, [&](int64_t n) {
     float* image = din + n * pixels * c;
     std::memset(image, 0, static_cast<size_t>(pixels * c) * sizeof(float));
     for (int64_t j = 0; j < c; ++j) image[argmax[n * c + j] * c + j] = dout[n * c + j];
-  }
+  });
 }
 
 }  // namespace eigennet::kernels

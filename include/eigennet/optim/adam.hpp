@@ -39,8 +39,8 @@ class Adam : public Optimizer {
   void step() override {
     ++steps_;
     const double t = static_cast<double>(steps_);
-    const float alpha = static_cast<float>(lr_ * std::sqrt(1.0 - std::pow(options_.beta2, t)) /
-                                           (1.0 - std::pow(options_.beta1, t)));
+    const float alpha =
+        static_cast<float>(lr_ * std::sqrt(1.0 - std::pow(options_.beta2, t)) / (1.0 - std::pow(options_.beta1, t)));
     const float b1 = options_.beta1, b2 = options_.beta2, eps = options_.epsilon;
     const float decay = lr_ * options_.weight_decay;
     for (size_t i = 0; i < params_.size(); ++i) {
@@ -51,13 +51,12 @@ class Adam : public Optimizer {
       float* m = m_[i].data();
       float* v = v_[i].data();
       const int64_t n = p.value.size();
-#pragma omp parallel for schedule(static) if (n >= (1 << 16))
-      for (int64_t j = 0; j < n; ++j) {
+      parallel_for(n, n, [&](int64_t j) {
         if (decay != 0.0f) w[j] -= decay * w[j];
         m[j] = b1 * m[j] + (1 - b1) * g[j];
         v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
         w[j] -= alpha * m[j] / (std::sqrt(v[j]) + eps);
-      }
+      });
     }
   }
 
