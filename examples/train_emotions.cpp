@@ -596,6 +596,8 @@ int run(int argc, char** argv) {
   TrainingState state;
   if (c.resume && fs::exists(checkpoint_path)) {
     state = load_checkpoint(checkpoint_path, *model, *optimizer, fp);
+    // The checkpoint is the record: a crash between it and log.csv left the log one epoch short.
+    write_log_csv(c.out + "/log.csv", state);
     std::fprintf(stderr, "resumed from %s after epoch %lld (best validation accuracy %.4f)\n", checkpoint_path.c_str(),
                  static_cast<long long>(state.epochs_done), state.best_val_accuracy);
   } else if (c.resume) {
