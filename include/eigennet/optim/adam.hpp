@@ -53,8 +53,8 @@ class Adam : public Optimizer {
       const int64_t n = p.value.size();
       parallel_for(n, n, [&](int64_t j) {
         if (decay != 0.0f) w[j] -= decay * w[j];
-        m[j] = b1 * m[j] + (1 - b1) * g[j];
-        v[j] = b2 * v[j] + (1 - b2) * g[j] * g[j];
+        m[j] = flush_subnormal(b1 * m[j] + (1 - b1) * g[j]);
+        v[j] = flush_subnormal(b2 * v[j] + (1 - b2) * g[j] * g[j]);
         w[j] -= alpha * m[j] / (std::sqrt(v[j]) + eps);
       });
     }

@@ -34,7 +34,7 @@ class SGD : public Optimizer {
       float* vel = velocity_[i].data();
       for (int64_t j = 0; j < p.value.size(); ++j) {
         if (decay != 0.0f) w[j] -= decay * w[j];
-        vel[j] = mu * vel[j] - lr * g[j];
+        vel[j] = flush_subnormal(mu * vel[j] - lr * g[j]);
         w[j] += options_.nesterov ? mu * vel[j] - lr * g[j] : vel[j];
       }
     }
