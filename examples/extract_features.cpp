@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include <eigennet/eigennet.hpp>
 #include <eigennet/io/npy.hpp>
 
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
     std::vector<int32_t> labels;
     BatchOptions options;
     options.height = options.width = s;
+    const bool on_terminal = isatty(fileno(stderr)) != 0;
     for (int64_t begin = 0; begin < n; begin += batch_size) {
       const int64_t count = std::min(batch_size, n - begin);
       ImageSet set(s, s, 3, {"image"});
@@ -75,7 +78,10 @@ int main(int argc, char** argv) {
       assemble_batch(set, indices.data(), count, 0, options, batch, labels);
       const Tensor& f = base->forward(batch, Mode::inference);
       std::copy(f.data(), f.data() + count * channels, features.data() + begin * channels);
-      std::fprintf(stderr, "\r%lld/%lld images", static_cast<long long>(begin + count), static_cast<long long>(n));
+      // Redrawn in place on a terminal; in a log file only the final count.
+      if (on_terminal || begin + count == n)
+        std::fprintf(stderr, "%s%lld/%lld images", on_terminal ? "\r" : "", static_cast<long long>(begin + count),
+                     static_cast<long long>(n));
     }
     std::fputc('\n', stderr);
     save_npy(out, features);

@@ -60,3 +60,46 @@ TEST_CASE("Sequential builds shapes as layers are added") {
   CHECK_THROWS_WITH_AS(net.forward(Tensor(Shape{2, 8, 9, 3}), Mode::train), doctest::Contains("expected input"), Error);
   CHECK_THROWS_WITH_AS(net.add<Dense>("dense", 3), doctest::Contains("duplicate layer name"), Error);
 }
+
+// The 3x3 depthwise kernels take a row-at-once path (all nine taps per output pixel, borders
+// column by column); compare it with the direct sum on every size and padding a border can hit.
+TEST_CASE("depthwise 3x3 forward equals the direct sum at every border case") {
+  Rng rng(7);
+  for (int64_t h : {1, 2, 3, 4, 5, 8})
+    for (int64_t w : {1, 2, 3, 4, 5, 7, 8})
+      for (int64_t stride : {1, 2})
+        for (Padding padding : {Padding::same, Padding::valid}) {
+          if (padding == Padding::valid && (h < 3 || w < 3)) continue;
+          const int64_t batch = 2, C = 19;  // C not a multiple of the vector width
+          const auto g = make_window_geometry(batch, h, w, C, C, 3, 3, stride, stride, padding);
+          std::vector<float> in(static_cast<size_t>(batch * h * w * C)), weight(static_cast<size_t>(9 * C)),
+              bias(static_cast<size_t>(C)), out(static_cast<size_t>(batch * g.out_h * g.out_w * C));
+          for (float& v : in) v = rng.uniform() * 2 - 1;
+          for (float& v : weight) v = rng.uniform() * 2 - 1;
+          for (float& v : bias) v = rng.uniform() * 2 - 1;
+          for (bool with_bias : {false, true}) {
+            CAPTURE(h);
+            CAPTURE(w);
+            CAPTURE(stride);
+            CAPTURE(with_bias);
+            kernels::depthwise_conv2d_forward(out.data(), in.data(), weight.data(), with_bias ? bias.data() : nullptr, g);
+            double worst = 0;
+            for (int64_t n = 0; n < batch; ++n)
+              for (int64_t oh = 0; oh < g.out_h; ++oh)
+                for (int64_t ow = 0; ow < g.out_w; ++ow)
+                  for (int64_t c = 0; c < C; ++c) {
+                    double sum = with_bias ? bias[static_cast<size_t>(c)] : 0.0;
+                    for (int64_t kh = 0; kh < 3; ++kh)
+                      for (int64_t kw = 0; kw < 3; ++kw) {
+                        const int64_t ih = oh * stride - g.pad_top + kh, iw = ow * stride - g.pad_left + kw;
+                        if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+                        sum += static_cast<double>(in[static_cast<size_t>(((n * h + ih) * w + iw) * C + c)]) *
+                               weight[static_cast<size_t>((kh * 3 + kw) * C + c)];
+                      }
+                    const float got = out[static_cast<size_t>(((n * g.out_h + oh) * g.out_w + ow) * C + c)];
+                    worst = std::max(worst, std::abs(got - sum));
+                  }
+            CHECK(worst < 1e-5);
+          }
+        }
+}

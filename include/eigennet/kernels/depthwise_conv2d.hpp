@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "../core/parallel.hpp"
 #include "geometry.hpp"
@@ -20,6 +21,53 @@ inline void valid_output_range(int64_t kw, const WindowGeometry& g, int64_t& lo,
   hi = last < 0 ? 0 : std::min(g.out_w, last / g.stride_w + 1);
   lo = std::min(lo, hi);
 }
+// One output row of a 3x3 depthwise convolution with all nine taps at once:
+// orow[ow, c] = bias[c] + sum over kh, kw of rows[kh][(ow * stride - pad_left + kw), c] * w[kh, kw, c].
+// Rows outside the image are passed as a row of zeros, so every output pixel reads three rows.
+// Interior pixels load and store their output once, instead of once per tap; the border
+// columns whose window leaves the image check each column. Out of line so that the restrict
+// qualifiers hold and the channel loops vectorize.
+__attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, const float* __restrict r0,
+                                                       const float* __restrict r1, const float* __restrict r2,
+                                                       const float* __restrict weight, const float* __restrict bias,
+                                                       const WindowGeometry& g) {
+  const int64_t C = g.in_c, s = g.stride_w, pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
+  const float* rows[3] = {r0, r1, r2};
+  // Interior: columns ow*s - pad .. ow*s - pad + 2 all inside [0, in_w).
+  const int64_t first = std::min(out_w, (pad + s - 1) / s);
+  const int64_t last = std::max(first, std::min(out_w, in_w - 3 + pad >= 0 ? (in_w - 3 + pad) / s + 1 : 0));
+  auto border = [&](int64_t ow) {
+    float* o = orow + ow * C;
+    for (int64_t c = 0; c < C; ++c) o[c] = bias[c];
+    for (int64_t kh = 0; kh < 3; ++kh)
+      for (int64_t kw = 0; kw < 3; ++kw) {
+        const int64_t iw = ow * s - pad + kw;
+        if (iw < 0 || iw >= in_w) continue;
+        const float* i = rows[kh] + iw * C;
+        const float* w = weight + (kh * 3 + kw) * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += i[c] * w[c];
+      }
+  };
+  for (int64_t ow = 0; ow < first; ++ow) border(ow);
+  const float *w0 = weight, *w1 = weight + C, *w2 = weight + 2 * C, *w3 = weight + 3 * C, *w4 = weight + 4 * C,
+              *w5 = weight + 5 * C, *w6 = weight + 6 * C, *w7 = weight + 7 * C, *w8 = weight + 8 * C;
+  for (int64_t ow = first; ow < last; ++ow) {
+    const int64_t at = (ow * s - pad) * C;
+    const float *a = r0 + at, *b = r1 + at, *d = r2 + at;
+    float* o = orow + ow * C;
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = bias[c] + a[c] * w0[c] + a[C + c] * w1[c] + a[2 * C + c] * w2[c] + b[c] * w3[c] + b[C + c] * w4[c] +
+             b[2 * C + c] * w5[c] + d[c] * w6[c] + d[C + c] * w7[c] + d[2 * C + c] * w8[c];
+  }
+  for (int64_t ow = std::max(first, last); ow < out_w; ++ow) border(ow);
+}
+
+// Zeros for rows outside the image and for a missing bias: at least `count` floats.
+inline const float* zeros(int64_t count) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.assign(static_cast<size_t>(count), 0.0f);
+  return buffer.data();
+}
 }  // namespace detail
 
 // out = depthwise(in, weight) + bias (bias may be null).
@@ -27,6 +75,21 @@ inline void depthwise_conv2d_forward(float* out, const float* in, const float* w
                                      const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.out_h;
   const int64_t work = g.out_w * C * g.kernel_h * g.kernel_w;
+  if (g.kernel_h == 3 && g.kernel_w == 3) {
+    // Read-only zeros shared by the threads: a row for the padding above and below, and the bias.
+    const float* zero = detail::zeros(std::max(g.in_w, int64_t{1}) * C);
+    const float* b = bias ? bias : zero;
+    parallel_for(rows, rows * work, [&](int64_t r) {
+      const int64_t n = r / g.out_h, oh = r % g.out_h;
+      const float* row[3];
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t ih = oh * g.stride_h - g.pad_top + kh;
+        row[kh] = ih < 0 || ih >= g.in_h ? zero : in + (n * g.in_h + ih) * g.in_w * C;
+      }
+      detail::depthwise3x3_row(out + r * g.out_w * C, row[0], row[1], row[2], weight, b, g);
+    });
+    return;
+  }
   parallel_for(rows, rows * work, [&](int64_t r) {
     const int64_t n = r / g.out_h, oh = r % g.out_h;
     float* orow = out + r * g.out_w * C;

@@ -104,6 +104,9 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
       }
     }
   }
+  const bool three_by_three = g.kernel_h == 3 && g.kernel_w == 3;
+  // Read-only zeros shared by the threads: padding rows and the (absent) bias.
+  const float* zero = three_by_three ? detail::zeros(std::max(g.in_w, int64_t{1}) * C) : nullptr;
   const int blocks = blocks_for(rows, work);
   ChannelSums sums(blocks, 2, stats ? C : 0);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
@@ -115,8 +118,17 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
       float* orow = out + r * row_len;
-      std::memset(orow, 0, static_cast<size_t>(row_len) * sizeof(float));
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      if (three_by_three) {
+        const float* row[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t ih = oh * g.stride_h - g.pad_top + kh;
+          row[kh] = ih < 0 || ih >= g.in_h ? zero : input.row(n, ih);
+        }
+        detail::depthwise3x3_row(orow, row[0], row[1], row[2], weight, zero, g);
+      } else {
+        std::memset(orow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      }
+      for (int64_t kh = 0; kh < (three_by_three ? 0 : g.kernel_h); ++kh) {
         const int64_t ih = oh * g.stride_h - g.pad_top + kh;
         if (ih < 0 || ih >= g.in_h) continue;
         const float* irow = input.row(n, ih);
