@@ -103,3 +103,42 @@ TEST_CASE("depthwise 3x3 forward equals the direct sum at every border case") {
           }
         }
 }
+
+// Stride-1 3x3 backward to the input runs as a forward convolution with the rotated kernel;
+// compare it (and the stride-2 gather) with the direct scatter of every output gradient.
+TEST_CASE("depthwise 3x3 backward to the input equals the direct scatter at every border case") {
+  Rng rng(11);
+  for (int64_t h : {1, 2, 3, 4, 5, 8})
+    for (int64_t w : {1, 2, 3, 4, 5, 7, 8})
+      for (int64_t stride : {1, 2})
+        for (Padding padding : {Padding::same, Padding::valid}) {
+          if (padding == Padding::valid && (h < 3 || w < 3)) continue;
+          const int64_t batch = 2, C = 21;
+          const auto g = make_window_geometry(batch, h, w, C, C, 3, 3, stride, stride, padding);
+          std::vector<float> dout(static_cast<size_t>(batch * g.out_h * g.out_w * C)), weight(static_cast<size_t>(9 * C)),
+              din(static_cast<size_t>(batch * h * w * C));
+          std::vector<double> expected(din.size(), 0.0);
+          for (float& v : dout) v = rng.uniform() * 2 - 1;
+          for (float& v : weight) v = rng.uniform() * 2 - 1;
+          for (int64_t n = 0; n < batch; ++n)
+            for (int64_t oh = 0; oh < g.out_h; ++oh)
+              for (int64_t ow = 0; ow < g.out_w; ++ow)
+                for (int64_t kh = 0; kh < 3; ++kh)
+                  for (int64_t kw = 0; kw < 3; ++kw) {
+                    const int64_t ih = oh * stride - g.pad_top + kh, iw = ow * stride - g.pad_left + kw;
+                    if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+                    for (int64_t c = 0; c < C; ++c)
+                      expected[static_cast<size_t>(((n * h + ih) * w + iw) * C + c)] +=
+                          static_cast<double>(dout[static_cast<size_t>(((n * g.out_h + oh) * g.out_w + ow) * C + c)]) *
+                          weight[static_cast<size_t>((kh * 3 + kw) * C + c)];
+                  }
+          std::fill(din.begin(), din.end(), 123.0f);  // every element must be written
+          kernels::depthwise_conv2d_backward_input(din.data(), dout.data(), weight.data(), g);
+          double worst = 0;
+          for (size_t i = 0; i < din.size(); ++i) worst = std::max(worst, std::abs(din[i] - expected[i]));
+          CAPTURE(h);
+          CAPTURE(w);
+          CAPTURE(stride);
+          CHECK(worst < 1e-5);
+        }
+}

@@ -62,6 +62,45 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
   for (int64_t ow = std::max(first, last); ow < out_w; ++ow) border(ow);
 }
 
+// Weight gradient of one (output row, input row) pair that a kernel row connects:
+// acc[kw, c] += sum over ow of orow[ow, c] * irow[ow * stride - pad_left + kw, c], for every kw.
+// Channels go in SIMD packets held in registers across the whole row (four independent sums
+// hide the FMA latency), so each product costs two loads and no store.
+inline void depthwise_weight_grad_row(float* __restrict acc, const float* __restrict orow,
+                                      const float* __restrict irow, const WindowGeometry& g) {
+  using namespace Eigen::internal;
+  using Packet = packet_traits<float>::type;
+  constexpr int64_t P = packet_traits<float>::size;
+  const int64_t C = g.in_c, s = g.stride_w;
+  for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+    int64_t lo, hi;
+    valid_output_range(kw, g, lo, hi);
+    if (lo >= hi) continue;
+    const float* in = irow + (lo * s - g.pad_left + kw) * C;  // input pixel of output lo
+    const float* out = orow + lo * C;
+    const int64_t count = hi - lo, in_step = s * C;
+    float* a = acc + kw * C;
+    int64_t c = 0;
+    for (; c + P <= C; c += P) {
+      Packet s0 = pset1<Packet>(0.0f), s1 = s0, s2 = s0, s3 = s0;
+      int64_t k = 0;
+      for (; k + 4 <= count; k += 4) {
+        s0 = pmadd(ploadu<Packet>(out + k * C + c), ploadu<Packet>(in + k * in_step + c), s0);
+        s1 = pmadd(ploadu<Packet>(out + (k + 1) * C + c), ploadu<Packet>(in + (k + 1) * in_step + c), s1);
+        s2 = pmadd(ploadu<Packet>(out + (k + 2) * C + c), ploadu<Packet>(in + (k + 2) * in_step + c), s2);
+        s3 = pmadd(ploadu<Packet>(out + (k + 3) * C + c), ploadu<Packet>(in + (k + 3) * in_step + c), s3);
+      }
+      for (; k < count; ++k) s0 = pmadd(ploadu<Packet>(out + k * C + c), ploadu<Packet>(in + k * in_step + c), s0);
+      pstoreu(a + c, padd(ploadu<Packet>(a + c), padd(padd(s0, s1), padd(s2, s3))));
+    }
+    for (; c < C; ++c) {
+      float sum = 0.0f;
+      for (int64_t k = 0; k < count; ++k) sum += out[k * C + c] * in[k * in_step + c];
+      a[c] += sum;
+    }
+  }
+}
+
 // Zeros for rows outside the image and for a missing bias: at least `count` floats.
 inline const float* zeros(int64_t count) {
   thread_local std::vector<float> buffer;
@@ -124,6 +163,31 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
                                             const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.in_h;
   const int64_t work = g.in_w * C * g.kernel_h * g.kernel_w;
+  if (g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1) {
+    // With stride 1 the gather is itself a 3x3 depthwise convolution of dout, with the kernel
+    // rotated by 180 degrees and padding 2 - pad: din[ih, iw] = sum dout[ih - (2 - pad) + kh',
+    // iw - (2 - pad) + kw'] * w[2 - kh', 2 - kw'].
+    WindowGeometry t = g;
+    t.in_h = g.out_h;
+    t.in_w = g.out_w;
+    t.out_h = g.in_h;
+    t.out_w = g.in_w;
+    t.pad_top = 2 - g.pad_top;
+    t.pad_left = 2 - g.pad_left;
+    float* rotated = scratch<float, 8>(static_cast<size_t>(9 * C));
+    for (int64_t k = 0; k < 9; ++k) std::memcpy(rotated + k * C, weight + (8 - k) * C, static_cast<size_t>(C) * sizeof(float));
+    const float* zero = detail::zeros(std::max({t.in_w, t.out_w, int64_t{1}}) * C);
+    parallel_for(rows, rows * work, [&](int64_t r) {
+      const int64_t n = r / g.in_h, ih = r % g.in_h;
+      const float* row[3];
+      for (int64_t kh = 0; kh < 3; ++kh) {
+        const int64_t oh = ih - t.pad_top + kh;
+        row[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
+      }
+      detail::depthwise3x3_row(din + r * g.in_w * C, row[0], row[1], row[2], rotated, zero, t);
+    });
+    return;
+  }
   parallel_for(rows, rows * work, [&](int64_t r) {
     const int64_t n = r / g.in_h, ih = r % g.in_h;
     float* drow = din + r * g.in_w * C;
@@ -170,17 +234,7 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         const int64_t ih = oh * g.stride_h - g.pad_top + kh;
         if (ih < 0 || ih >= g.in_h) continue;
-        const float* irow = in + (n * g.in_h + ih) * g.in_w * C;
-        for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
-          float* acc = pw + (kh * g.kernel_w + kw) * C;
-          int64_t lo, hi;
-          detail::valid_output_range(kw, g, lo, hi);
-          for (int64_t ow = lo; ow < hi; ++ow) {
-            const float* i = irow + (ow * g.stride_w - g.pad_left + kw) * C;
-            const float* o = orow + ow * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += o[c] * i[c];
-          }
-        }
+        detail::depthwise_weight_grad_row(pw + kh * g.kernel_w * C, orow, in + (n * g.in_h + ih) * g.in_w * C, g);
       }
     }
   });

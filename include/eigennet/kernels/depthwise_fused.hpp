@@ -214,19 +214,46 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(blocks * taps * C)) : nullptr;
   if (partial) std::fill_n(partial, blocks * taps * C, 0.0);
   ChannelSums sums(blocks, 2, below ? C : 0);
-  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
-    double* pw_total = partial ? partial + t * taps * C : nullptr;
+  // Stride-1 3x3: the geometry of dout -> din as a convolution, and the rotated kernel.
+  const bool stride1_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1;
+  WindowGeometry t = g;
+  float* rotated = nullptr;
+  const float* zero = nullptr;
+  if (stride1_3x3) {
+    t.in_h = g.out_h;
+    t.in_w = g.out_w;
+    t.out_h = g.in_h;
+    t.out_w = g.in_w;
+    t.pad_top = 2 - g.pad_top;
+    t.pad_left = 2 - g.pad_left;
+    rotated = scratch<float, 8>(static_cast<size_t>(9 * C));
+    for (int64_t k = 0; k < 9; ++k) std::memcpy(rotated + k * C, weight + (8 - k) * C, static_cast<size_t>(C) * sizeof(float));
+    zero = detail::zeros(std::max({g.in_w, g.out_w, int64_t{1}}) * C);
+  }
+  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int thread) {
+    double* pw_total = partial ? partial + thread * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
     float* fa = scratch<float, 2>(static_cast<size_t>(2 * C));
     float* fb = fa + C;
-    double* sa = below ? sums.block(t, 0) : nullptr;
-    double* sb = below ? sums.block(t, 1) : nullptr;
+    double* sa = below ? sums.block(thread, 0) : nullptr;
+    double* sb = below ? sums.block(thread, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
       const float* irow = input.row(n, ih);
-      std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      if (rotated) {
+        // Stride 1, 3x3: the input gradient is a forward convolution of dout with the rotated
+        // kernel (see depthwise_conv2d_backward_input).
+        const float* row[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t oh = ih - t.pad_top + kh;
+          row[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
+        }
+        detail::depthwise3x3_row(drow, row[0], row[1], row[2], rotated, zero, t);
+      } else {
+        std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      }
       if (pw) std::fill_n(pw, taps * C, 0.0f);
       for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         const int64_t oh_s = ih + g.pad_top - kh;
@@ -234,24 +261,16 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         const int64_t oh = oh_s / g.stride_h;
         if (oh >= g.out_h) continue;
         const float* orow = dout + (n * g.out_h + oh) * g.out_w * C;
+        if (pw) detail::depthwise_weight_grad_row(pw + kh * g.kernel_w * C, orow, irow, g);
+        if (rotated) continue;
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           const float* wk = weight + (kh * g.kernel_w + kw) * C;
-          float* acc = pw ? pw + (kh * g.kernel_w + kw) * C : nullptr;
           int64_t lo, hi;
           detail::valid_output_range(kw, g, lo, hi);
           for (int64_t ow = lo; ow < hi; ++ow) {
-            const int64_t iw = ow * g.stride_w - g.pad_left + kw;
-            float* d = drow + iw * C;
+            float* d = drow + (ow * g.stride_w - g.pad_left + kw) * C;
             const float* o = orow + ow * C;
-            if (acc) {
-              const float* i = irow + iw * C;
-              for (int64_t c = 0; c < C; ++c) {
-                d[c] += o[c] * wk[c];
-                acc[c] += o[c] * i[c];
-              }
-            } else {
-              for (int64_t c = 0; c < C; ++c) d[c] += o[c] * wk[c];
-            }
+            for (int64_t c = 0; c < C; ++c) d[c] += o[c] * wk[c];
           }
         }
       }
