@@ -5,8 +5,9 @@ set -eu
 cd "$(dirname "$0")/.."
 build="${1:-build-sanitize}"
 scripts/install_deps.sh
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DEIGENNET_SANITIZE=ON -DEIGENNET_BUILD_TESTS=ON \
-  -DEIGENNET_BUILD_EXAMPLES=ON -DEIGENNET_BUILD_BENCHMARKS=OFF
+# -O1 -g1 (line tables): half the compile time of -O2 -g, with file:line in every report.
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
+  -DEIGENNET_SANITIZE=ON -DEIGENNET_BUILD_TESTS=ON -DEIGENNET_BUILD_EXAMPLES=ON -DEIGENNET_BUILD_BENCHMARKS=OFF
 cmake --build "$build" -j "$(nproc)"
 # detect_leaks: OpenMP's thread pool is torn down after main; its allocations are not leaks.
 # suppressions: only third-party code (stb_image_write's JPEG encoder, see the file); every

@@ -233,7 +233,8 @@ TEST_CASE("parameter counts equal Keras'") {
         MobileNetV2Config c = config_for(alpha, 32, 32, fused);
         c.include_top = include_top;
         c.classes = 10;
-        const ParameterList params = make_mobilenet_v2(c)->parameters();
+        const auto model = make_mobilenet_v2(c);  // owns the parameters the list points to
+        const ParameterList params = model->parameters();
         const auto [weights, statistics] = expected_counts(alpha, include_top, 10);
         CHECK(count_elements(params, true) == weights);
         CHECK(count_elements(params) - count_elements(params, true) == statistics);
