@@ -8,6 +8,14 @@
 
 #include <eigennet/eigennet.hpp>
 
+namespace {
+std::atomic<bool> counting{false};
+std::atomic<long> allocations{0};
+void count() {
+  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace
+
 // AddressSanitizer owns malloc: interposing it as well hands ASan's free pointers it never
 // allocated. Under ASan the test is skipped (the plain build runs it).
 #if defined(__SANITIZE_ADDRESS__)
@@ -25,14 +33,6 @@ void* __libc_calloc(size_t, size_t);
 void* __libc_realloc(void*, size_t);
 void* __libc_memalign(size_t, size_t);
 }
-
-namespace {
-std::atomic<bool> counting{false};
-std::atomic<long> allocations{0};
-void count() {
-  if (counting.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
-}
-}  // namespace
 
 extern "C" {
 void* malloc(size_t n) {
