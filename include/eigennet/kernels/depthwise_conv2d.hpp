@@ -107,6 +107,46 @@ inline const float* zeros(int64_t count) {
   if (static_cast<int64_t>(buffer.size()) < count) buffer.assign(static_cast<size_t>(count), 0.0f);
   return buffer.data();
 }
+
+// The input gradient of a stride-1 3x3 depthwise convolution is itself a 3x3 depthwise
+// convolution of dout, with the kernel rotated by 180 degrees and padding 2 - pad:
+// din[ih, iw] = sum dout[ih - (2 - pad) + kh', iw - (2 - pad) + kw'] * w[2 - kh', 2 - kw'].
+// Built on the calling thread; row() is then safe to call from every thread.
+class Stride1InputGradient {
+ public:
+  static bool applies(const WindowGeometry& g) {
+    return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1;
+  }
+  Stride1InputGradient(const float* dout, const float* weight, const WindowGeometry& g) : dout_(dout), g_(g), t_(g) {
+    const int64_t C = g.in_c;
+    t_.in_h = g.out_h;
+    t_.in_w = g.out_w;
+    t_.out_h = g.in_h;
+    t_.out_w = g.in_w;
+    t_.pad_top = 2 - g.pad_top;
+    t_.pad_left = 2 - g.pad_left;
+    float* rotated = scratch<float, 8>(static_cast<size_t>(9 * C));
+    for (int64_t k = 0; k < 9; ++k)
+      std::memcpy(rotated + k * C, weight + (8 - k) * C, static_cast<size_t>(C) * sizeof(float));
+    rotated_ = rotated;
+    zero_ = zeros(std::max({g.in_w, g.out_w, int64_t{1}}) * C);
+  }
+  // Writes the input-gradient row (n, ih).
+  void row(float* drow, int64_t n, int64_t ih) const {
+    const float* rows[3];
+    for (int64_t kh = 0; kh < 3; ++kh) {
+      const int64_t oh = ih - t_.pad_top + kh;
+      rows[kh] = oh < 0 || oh >= g_.out_h ? zero_ : dout_ + (n * g_.out_h + oh) * g_.out_w * g_.in_c;
+    }
+    depthwise3x3_row(drow, rows[0], rows[1], rows[2], rotated_, zero_, t_);
+  }
+
+ private:
+  const float* dout_;
+  WindowGeometry g_, t_;  // the convolution's geometry, and that of dout -> din
+  const float* rotated_ = nullptr;
+  const float* zero_ = nullptr;
+};
 }  // namespace detail
 
 // out = depthwise(in, weight) + bias (bias may be null).
@@ -163,29 +203,9 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
                                             const WindowGeometry& g) {
   const int64_t C = g.in_c, rows = g.batch * g.in_h;
   const int64_t work = g.in_w * C * g.kernel_h * g.kernel_w;
-  if (g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1) {
-    // With stride 1 the gather is itself a 3x3 depthwise convolution of dout, with the kernel
-    // rotated by 180 degrees and padding 2 - pad: din[ih, iw] = sum dout[ih - (2 - pad) + kh',
-    // iw - (2 - pad) + kw'] * w[2 - kh', 2 - kw'].
-    WindowGeometry t = g;
-    t.in_h = g.out_h;
-    t.in_w = g.out_w;
-    t.out_h = g.in_h;
-    t.out_w = g.in_w;
-    t.pad_top = 2 - g.pad_top;
-    t.pad_left = 2 - g.pad_left;
-    float* rotated = scratch<float, 8>(static_cast<size_t>(9 * C));
-    for (int64_t k = 0; k < 9; ++k) std::memcpy(rotated + k * C, weight + (8 - k) * C, static_cast<size_t>(C) * sizeof(float));
-    const float* zero = detail::zeros(std::max({t.in_w, t.out_w, int64_t{1}}) * C);
-    parallel_for(rows, rows * work, [&](int64_t r) {
-      const int64_t n = r / g.in_h, ih = r % g.in_h;
-      const float* row[3];
-      for (int64_t kh = 0; kh < 3; ++kh) {
-        const int64_t oh = ih - t.pad_top + kh;
-        row[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
-      }
-      detail::depthwise3x3_row(din + r * g.in_w * C, row[0], row[1], row[2], rotated, zero, t);
-    });
+  if (detail::Stride1InputGradient::applies(g)) {
+    const detail::Stride1InputGradient gradient(dout, weight, g);
+    parallel_for(rows, rows * work, [&](int64_t r) { gradient.row(din + r * g.in_w * C, r / g.in_h, r % g.in_h); });
     return;
   }
   parallel_for(rows, rows * work, [&](int64_t r) {

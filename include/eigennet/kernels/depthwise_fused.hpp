@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "batch_norm_act.hpp"
 #include "depthwise_conv2d.hpp"
@@ -214,22 +215,9 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(blocks * taps * C)) : nullptr;
   if (partial) std::fill_n(partial, blocks * taps * C, 0.0);
   ChannelSums sums(blocks, 2, below ? C : 0);
-  // Stride-1 3x3: the geometry of dout -> din as a convolution, and the rotated kernel.
-  const bool stride1_3x3 = g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1;
-  WindowGeometry t = g;
-  float* rotated = nullptr;
-  const float* zero = nullptr;
-  if (stride1_3x3) {
-    t.in_h = g.out_h;
-    t.in_w = g.out_w;
-    t.out_h = g.in_h;
-    t.out_w = g.in_w;
-    t.pad_top = 2 - g.pad_top;
-    t.pad_left = 2 - g.pad_left;
-    rotated = scratch<float, 8>(static_cast<size_t>(9 * C));
-    for (int64_t k = 0; k < 9; ++k) std::memcpy(rotated + k * C, weight + (8 - k) * C, static_cast<size_t>(C) * sizeof(float));
-    zero = detail::zeros(std::max({g.in_w, g.out_w, int64_t{1}}) * C);
-  }
+  // Stride-1 3x3: the input gradient as a forward convolution (see Stride1InputGradient).
+  std::optional<detail::Stride1InputGradient> stride1;
+  if (detail::Stride1InputGradient::applies(g)) stride1.emplace(dout, weight, g);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int thread) {
     double* pw_total = partial ? partial + thread * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
@@ -242,15 +230,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
       const float* irow = input.row(n, ih);
-      if (rotated) {
-        // Stride 1, 3x3: the input gradient is a forward convolution of dout with the rotated
-        // kernel (see depthwise_conv2d_backward_input).
-        const float* row[3];
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t oh = ih - t.pad_top + kh;
-          row[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
-        }
-        detail::depthwise3x3_row(drow, row[0], row[1], row[2], rotated, zero, t);
+      if (stride1) {
+        stride1->row(drow, n, ih);
       } else {
         std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       }
@@ -262,7 +243,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         if (oh >= g.out_h) continue;
         const float* orow = dout + (n * g.out_h + oh) * g.out_w * C;
         if (pw) detail::depthwise_weight_grad_row(pw + kh * g.kernel_w * C, orow, irow, g);
-        if (rotated) continue;
+        if (stride1) continue;
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           const float* wk = weight + (kh * g.kernel_w + kw) * C;
           int64_t lo, hi;
