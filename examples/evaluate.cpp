@@ -1,7 +1,8 @@
 // evaluate: a saved classifier on an image folder (<root>/<class>/*, all of it test data) ->
 // accuracy, classification report, confusion matrix (text and PNG) and metrics.json.
 // Class folders are matched to the model's classes by name; folders the model does not know
-// are reported and skipped.
+// are reported and skipped. Several comma-separated model files are evaluated as an ensemble
+// (their class probabilities averaged).
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -21,7 +22,9 @@ int main(int argc, char** argv) {
     int64_t batch_size = 64, threads = 0, max_per_class = 0;
     bool tta_flip = false;
     cli::Parser p("evaluate", "Evaluates a saved classifier (model.safetensors from train_emotions) on an image folder.");
-    p.option("model", model_path, "classifier file (safetensors with eigennet metadata)", "FILE");
+    p.option("model", model_path,
+             "classifier file (safetensors with eigennet metadata); several, comma-separated, are an ensemble",
+             "FILE[,FILE...]");
     p.option("data", data, "folder of class folders, all used as test data", "DIR");
     p.option("out", out, "output directory for report.txt, metrics.json, confusion_matrix.png", "DIR");
     p.option("batch-size", batch_size, "images per forward pass", 1, 4096);
@@ -31,14 +34,17 @@ int main(int argc, char** argv) {
     if (!p.parse(argc, argv)) return 0;
     if (model_path.empty()) throw cli::UsageError("--model is required");
     if (data.empty()) throw cli::UsageError("--data is required");
-    if (!fs::exists(model_path)) throw cli::UsageError("--model: '" + model_path + "' does not exist");
+    const std::vector<std::string> model_paths = cli::split_list(model_path);
+    if (model_paths.empty()) throw cli::UsageError("--model: no file given");
+    for (const auto& path : model_paths)
+      if (!fs::exists(path)) throw cli::UsageError("--model: '" + path + "' does not exist");
     if (!fs::is_directory(data)) throw cli::UsageError("--data: '" + data + "' is not a directory");
     if (fs::exists(out) && !fs::is_directory(out))
       throw cli::UsageError("--out: '" + out + "' exists and is not a directory");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    LoadedClassifier loaded = load_classifier(model_path);
-    const std::vector<std::string>& model_classes = loaded.spec.class_names;
+    examples::Ensemble ensemble = examples::load_ensemble(model_paths);
+    const std::vector<std::string>& model_classes = ensemble.class_names();
 
     // Match class folders to the model's classes by name.
     std::vector<std::string> folders, known, unknown;
@@ -70,18 +76,19 @@ int main(int argc, char** argv) {
                                             model_classes.begin()));
       indices.push_back(i);
     }
-    BatchOptions options;
-    options.height = static_cast<int>(loaded.spec.base.height);
-    options.width = static_cast<int>(loaded.spec.base.width);
-    const Tensor probabilities =
-        examples::predict_probabilities(*loaded.model, images, indices, options, tta_flip, batch_size);
+    const Tensor probabilities = examples::predict_probabilities(ensemble, images, indices, tta_flip, batch_size);
     const ClassificationMetrics metrics = evaluate_classifier(probabilities, labels, model_classes, {2});
     fs::create_directories(out);
     char title[256];
-    std::snprintf(title, sizeof title, "%s on %s: accuracy %.4f", fs::path(model_path).filename().c_str(),
+    std::vector<std::string> model_names;
+    for (const auto& path : model_paths) model_names.push_back(fs::path(path).filename().string());
+    std::snprintf(title, sizeof title, "%s on %s: accuracy %.4f", examples::join(model_names, " + ").c_str(),
                   fs::path(data).filename().c_str(), metrics.accuracy);
     examples::write_evaluation(out, metrics, title, [&](Json& j) {
       j["model"] = model_path;
+      Json models = Json::array();
+      for (const auto& path : model_paths) models.push_back(path);
+      j["models"] = models;
       j["data"] = data;
       j["tta_flip"] = tta_flip;
       j["skipped_files"] = images.skipped_count();

@@ -1,6 +1,7 @@
 // predict: the predicted emotion and the probability of every class for each image.
-//   predict [--model FILE] [--json] IMAGE...
-// Without --model it uses the 7-class model in the project's weights/ folder.
+//   predict [--model FILE[,FILE...]] [--json] IMAGE...
+// Without --model it uses the 7-class model in the project's weights/ folder. Several
+// comma-separated model files are an ensemble: their class probabilities are averaged.
 #include <cstdio>
 #include <filesystem>
 
@@ -31,22 +32,24 @@ int main(int argc, char** argv) {
     int64_t threads = 0;
     std::vector<std::string> paths;
     cli::Parser p("predict", "Classifies face images with a saved classifier and prints every class's probability.");
-    p.option("model", model_path, "classifier file", "FILE");
+    p.option("model", model_path, "classifier file; several, comma-separated, are an ensemble", "FILE[,FILE...]");
     p.flag("json", json, "print one JSON object per image instead of text");
     p.flag("tta-flip", tta_flip, "average with the mirrored image");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
     p.positional(paths, "IMAGE...", "JPEG, PNG or BMP files (grayscale, RGB or RGBA, any size)");
     if (!p.parse(argc, argv)) return 0;
     if (paths.empty()) throw cli::UsageError("no images given (see --help)");
-    if (!fs::exists(model_path)) throw cli::UsageError("--model: '" + model_path + "' does not exist");
+    const std::vector<std::string> model_paths = cli::split_list(model_path);
+    if (model_paths.empty()) throw cli::UsageError("--model: no file given");
+    for (const auto& path : model_paths)
+      if (!fs::exists(path)) throw cli::UsageError("--model: '" + path + "' does not exist");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    LoadedClassifier loaded = load_classifier(model_path);
-    const auto& classes = loaded.spec.class_names;
-    const int size_h = static_cast<int>(loaded.spec.base.height), size_w = static_cast<int>(loaded.spec.base.width);
-    // Each readable image, resized to the model input, goes into one set; unreadable files are
-    // reported and make the exit status non-zero.
-    ImageSet set(size_h, size_w, 3, classes);
+    examples::Ensemble ensemble = examples::load_ensemble(model_paths);
+    const auto& classes = ensemble.class_names();
+    // Each readable image is kept at its own size and resized to each model's input below;
+    // unreadable files are reported and make the exit status non-zero.
+    std::vector<Image> decoded;
     std::vector<std::string> accepted;
     int failures = 0;
     for (const auto& path : paths) {
@@ -57,17 +60,25 @@ int main(int argc, char** argv) {
         ++failures;
         continue;
       }
-      set.add(resize_image(image, size_h, size_w).pixels.data(), 0, path);
+      decoded.push_back(std::move(image));
       accepted.push_back(path);
     }
     if (!accepted.empty()) {
       std::vector<int64_t> indices(accepted.size());
       for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int64_t>(i);
-      BatchOptions options;
-      options.height = size_h;
-      options.width = size_w;
-      const Tensor probs = examples::predict_probabilities(*loaded.model, set, indices, options, tta_flip, 32);
       const int64_t k = static_cast<int64_t>(classes.size());
+      Tensor probs(Shape{static_cast<int64_t>(accepted.size()), k});
+      probs.fill(0.0f);
+      for (const LoadedClassifier& member : ensemble.members) {
+        BatchOptions options;
+        options.height = static_cast<int>(member.spec.base.height);
+        options.width = static_cast<int>(member.spec.base.width);
+        ImageSet set(options.height, options.width, 3, classes);
+        for (size_t i = 0; i < decoded.size(); ++i)
+          set.add(resize_image(decoded[i], options.height, options.width).pixels.data(), 0, accepted[i]);
+        const Tensor p = examples::predict_probabilities(*member.model, set, indices, options, tta_flip, 32);
+        for (int64_t i = 0; i < p.size(); ++i) probs[i] += p[i] / static_cast<float>(ensemble.members.size());
+      }
       for (size_t i = 0; i < accepted.size(); ++i) {
         const float* p = probs.data() + static_cast<int64_t>(i) * k;
         const int64_t best = std::max_element(p, p + k) - p;

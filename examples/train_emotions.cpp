@@ -45,7 +45,7 @@ struct Config {
   double augment_flip = 0.0, augment_shift = 0.0, augment_rotate = 0.0, augment_scale = 0.0;
   double augment_brightness = 0.0, augment_contrast = 0.0;
   int64_t size = 96, epochs = 30, batch_size = 32, hidden = 128, seed = 42, threads = 0, patience = 0;
-  int64_t max_per_class = 0, eval_batch_size = 64;
+  int64_t max_per_class = 0, eval_batch_size = 64, split_seed = -1;
   bool resume = false, tta_flip = false, quiet = false;
 };
 
@@ -137,6 +137,8 @@ cli::Parser make_parser(Config& c) {
   p.flag("tta-flip", c.tta_flip, "average predictions with the mirrored image at evaluation");
   p.option("patience", c.patience, "early stopping: epochs without validation improvement (0 = off)", 0, 100000);
   p.option("seed", c.seed, "seed for the split, initialization, order, augmentation and dropout", 0, INT64_MAX);
+  p.option("split-seed", c.split_seed,
+           "seed for the split only (-1 = --seed); ensemble members share a split and differ in --seed", -1, INT64_MAX);
   p.option("threads", c.threads, "OpenMP threads (0 = all cores)", 0, 1024);
   p.option("eval-batch-size", c.eval_batch_size, "batch size for feature extraction and evaluation", 1, 4096);
   p.flag("resume", c.resume, "continue from OUT/checkpoint.safetensors");
@@ -176,6 +178,7 @@ std::string fingerprint(const Config& c, const std::string& data) {
     << ";aug=" << x(c.augment_flip) << "," << x(c.augment_shift) << "," << x(c.augment_rotate) << ","
     << x(c.augment_scale) << "," << x(c.augment_brightness) << "," << x(c.augment_contrast) << ";seed=" << c.seed
     << ";color=" << c.color;
+  if (c.split_seed >= 0) s << ";split_seed=" << c.split_seed;
   return s.str();
 }
 
@@ -513,7 +516,7 @@ int run(int argc, char** argv) {
   folder.exclude = cli::split_list(c.exclude);
   folder.max_per_class = c.max_per_class;
   folder.validation_fraction = c.val_fraction;
-  folder.seed = static_cast<uint64_t>(c.seed);
+  folder.seed = static_cast<uint64_t>(c.split_seed >= 0 ? c.split_seed : c.seed);
   std::fprintf(stderr, "loading images from %s ...\n", c.data.c_str());
   const auto load_start = std::chrono::steady_clock::now();
   ImageDataset dataset = load_image_dataset(c.data, folder);

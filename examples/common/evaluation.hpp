@@ -63,6 +63,62 @@ inline eigennet::Tensor predict_probabilities(eigennet::Classifier& model, const
   return probabilities;
 }
 
+// Several saved classifiers whose class probabilities are averaged: an ensemble (of one, the
+// model itself). Every member must predict the same classes in the same order; each member keeps
+// its own input size, so members trained at different sizes can be combined.
+struct Ensemble {
+  std::vector<std::string> paths;
+  std::vector<eigennet::LoadedClassifier> members;
+
+  const std::vector<std::string>& class_names() const { return members.front().spec.class_names; }
+};
+
+inline std::string join(const std::vector<std::string>& parts, const std::string& separator) {
+  std::string out;
+  for (const auto& p : parts) out += (out.empty() ? "" : separator) + p;
+  return out;
+}
+
+inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
+  using namespace eigennet;
+  EIGENNET_CHECK(!paths.empty(), "no classifier file given");
+  Ensemble ensemble;
+  for (const auto& path : paths) {
+    LoadedClassifier member = load_classifier(path);
+    if (!ensemble.members.empty() && member.spec.class_names != ensemble.class_names())
+      fail("'", path, "' predicts the classes (", join(member.spec.class_names, ", "), ") but '", paths.front(),
+           "' predicts (", join(ensemble.class_names(), ", "),
+           "): the models of an ensemble must have the same classes in the same order");
+    ensemble.paths.push_back(path);
+    ensemble.members.push_back(std::move(member));
+  }
+  return ensemble;
+}
+
+// The mean of the members' probabilities (each as predict_probabilities above, at the member's
+// own input size and with its normalization defaults).
+inline eigennet::Tensor predict_probabilities(Ensemble& ensemble, const eigennet::ImageSet& set,
+                                              const std::vector<int64_t>& indices, bool tta_flip,
+                                              int64_t batch_size) {
+  using namespace eigennet;
+  Tensor mean;
+  for (size_t m = 0; m < ensemble.members.size(); ++m) {
+    const LoadedClassifier& member = ensemble.members[m];
+    BatchOptions options;
+    options.height = static_cast<int>(member.spec.base.height);
+    options.width = static_cast<int>(member.spec.base.width);
+    const Tensor p = predict_probabilities(*member.model, set, indices, options, tta_flip, batch_size);
+    if (m == 0) {
+      mean = p;
+    } else {
+      for (int64_t i = 0; i < p.size(); ++i) mean[i] += p[i];
+    }
+  }
+  const float scale = 1.0f / static_cast<float>(ensemble.members.size());
+  for (int64_t i = 0; i < mean.size(); ++i) mean[i] *= scale;
+  return mean;
+}
+
 // Writes report.txt, metrics.json (to which add_fields may add) and confusion_matrix.png to
 // out_dir, and prints the report.
 inline void write_evaluation(const std::string& out_dir, const eigennet::ClassificationMetrics& metrics,

@@ -103,17 +103,55 @@ rejected evaluate_weights_not_classifier 1 "is not an eigennet classifier" "$E" 
 run evaluate_ok "$E" --model "$MODEL" --data data --out evaluation --threads 1
 expect_status evaluate_ok 0
 
+# Ensembles (comma-separated --model). A model with itself averages equal probabilities: the same
+# report. A second model (another seed) and one with other classes, for the checks below.
+run evaluate_self_ensemble "$E" --model "$MODEL,$MODEL" --data data --out evaluation_self --threads 1
+expect_status evaluate_self_ensemble 0
+if [ "$(tail -n +2 evaluation/report.txt)" = "$(tail -n +2 evaluation_self/report.txt)" ]; then pass; else
+  fail "an ensemble of a model with itself reports different numbers than the model"
+fi
+expect_in evaluation_self/metrics.json '"models"' "evaluate ensemble metrics.json"
+# shellcheck disable=SC2086
+run model_b "$TRAIN" --data data --out model_b --mode frozen $TINY --epochs 1 --seed 8
+expect_status model_b 0
+MODEL_B=model_b/model.safetensors
+"$TOOL" dataset data3 a,b,c 3 16 || exit 2
+# shellcheck disable=SC2086
+run model_c "$TRAIN" --data data3 --out model_c --mode frozen $TINY --epochs 1
+expect_status model_c 0
+rejected evaluate_ensemble_classes 1 "the models of an ensemble must have the same classes in the same order" \
+  "$E" --model "$MODEL,model_c/model.safetensors" --data data
+rejected evaluate_ensemble_missing 2 "evaluate: --model: 'no_such.safetensors' does not exist" \
+  "$E" --model "$MODEL,no_such.safetensors" --data data
+rejected evaluate_ensemble_empty 2 "evaluate: --model: no file given" "$E" --model , --data data
+run evaluate_ensemble "$E" --model "$MODEL,$MODEL_B" --data data --out evaluation_ensemble --threads 1
+expect_status evaluate_ensemble 0
+expect_in evaluate_ensemble.out "model.safetensors + model.safetensors on data" "evaluate ensemble title"
+
 # ---- predict -------------------------------------------------------------------------------------
 P=$PREDICT
 rejected predict_no_images 2 "predict: no images given" "$P" --model "$MODEL"
 rejected predict_model_missing 2 "predict: --model: 'no_such.safetensors' does not exist" \
   "$P" --model no_such.safetensors face.png
-rejected predict_model_flag 2 "predict: --model needs a value (FILE)" "$P" --model --json face.png
+rejected predict_model_flag 2 "predict: --model needs a value (FILE[,FILE...])" "$P" --model --json face.png
 rejected predict_image_missing 1 "predict: 'no_such.png': cannot open file" "$P" --model "$MODEL" no_such.png
 rejected predict_image_directory 1 "predict: 'data'" "$P" --model "$MODEL" data
 run predict_ok "$P" --model "$MODEL" --json --threads 1 face.png
 expect_status predict_ok 0
 expect_in predict_ok.out '"image":"face.png"' "predict --json"
+# An ensemble's probabilities are the mean of its members' (to float rounding).
+probability() { sed 's/.*"probabilities":{"a":\([^,]*\),.*/\1/' "$1"; }
+run predict_b "$P" --model "$MODEL_B" --json --threads 1 face.png
+run predict_ensemble "$P" --model "$MODEL,$MODEL_B" --json --threads 1 face.png
+expect_status predict_ensemble 0
+if awk -v a="$(probability predict_ok.out)" -v b="$(probability predict_b.out)" \
+  -v e="$(probability predict_ensemble.out)" 'BEGIN { d = e - (a + b) / 2; exit !(d < 1e-6 && d > -1e-6 && a != b) }'; then
+  pass
+else
+  fail "predict ensemble: p(a) = $(probability predict_ensemble.out), members $(probability predict_ok.out) and $(probability predict_b.out)"
+fi
+rejected predict_ensemble_classes 1 "the models of an ensemble must have the same classes in the same order" \
+  "$P" --model "$MODEL,model_c/model.safetensors" face.png
 
 # ---- extract_features ----------------------------------------------------------------------------
 X=$EXTRACT
