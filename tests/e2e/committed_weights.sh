@@ -1,0 +1,55 @@
+# The trained models committed in weights/ load and classify FER-2013 test faces far above chance:
+# each model and each ensemble of weights/README.md on the first 50 test images per class, with
+# test-time flip, as the README evaluates them; and predict without --model uses the 7-class one.
+#   sh committed_weights.sh BIN_DIR PROJECT_DIR SHARED_DIR WORK_DIR   (exit 77 = skipped: no FER-2013)
+set -u
+BIN=$(cd "$1" && pwd)
+PROJECT=$2
+SHARED=$3
+WORK=$4
+TEST=$SHARED/data/fer2013/test
+if [ ! -d "$TEST" ]; then
+  echo "skipped: FER-2013 is not in $SHARED"
+  exit 77
+fi
+rm -rf "$WORK" && mkdir -p "$WORK" || exit 2
+OMP_WAIT_POLICY=passive
+export OMP_WAIT_POLICY
+failures=0
+fail() {
+  echo "FAIL: $*" >&2
+  failures=$((failures + 1))
+}
+W=$PROJECT/weights
+# NAME MODELS CLASSES: evaluate MODELS (comma-separated) on the slice; accuracy >= 0.5
+# (chance: 1/7 or 1/6; the full test split gives 0.67-0.76).
+check() {
+  name=$1
+  models=$2
+  classes=$3
+  "$BIN/evaluate" --model "$models" --data "$TEST" --max-per-class 50 --tta-flip --out "$WORK/$name" \
+    >"$WORK/$name.log" 2>&1 || { fail "evaluate $name failed: $(tail -3 "$WORK/$name.log")"; return; }
+  accuracy=$(sed -n 's/^  "accuracy": \([0-9.]*\),*$/\1/p' "$WORK/$name/metrics.json" | head -1)
+  samples=$(sed -n 's/^  "num_samples": \([0-9]*\),*$/\1/p' "$WORK/$name/metrics.json" | head -1)
+  echo "$name: accuracy $accuracy on $samples images"
+  [ "$samples" -eq $((50 * classes)) ] || fail "$name: $samples images evaluated, expected $((50 * classes))"
+  awk -v a="$accuracy" 'BEGIN { exit !(a >= 0.5) }' || fail "$name: accuracy $accuracy on the slice is below 0.5"
+}
+check 7class "$W/emotions_7class.safetensors" 7
+check 6class "$W/emotions_6class.safetensors" 6
+if [ -f "$W/emotions_7class_seed7.safetensors" ]; then
+  check 7class_ensemble "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.safetensors" 7
+fi
+if [ -f "$W/emotions_6class_seed7.safetensors" ]; then
+  check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors" 6
+fi
+
+# predict without --model, from a directory outside the project: the project's 7-class model(s).
+image=$TEST/happy/$(ls "$TEST/happy" | head -1)
+(cd "$WORK" && "$BIN/predict" --json "$image") >"$WORK/predict.json" 2>"$WORK/predict.err" ||
+  fail "predict without --model failed: $(cat "$WORK/predict.err")"
+[ "$(grep -o '"[a-z]*":[0-9][0-9.e-]*' "$WORK/predict.json" | wc -l)" -eq 7 ] ||
+  fail "predict without --model should print 7 probabilities: $(cat "$WORK/predict.json")"
+
+if [ "$failures" -gt 0 ]; then exit 1; fi
+echo "passed"
