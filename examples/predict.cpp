@@ -1,6 +1,6 @@
 // predict: the predicted emotion and the probability of every class for each image.
 //   predict [--model FILE[,FILE...]] [--json] IMAGE...
-// Without --model it uses the 7-class model in the project's weights/ folder. Several
+// Without --model it uses the 7-class ensemble in the project's weights/ folder. Several
 // comma-separated model files are an ensemble: their class probabilities are averaged.
 #include <cstdio>
 #include <filesystem>
@@ -14,14 +14,22 @@ namespace fs = std::filesystem;
 using namespace eigennet;
 
 namespace {
+// The project's 7-class ensemble (weights/README.md): weights/ in the working directory, else in
+// the source tree this program was built from.
 std::string default_model() {
-  std::vector<std::string> candidates = {"weights/emotions_7class.safetensors"};
+  const std::vector<std::string> members = {"emotions_7class.safetensors", "emotions_7class_seed7.safetensors"};
+  std::vector<std::string> folders = {"weights"};
 #ifdef EIGENNET_SOURCE_DIR
-  candidates.push_back(std::string(EIGENNET_SOURCE_DIR) + "/weights/emotions_7class.safetensors");
+  folders.push_back(std::string(EIGENNET_SOURCE_DIR) + "/weights");
 #endif
-  for (const auto& c : candidates)
-    if (fs::exists(c)) return c;
-  return candidates.front();
+  for (const auto& folder : folders) {
+    if (!fs::exists(folder + "/" + members.front())) continue;
+    std::string list;
+    for (const auto& m : members)
+      if (fs::exists(folder + "/" + m)) list += (list.empty() ? "" : ",") + folder + "/" + m;
+    return list;
+  }
+  return "weights/" + members.front();
 }
 }  // namespace
 

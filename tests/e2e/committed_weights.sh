@@ -1,6 +1,6 @@
 # The trained models committed in weights/ load and classify FER-2013 test faces far above chance:
 # each model and each ensemble of weights/README.md on the first 50 test images per class, with
-# test-time flip, as the README evaluates them; and predict without --model uses the 7-class one.
+# test-time flip, as the README evaluates them; and predict without --model uses the 7-class ensemble.
 #   sh committed_weights.sh BIN_DIR PROJECT_DIR SHARED_DIR WORK_DIR   (exit 77 = skipped: no FER-2013)
 set -u
 BIN=$(cd "$1" && pwd)
@@ -37,19 +37,21 @@ check() {
 }
 check 7class "$W/emotions_7class.safetensors" 7
 check 6class "$W/emotions_6class.safetensors" 6
-if [ -f "$W/emotions_7class_seed7.safetensors" ]; then
-  check 7class_ensemble "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.safetensors" 7
-fi
-if [ -f "$W/emotions_6class_seed7.safetensors" ]; then
-  check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors" 6
-fi
+check 7class_seed7 "$W/emotions_7class_seed7.safetensors" 7
+check 6class_seed7 "$W/emotions_6class_seed7.safetensors" 6
+check 7class_ensemble "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.safetensors" 7
+check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors" 6
 
-# predict without --model, from a directory outside the project: the project's 7-class model(s).
+# predict without --model, from a directory outside the project: the project's 7-class ensemble.
 image=$TEST/happy/$(ls "$TEST/happy" | head -1)
 (cd "$WORK" && "$BIN/predict" --json "$image") >"$WORK/predict.json" 2>"$WORK/predict.err" ||
   fail "predict without --model failed: $(cat "$WORK/predict.err")"
 [ "$(grep -o '"[a-z]*":[0-9][0-9.e-]*' "$WORK/predict.json" | wc -l)" -eq 7 ] ||
   fail "predict without --model should print 7 probabilities: $(cat "$WORK/predict.json")"
+"$BIN/predict" --json --model "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.safetensors" "$image" \
+  >"$WORK/predict_ensemble.json" 2>&1 || fail "predict with the ensemble failed"
+cmp -s "$WORK/predict.json" "$WORK/predict_ensemble.json" ||
+  fail "predict without --model differs from the 7-class ensemble: $(cat "$WORK/predict.json" "$WORK/predict_ensemble.json")"
 
 if [ "$failures" -gt 0 ]; then exit 1; fi
 echo "passed"
