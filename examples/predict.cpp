@@ -4,6 +4,7 @@
 // comma-separated model files are an ensemble: their class probabilities are averaged.
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 #include <eigennet/eigennet.hpp>
 
@@ -75,18 +76,15 @@ int main(int argc, char** argv) {
       std::vector<int64_t> indices(accepted.size());
       for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int64_t>(i);
       const int64_t k = static_cast<int64_t>(classes.size());
-      Tensor probs(Shape{static_cast<int64_t>(accepted.size()), k});
-      probs.fill(0.0f);
-      for (const LoadedClassifier& member : ensemble.members) {
-        BatchOptions options;
-        options.height = static_cast<int>(member.spec.base.height);
-        options.width = static_cast<int>(member.spec.base.width);
-        ImageSet set(options.height, options.width, 3, classes);
-        for (size_t i = 0; i < decoded.size(); ++i)
-          set.add(resize_image(decoded[i], options.height, options.width).pixels.data(), 0, accepted[i]);
-        const Tensor p = examples::predict_probabilities(*member.model, set, indices, options, tta_flip, 32);
-        for (int64_t i = 0; i < p.size(); ++i) probs[i] += p[i] / static_cast<float>(ensemble.members.size());
-      }
+      // The images resized to each member's input.
+      std::unique_ptr<ImageSet> resized;
+      const auto set_for = [&](const LoadedClassifier& member) -> const ImageSet& {
+        const int h = static_cast<int>(member.spec.base.height), w = static_cast<int>(member.spec.base.width);
+        resized = std::make_unique<ImageSet>(h, w, 3, classes);
+        for (size_t i = 0; i < decoded.size(); ++i) resized->add(resize_image(decoded[i], h, w).pixels.data(), 0, accepted[i]);
+        return *resized;
+      };
+      const Tensor probs = examples::predict_probabilities(ensemble, set_for, indices, tta_flip, 32);
       for (size_t i = 0; i < accepted.size(); ++i) {
         const float* p = probs.data() + static_cast<int64_t>(i) * k;
         const int64_t best = std::max_element(p, p + k) - p;

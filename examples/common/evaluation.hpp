@@ -96,10 +96,11 @@ inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
 }
 
 // The mean of the members' probabilities (each as predict_probabilities above, at the member's
-// own input size and with its normalization defaults).
-inline eigennet::Tensor predict_probabilities(Ensemble& ensemble, const eigennet::ImageSet& set,
-                                              const std::vector<int64_t>& indices, bool tta_flip,
-                                              int64_t batch_size) {
+// own input size and with its normalization defaults). set_for(member) gives the images each
+// member sees (the same set, or one already resized to that member's input).
+inline eigennet::Tensor predict_probabilities(
+    Ensemble& ensemble, const std::function<const eigennet::ImageSet&(const eigennet::LoadedClassifier&)>& set_for,
+    const std::vector<int64_t>& indices, bool tta_flip, int64_t batch_size) {
   using namespace eigennet;
   Tensor mean;
   for (size_t m = 0; m < ensemble.members.size(); ++m) {
@@ -107,7 +108,7 @@ inline eigennet::Tensor predict_probabilities(Ensemble& ensemble, const eigennet
     BatchOptions options;
     options.height = static_cast<int>(member.spec.base.height);
     options.width = static_cast<int>(member.spec.base.width);
-    const Tensor p = predict_probabilities(*member.model, set, indices, options, tta_flip, batch_size);
+    const Tensor p = predict_probabilities(*member.model, set_for(member), indices, options, tta_flip, batch_size);
     if (m == 0) {
       mean = p;
     } else {
@@ -117,6 +118,14 @@ inline eigennet::Tensor predict_probabilities(Ensemble& ensemble, const eigennet
   const float scale = 1.0f / static_cast<float>(ensemble.members.size());
   for (int64_t i = 0; i < mean.size(); ++i) mean[i] *= scale;
   return mean;
+}
+
+inline eigennet::Tensor predict_probabilities(Ensemble& ensemble, const eigennet::ImageSet& set,
+                                              const std::vector<int64_t>& indices, bool tta_flip,
+                                              int64_t batch_size) {
+  return predict_probabilities(
+      ensemble, [&set](const eigennet::LoadedClassifier&) -> const eigennet::ImageSet& { return set; }, indices,
+      tta_flip, batch_size);
 }
 
 // Writes report.txt, metrics.json (to which add_fields may add) and confusion_matrix.png to
