@@ -40,7 +40,9 @@ check 6class "$W/emotions_6class.safetensors" 6
 check 7class_seed7 "$W/emotions_7class_seed7.safetensors" 7
 check 6class_seed7 "$W/emotions_6class_seed7.safetensors" 6
 check 7class_ensemble "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.safetensors" 7
-check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors" 6
+check 6class_112 "$W/emotions_6class_112.safetensors" 6
+check 6class_112_seed7 "$W/emotions_6class_112_seed7.safetensors" 6
+check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors,$W/emotions_6class_112.safetensors,$W/emotions_6class_112_seed7.safetensors" 6
 
 # predict without --model, from a directory outside the project: the project's 7-class ensemble.
 image=$TEST/happy/$(ls "$TEST/happy" | head -1)
