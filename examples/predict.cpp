@@ -4,7 +4,8 @@
 // comma-separated model files are an ensemble: their class probabilities are averaged.
 #include <cstdio>
 #include <filesystem>
-#include <memory>
+#include <map>
+#include <utility>
 
 #include <eigennet/eigennet.hpp>
 
@@ -76,13 +77,14 @@ int main(int argc, char** argv) {
       std::vector<int64_t> indices(accepted.size());
       for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int64_t>(i);
       const int64_t k = static_cast<int64_t>(classes.size());
-      // The images resized to each member's input.
-      std::unique_ptr<ImageSet> resized;
+      // The images resized once per input size that the members use.
+      std::map<std::pair<int, int>, ImageSet> resized;
       const auto set_for = [&](const LoadedClassifier& member) -> const ImageSet& {
         const int h = static_cast<int>(member.spec.base.height), w = static_cast<int>(member.spec.base.width);
-        resized = std::make_unique<ImageSet>(h, w, 3, classes);
-        for (size_t i = 0; i < decoded.size(); ++i) resized->add(resize_image(decoded[i], h, w).pixels.data(), 0, accepted[i]);
-        return *resized;
+        const auto [it, inserted] = resized.try_emplace({h, w}, h, w, 3, classes);
+        if (inserted)
+          for (size_t i = 0; i < decoded.size(); ++i) it->second.add(resize_image(decoded[i], h, w).pixels.data(), 0, accepted[i]);
+        return it->second;
       };
       const Tensor probs = examples::predict_probabilities(ensemble, set_for, indices, tta_flip, 32);
       for (size_t i = 0; i < accepted.size(); ++i) {
