@@ -3,7 +3,7 @@
 # already present are skipped. Run as root (or with sudo available).
 set -eu
 
-packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev"
+packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev libjpeg62-turbo-dev libpng-dev"
 if [ "${1:-}" = "--all" ]; then
   # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes).
   packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine"
