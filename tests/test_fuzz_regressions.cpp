@@ -220,6 +220,23 @@ TEST_CASE("fuzz finding (stb_image 2.27): a JPEG Huffman table with more than 25
   CHECK(decoded.pixels == original.pixels);
 }
 
+TEST_CASE("fuzz finding (stb_image 2.27, issue 19): a JPEG whose data ends in a marker mid-code is refused") {
+  // stb_image 2.27: "stb_image.h:2065:27: runtime error: shift exponent 32 is too large for 32-bit
+  // type 'unsigned int'" in stbi__grow_buffer_unsafe <- stbi__jpeg_decode_block (a marker where a
+  // coefficient's bits should be drives its bit count to -8). Found again for this test by
+  // decoding gray.jpg cut inside its scan, followed by random bytes and EOI, with the old
+  // decoder under UBSan (60,000 candidates). libjpeg-turbo reports the missing data.
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "jpeg_stb_shift_by_32.jpg");
+  CHECK(contains(decode_error(bytes), "corrupt or unsupported JPEG (libjpeg-turbo: Corrupt JPEG data: premature end of data segment)"));
+  CHECK(contains(decode_error(bytes, ColorMode::grayscale), "premature end of data segment"));
+  DecodeOptions reduced;
+  reduced.min_width = reduced.min_height = 1;
+  Image image;
+  std::string error;
+  CHECK_FALSE(decode_image(bytes.data(), bytes.size(), reduced, image, error));
+  CHECK(contains(error, "premature end of data segment"));
+}
+
 TEST_CASE("fuzz finding (stb_image 2.27): a PNG chunk longer than the file is refused without allocating for it") {
   // The IDAT chunk of this 80-byte file claims ~2 GB; stb_image reserved that much before
   // finding the data missing. (Its header's CRC is wrong too, which libpng checks first.)
