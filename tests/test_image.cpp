@@ -587,12 +587,28 @@ TEST_CASE("truncated, corrupt and hostile files are refused with a reason, never
     CHECK(contains(refusal(bad_crc), "libpng"));
   }
 
-  SUBCASE("a progressive JPEG may have 500 scans, not more") {
+  SUBCASE("a progressive JPEG may have 500 scans, fewer when large, not more") {
     std::vector<uint8_t> ok, bomb;
     REQUIRE(encode_progressive(500, ok));
     REQUIRE(encode_progressive(501, bomb));
     CHECK(decode(ok, ColorMode::grayscale).width == 32);
-    CHECK(contains(refusal(bomb), "progressive JPEG with more than 500 scans"));
+    CHECK(contains(refusal(bomb), "progressive JPEG with more than 500 scans, the limit for its 32x32x1 samples"));
+    // At most 2^32 samples over all scans.
+    jpeg_decompress_struct info{};
+    const auto limit = [&](JDIMENSION width, JDIMENSION height, int components) {
+      info.image_width = width;
+      info.image_height = height;
+      info.num_components = components;
+      return detail::jpeg_scan_limit(info);
+    };
+    CHECK(limit(32, 32, 1) == 500);
+    CHECK(limit(1024, 1024, 3) == 500);
+    CHECK(limit(2048, 2048, 1) == 500);
+    CHECK(limit(2048, 2048, 3) == 341);
+    CHECK(limit(4032, 3024, 3) == 117);
+    CHECK(limit(8192, 8192, 3) == 21);
+    CHECK(limit(16384, 16384, 4) == 4);
+    CHECK(limit(65500, 65500, 4) == 1);
   }
 
   SUBCASE("JPEG processes libjpeg-turbo does not decode are named") {
