@@ -5,8 +5,11 @@ set -eu
 
 packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev libjpeg62-turbo-dev libpng-dev"
 if [ "${1:-}" = "--all" ]; then
-  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes).
+  # Benchmarks and the reference fixtures: PyTorch; Pillow, jpegtran and cjpeg for the image
+  # fixtures (tests/fixtures/make_image_fixtures.py); libspng for bench_decode's PNG comparison.
+  # (clang for the fuzzers is in the default set: CI fuzzes.)
   packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine"
+  packages="$packages python3-pil libjpeg-turbo-progs libspng-dev"
 fi
 
 missing=""

@@ -3,17 +3,22 @@
 // reduced-size decoding through the inverse DCT. Used by decode_image (image.hpp).
 //
 // - Errors never leave libjpeg through its default handler (which prints and calls exit()): the
-//   error manager below keeps the message and longjmps back to decode_jpeg, which returns it.
+//   error manager below keeps the message and longjmps back to jpeg_guarded, and decode_jpeg
+//   returns the message.
 // - Warnings that mean the pixels are incomplete or wrong (a truncated file, corrupt entropy-coded
 //   data, an inconsistent progression) are errors too: such files are refused, not returned half
 //   gray. A file that ends without its EOI marker is refused as well, as Pillow refuses it: the
-//   decoder cannot tell it from one cut between two progressive scans. Warnings about data the decoder does not need (stray bytes between segments, an unknown
-//   JFIF version or Adobe transform code) are ignored, as Pillow and OpenCV do.
+//   decoder cannot tell it from one cut between two progressive scans. Warnings about data the
+//   decoder does not need (stray bytes between segments, an unknown JFIF version or Adobe
+//   transform code) are ignored, as Pillow and OpenCV do.
 // - The dimensions are checked against ImageLimits after libjpeg has read the header and before
 //   it allocates anything for the pixels, and the scans of a progressive file are limited (see
 //   jpeg_scan_limit): a small file with many scans over a large image otherwise costs minutes.
 // - The TurboJPEG API is not used: its 2.1 header function refuses valid files with unusual
 //   chroma sampling (e.g. Cb 2x1, Cr 1x1) that libjpeg and Pillow decode.
+// - jpeglib.h and jerror.h declare, in every file that includes eigennet/data, libjpeg's
+//   unprefixed names: types (boolean, JSAMPLE, INT16, INT32, UINT8, ...) and macros (TRUE, FALSE,
+//   LOCAL, GLOBAL, EXTERN, METHODDEF, FAR, ERREXIT, WARNMS, ...).
 #pragma once
 
 #include <algorithm>
@@ -36,8 +41,8 @@ namespace eigennet {
 namespace detail {
 
 // A progressive file is decoded by passes over all its coefficients, one per scan, so a small
-// file of many nearly empty scans over a large image is a "decompression bomb": measured here,
-// 500 scans over 2048x2048 gray take 2.6 s, and would take 40 s at 64 megapixels. The limit: 500
+// file of many nearly empty scans over a large image is a "decompression bomb": on this (busy)
+// machine 500 scans over 2048x2048 gray took 2.6 s, so 64 megapixels would take 40 s. The limit: 500
 // scans (TurboJPEG's TJFLAG_LIMITSCANS), and no more than 2^32 samples (width x height x
 // components) over all scans: a 64-megapixel color image may have 21 scans, a 12-megapixel one
 // 119, a 4-megapixel one 341; encoders write about 10.
@@ -54,8 +59,8 @@ struct JpegErrorManager {
   char message[JMSG_LENGTH_MAX];
 };
 
-// A decompressor and what its callbacks need. Destroying it frees everything libjpeg allocated
-// (also after an error: the longjmp lands in the function that owns this object).
+// A decompressor and what its callbacks need. Destroying it frees everything libjpeg allocated,
+// also after an error (libjpeg's longjmp ends in jpeg_guarded, whose caller owns this object).
 struct JpegReader {
   jpeg_decompress_struct info{};
   JpegErrorManager errors{};
