@@ -21,7 +21,7 @@
 #include "data/stb.hpp"
 
 #include "io/atomic_file.hpp"
-#include "io/json_writer.hpp"
+#include "io/json.hpp"
 #include "io/model_io.hpp"
 #include "io/safetensors.hpp"
 

@@ -26,7 +26,7 @@
 
 #include "core/error.hpp"
 #include "core/tensor.hpp"
-#include "io/json_writer.hpp"
+#include "io/json.hpp"
 
 namespace eigennet {
 
