@@ -13,7 +13,8 @@
 #include <vector>
 
 #include <eigennet/io/json.hpp>
-#include <eigennet/metrics.hpp>
+#include <eigennet/metrics/classification.hpp>
+#include <eigennet/metrics/report.hpp>
 
 using namespace eigennet;
 
