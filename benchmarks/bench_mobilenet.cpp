@@ -107,7 +107,7 @@ class Workload {
     }
     return seconds;
   }
-  int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), true); }
+  int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), eigennet::ParameterCount::weights); }
   const Config& config() const { return config_; }
   float last_loss() const { return last_loss_; }
 

@@ -6,7 +6,7 @@
 
 #include "../core/parallel.hpp"
 #include "gemm.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 
 namespace eigennet::kernels {
 

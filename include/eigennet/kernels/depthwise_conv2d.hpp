@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "../core/parallel.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 
 namespace eigennet::kernels {
 
