@@ -276,6 +276,18 @@ TEST_CASE("fuzz finding (stb_image 2.27): PNM files, whose header numbers overfl
   CHECK(decode_error(bytes("P5\n3 2\n255\n\x01\x02\x03\x04\x05\x06")) == unsupported);
 }
 
+TEST_CASE("fuzz finding (issue 19's campaign): a 261-byte BMP announcing 2304x2055 pixels is refused") {
+  // stb_image decoded it, the missing 19 MB of pixel data as black: 10-13 s per input through the
+  // fuzzer's pipeline (slow-unit reports); a header could announce 64 megapixels the same way.
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "bmp_short_file_large_image.bmp");
+  CHECK(bytes.size() == 261);
+  CHECK(decode_error(bytes) == "truncated BMP: 2304x2055 pixels of 32 bits need 18939002 bytes, the file has 261");
+  int width = 0, height = 0;
+  std::string error;
+  CHECK_FALSE(read_image_size(fixtures + "bmp_short_file_large_image.bmp", width, height, error));
+  CHECK(contains(error, "truncated BMP"));
+}
+
 TEST_CASE("the image fixtures (fuzz seeds of every variant) and real FER-2013 images decode") {
   int seeds = 0;
   for (const auto& entry : fs::directory_iterator(std::string(EIGENNET_FIXTURES_DIR) + "/images")) {

@@ -6,7 +6,8 @@
 // The format is recognized by the file's first bytes, never by its name. Other formats (GIF,
 // WebP, TIFF, PNM, HEIF, ...) are refused with a message that names them and the supported
 // ones: stb_image (Debian 12's 2.27) decodes only BMP here, the one format of its that survived
-// the fuzz campaign (fuzz/README.md); its JPEG, PNG and PNM decoders did not.
+// the fuzz campaign (fuzz/README.md); its JPEG, PNG and PNM decoders did not. A BMP shorter than
+// its pixel rows is refused first: stb_image would decode the missing rows as black.
 //
 // Decoding never throws: it reports the reason (the decoder's own, or a size limit) so that a
 // loader decoding thousands of files in parallel can skip bad ones with a message. Dimensions are
@@ -66,6 +67,24 @@ inline ImageFormat image_format(const uint8_t* p, size_t size, std::string& name
   return ImageFormat::unsupported;
 }
 
+// stb_image decodes the rows a truncated BMP lacks as black, so a 300-byte file could announce
+// (and be decoded to) a 5-megapixel image (fuzz_image found one). stb_image reads only
+// uncompressed BMPs, whose pixel data has a known size: rows of width x bits-per-pixel padded to
+// 4 bytes, from the data offset in the file header on. A file shorter than that is refused.
+// Called after stbi_info has accepted the header (so it is at least 26 bytes long).
+inline std::string check_bmp_length(const uint8_t* p, size_t size, int width, int height) {
+  const auto u16 = [&](size_t at) { return uint32_t{p[at]} | uint32_t{p[at + 1]} << 8; };
+  const uint32_t offset = u16(10) | u16(12) << 16, header = u16(14) | u16(16) << 16;
+  const size_t bits_at = header == 12 ? 24 : 28;  // OS/2 BITMAPCOREHEADER, or BITMAPINFOHEADER and later
+  if (size < bits_at + 2) return "truncated BMP header";
+  const int64_t row_bits = int64_t{width} * u16(bits_at);
+  const int64_t needed = int64_t{offset} + (row_bits + 31) / 32 * 4 * (height - 1) + (row_bits + 7) / 8;
+  if (needed <= static_cast<int64_t>(size)) return {};
+  return "truncated BMP: " + std::to_string(width) + "x" + std::to_string(height) + " pixels of " +
+         std::to_string(u16(bits_at)) + " bits need " + std::to_string(needed) + " bytes, the file has " +
+         std::to_string(size);
+}
+
 // BMP through stb_image: the header's dimensions first, then the pixels.
 inline bool decode_bmp(const uint8_t* data, size_t size, const DecodeOptions& options, bool header_only, Image& out,
                        std::string& error) {
@@ -80,6 +99,7 @@ inline bool decode_bmp(const uint8_t* data, size_t size, const DecodeOptions& op
     return false;
   }
   error = check_image_limits(width, height, options.limits);
+  if (error.empty()) error = check_bmp_length(data, size, width, height);
   if (!error.empty()) return false;
   out.width = width;
   out.height = height;
