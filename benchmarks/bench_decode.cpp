@@ -69,14 +69,15 @@ double median(std::vector<double> v) {
 }
 
 // Times the contenders in turn, `samples` rounds (after one untimed round); each sample repeats
-// a call until it lasts at least 20 ms. Returns the median ms per call of each.
+// a call until it lasts at least 100 ms, so that on a shared machine each sample spans many
+// scheduler slices. Returns the median ms per call of each.
 std::vector<double> interleaved(const std::vector<std::function<void()>>& contenders, int samples) {
   std::vector<int> calls(contenders.size(), 1);
   for (size_t c = 0; c < contenders.size(); ++c) {
     const auto start = Clock::now();
     contenders[c]();
     const double t = std::chrono::duration<double>(Clock::now() - start).count();
-    calls[c] = std::max(1, static_cast<int>(0.02 / std::max(t, 1e-7)));
+    calls[c] = std::max(1, static_cast<int>(0.1 / std::max(t, 1e-7)));
   }
   std::vector<std::vector<double>> ms(contenders.size());
   for (int s = 0; s < samples; ++s) {
