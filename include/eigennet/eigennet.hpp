@@ -27,6 +27,7 @@
 
 #include "layers/activation.hpp"
 #include "layers/batch_norm.hpp"
+#include "layers/channel_pad.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/dense.hpp"
 #include "layers/depthwise_conv2d.hpp"
