@@ -17,7 +17,9 @@
 //   5. the boxes are mapped back through the letterbox to the picture's pixels.
 // Optionally (tiles) a second pass runs the network on overlapping square tiles of the picture,
 // which shows small faces to the network larger; tile detections that touch a tile's inner edge
-// (a face cut by the tile) are dropped, and both passes are merged by step 4 again.
+// (a face cut by the tile) are dropped, and both passes are merged by step 4 again. Suppressing
+// in picture pixels instead of model units changes nothing: IoU and weighted means are unchanged
+// by the letterbox's shift and (up to the rounding of the scaled size to whole pixels) scaling.
 #pragma once
 
 #include <algorithm>
@@ -45,6 +47,7 @@ struct FaceDetection {
   Box box;                          // in the picture's pixels (or model units before mapping)
   std::array<Point, 6> keypoints;   // indexed by FaceKeypoint
   float score = 0;                  // sigmoid of the logit, in (0, 1)
+  float support = 1;                // sum of the scores of the anchor detections merged into this one
 
   const Point& keypoint(FaceKeypoint k) const { return keypoints[static_cast<size_t>(k)]; }
 };
@@ -65,6 +68,7 @@ inline std::vector<FaceDetection> decode_blazeface(const float* scores, const fl
     const Anchor& a = anchors[i];
     FaceDetection d;
     d.score = score;
+    d.support = score;
     d.box = Box::from_center(a.x + r[0] * inv, a.y + r[1] * inv, r[2] * inv, r[3] * inv);
     for (size_t k = 0; k < 6; ++k) d.keypoints[k] = {a.x + r[4 + 2 * k] * inv, a.y + r[5 + 2 * k] * inv};
     out.push_back(d);
@@ -84,13 +88,14 @@ inline std::vector<FaceDetection> weighted_non_max_suppression(std::vector<FaceD
   std::vector<FaceDetection> remaining;
   while (!detections.empty()) {
     const FaceDetection top = detections.front();
-    double weight = 0, x = 0, y = 0, w = 0, h = 0;
+    double weight = 0, x = 0, y = 0, w = 0, h = 0, support = 0;
     std::array<double, 12> kp{};
     remaining.clear();
     for (const FaceDetection& d : detections) {
       if (intersection_over_union(top.box, d.box) > iou_threshold || &d == &detections.front()) {
         const double s = d.score;
         weight += s;
+        support += d.support;
         x += s * d.box.x;
         y += s * d.box.y;
         w += s * d.box.width;
@@ -104,6 +109,7 @@ inline std::vector<FaceDetection> weighted_non_max_suppression(std::vector<FaceD
       }
     }
     FaceDetection merged = top;
+    merged.support = static_cast<float>(support);
     merged.box = {static_cast<float>(x / weight), static_cast<float>(y / weight), static_cast<float>(w / weight),
                   static_cast<float>(h / weight)};
     for (size_t k = 0; k < 6; ++k)
@@ -285,28 +291,55 @@ class FaceDetector {
 
   // The faces in an RGB or grayscale picture, best first, in its pixels.
   std::vector<FaceDetection> detect(const Image& image) {
-    EIGENNET_CHECK(image.width > 0 && image.height > 0, "FaceDetector: empty picture");
-    std::vector<FaceDetection> found = detect_region(image, 0, 0, image.width, image.height, options_.min_score);
-    if (!options_.tiles) return found;
     const float tile_score = options_.tile_min_score < 0 ? options_.min_score : options_.tile_min_score;
-    for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction)) {
-      if (t.width >= static_cast<float>(image.width) && t.height >= static_cast<float>(image.height)) continue;
-      for (const FaceDetection& d : detect_region(image, static_cast<int>(t.x), static_cast<int>(t.y),
-                                                  static_cast<int>(t.width), static_cast<int>(t.height), tile_score))
-        if (!cut_by_tile(d.box, t, image)) found.push_back(d);
-    }
-    return weighted_non_max_suppression(std::move(found), options_.nms_iou);
+    return select(candidates(image, std::min(options_.min_score, tile_score)), options_.min_score, tile_score,
+                  options_.nms_iou);
   }
 
-  // Steps 1-5 on one region of the picture.
-  std::vector<FaceDetection> detect_region(const Image& image, int x, int y, int w, int h, float min_score) {
+  // The two halves of detect(), for measuring several thresholds on one run of the network:
+  // candidates() gives every anchor's detection scoring at least floor_score, decoded and mapped
+  // to the picture, per pass (the whole picture, then each tile when options().tiles; tile
+  // detections that touch an inner edge of their tile are left out); select() keeps those of the
+  // whole picture scoring at least min_score and those of the tiles at least tile_min_score,
+  // suppresses within each pass and then across the passes.
+  std::vector<std::vector<FaceDetection>> candidates(const Image& image, float floor_score) {
+    EIGENNET_CHECK(image.width > 0 && image.height > 0 && !image.pixels.empty(), "FaceDetector: empty picture");
+    std::vector<std::vector<FaceDetection>> passes;
+    passes.push_back(decode_region(image, 0, 0, image.width, image.height, floor_score));
+    if (!options_.tiles) return passes;
+    for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction)) {
+      if (t.width >= static_cast<float>(image.width) && t.height >= static_cast<float>(image.height)) continue;
+      std::vector<FaceDetection> kept;
+      for (const FaceDetection& d : decode_region(image, static_cast<int>(t.x), static_cast<int>(t.y),
+                                                  static_cast<int>(t.width), static_cast<int>(t.height), floor_score))
+        if (!cut_by_tile(d.box, t, image)) kept.push_back(d);
+      passes.push_back(std::move(kept));
+    }
+    return passes;
+  }
+  static std::vector<FaceDetection> select(const std::vector<std::vector<FaceDetection>>& passes, float min_score,
+                                           float tile_min_score, float nms_iou) {
+    std::vector<FaceDetection> merged;
+    int contributing = 0;
+    for (size_t p = 0; p < passes.size(); ++p) {
+      std::vector<FaceDetection> kept;
+      for (const FaceDetection& d : passes[p])
+        if (d.score >= (p == 0 ? min_score : tile_min_score)) kept.push_back(d);
+      contributing += !kept.empty();
+      for (const FaceDetection& d : weighted_non_max_suppression(std::move(kept), nms_iou)) merged.push_back(d);
+    }
+    return contributing <= 1 ? merged : weighted_non_max_suppression(std::move(merged), nms_iou);
+  }
+
+  // Steps 1-3 and 5 on one region of the picture: the decoded detections of every anchor scoring
+  // at least min_score, before suppression, in the picture's pixels.
+  std::vector<FaceDetection> decode_region(const Image& image, int x, int y, int w, int h, float min_score) {
     const int size = input_size();
     input_.resize(Shape{1, size, size, 3});
     const Letterbox l = letterbox_image(image, x, y, w, h, size, input_.data());
     net_.forward(input_, scores_, boxes_);
-    std::vector<FaceDetection> found = weighted_non_max_suppression(
-        decode_blazeface(scores_.data(), boxes_.data(), anchors_, static_cast<float>(size), min_score),
-        options_.nms_iou);
+    std::vector<FaceDetection> found =
+        decode_blazeface(scores_.data(), boxes_.data(), anchors_, static_cast<float>(size), min_score);
     for (FaceDetection& d : found) d = l.to_image(d);
     return found;
   }
