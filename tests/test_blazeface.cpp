@@ -153,6 +153,7 @@ TEST_CASE("decode_blazeface: sigmoid scores, threshold, box and keypoint offsets
   CHECK(d[0].box.width == 0.0f);
   CHECK(d[0].keypoints[0].x == Approx(0.25));
   CHECK(d[1].score == Approx(0.75));
+  CHECK(d[1].support == Approx(0.75));  // one anchor: its own score
   CHECK(d[1].box.center_x() == Approx(0.85));
   CHECK(d[1].box.center_y() == Approx(0.70));
   CHECK(d[1].box.width == Approx(0.25));
@@ -293,6 +294,36 @@ TEST_CASE("face_crop: calibrated square, eye levelling, grayscale, pixels outsid
   CHECK(face_crop(image, face, 8, options).channels == 3);
   CHECK_THROWS_WITH_AS(face_crop(image, detection({0, 0, 0, 0}, 1), 8, options), Contains("empty or invalid crop"),
                        Error);
+}
+
+TEST_CASE("detection tiles and the selection of candidates over passes") {
+  // 640x480, tiles of 0.6 x 640 = 384 pixels: two columns (x 0 and 256) and two rows (y 0 and 96).
+  const std::vector<Box> tiles = detection_tiles(640, 480, 0.6f);
+  REQUIRE(tiles.size() == 4);
+  CHECK(tiles[0].x == 0.0f);
+  CHECK(tiles[1].x == 256.0f);
+  CHECK(tiles[2].y == 96.0f);
+  CHECK(tiles[3].width == 384.0f);
+  CHECK(tiles[3].height == 384.0f);
+  // A picture no longer than a tile in one direction: one tile across it.
+  const std::vector<Box> wide = detection_tiles(1000, 300, 0.5f);
+  REQUIRE(wide.size() == 3);  // (1000 - 500) / 375 -> 2 steps
+  CHECK(wide[2].x == 500.0f);
+  CHECK(wide[0].height == 300.0f);
+  // select(): each pass has its own threshold, suppression within and then across passes.
+  const std::vector<std::vector<FaceDetection>> passes = {
+      {detection({10, 10, 50, 50}, 0.9f), detection({12, 10, 50, 50}, 0.55f), detection({300, 10, 40, 40}, 0.6f)},
+      {detection({11, 11, 50, 50}, 0.8f), detection({200, 200, 30, 30}, 0.62f)}};
+  const std::vector<FaceDetection> strict = FaceDetector::select(passes, 0.7f, 0.7f, 0.3f);
+  REQUIRE(strict.size() == 1);  // the first face, found in both passes, merged
+  CHECK(strict[0].score == Approx(0.9));
+  CHECK(strict[0].box.x == Approx((0.9 * 10 + 0.8 * 11) / 1.7));
+  CHECK(strict[0].support == Approx(2.0));  // the supports (1 each here) add up
+  const std::vector<FaceDetection> loose = FaceDetector::select(passes, 0.5f, 0.6f, 0.3f);
+  CHECK(loose.size() == 3);
+  const std::vector<FaceDetection> whole_only = FaceDetector::select(passes, 0.5f, 2.0f, 0.3f);
+  REQUIRE(whole_only.size() == 2);
+  CHECK(whole_only[0].box.x == Approx((0.9 * 10 + 0.55 * 12) / 1.45));
 }
 
 TEST_CASE("detect faces: FER-2013 test faces pasted into a larger picture are each found once") {
