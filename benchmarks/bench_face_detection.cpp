@@ -215,10 +215,8 @@ int run_timing(const Args& a) {
   folder.warnings = false;
   const ImageSet faces = load_image_folder(a.data + "/" + a.split, folder);
   Composite c = make_composite(faces, 0, photos, a.seed);
-  FaceDetectorOptions o128, o256, o256t;
+  FaceDetectorOptions o128 = FaceDetectorOptions::fast(), o256 = FaceDetectorOptions::fast(), o256t;
   o128.variant = BlazeFaceVariant::front_128;
-  o256.variant = BlazeFaceVariant::back_256;
-  o256t = o256;
   o256t.tiles = true;
   o256t.tile_fraction = a.tile_fraction;
   FaceDetector d128(o128), d256(o256), d256t(o256t);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include <eigennet/detect/annotate.hpp>
 #include <eigennet/detect/face_crop.hpp>
 #include <eigennet/detect/face_detector.hpp>
 #include <eigennet/eigennet.hpp>
@@ -326,6 +327,28 @@ TEST_CASE("detection tiles and the selection of candidates over passes") {
   CHECK(whole_only[0].box.x == Approx((0.9 * 10 + 0.55 * 12) / 1.45));
 }
 
+TEST_CASE("annotate_faces: boxes, crops, eyes and labels drawn on the picture") {
+  Image gray;
+  gray.width = 200;
+  gray.height = 160;
+  gray.channels = 1;
+  gray.pixels.assign(200 * 160, 90);
+  FaceDetection face = detection({60, 60, 50, 50}, 0.9f);
+  face.keypoints[0] = {75, 80};
+  face.keypoints[1] = {95, 80};
+  FaceCropOptions crop;
+  crop.scale = 1.4f;
+  crop.offset_x = crop.offset_y = 0.0f;
+  const Canvas canvas = annotate_faces(gray, {face}, {"happy 0.97"}, crop);
+  CHECK(canvas.width() == 200);
+  CHECK(canvas.pixel(0, 159) == Color{90, 90, 90});   // the picture, grey replicated
+  CHECK(canvas.pixel(60, 85) == colors::green);        // the box's left edge
+  CHECK(canvas.pixel(50, 85) == colors::orange);       // the crop's left edge: 85 - 70 / 2
+  CHECK(canvas.pixel(75, 80) == colors::red);          // an eye
+  CHECK(canvas.pixel(50, 47) == colors::orange);       // the label's background, just above the crop
+  CHECK_THROWS_AS(annotate_faces(Image{2, 2, 2, std::vector<uint8_t>(8)}, {}), Error);
+}
+
 TEST_CASE("detect faces: FER-2013 test faces pasted into a larger picture are each found once") {
   // A 640x480 background of smooth colour gradients with ripples, then four faces from
   // tests/fixtures/faces pasted as squares of 110 to 220 pixels.
@@ -357,9 +380,10 @@ TEST_CASE("detect faces: FER-2013 test faces pasted into a larger picture are ea
   }
   for (bool tiles : {false, true}) {
     CAPTURE(tiles);
-    FaceDetectorOptions options;
+    // The default setting (tiles, score 0.65) and the fast one (one pass, score 0.6).
+    FaceDetectorOptions options = tiles ? FaceDetectorOptions{} : FaceDetectorOptions::fast();
+    REQUIRE(options.tiles == tiles);
     options.weights = weights_path(options.variant);
-    options.tiles = tiles;
     FaceDetector detector(options);
     const std::vector<FaceDetection> found = detector.detect(photo);
     const FaceCropOptions crop = calibrated_face_crop(options.variant);
