@@ -172,6 +172,8 @@ TEST_CASE("decode_blazeface: sigmoid scores, threshold, box and keypoint offsets
   const std::vector<FaceDetection> e = decode_blazeface(extreme, boxes, anchors, 128.0f, 0.5f);
   REQUIRE(e.size() == 2);
   CHECK(e[0].score == 1.0f);
+  const float nan[3] = {std::nanf(""), 0.0f, std::nanf("")};
+  CHECK(decode_blazeface(nan, boxes, anchors, 128.0f, 0.5f).size() == 1);  // NaN scores drop out
 }
 
 TEST_CASE("intersection_over_union: hand-worked boxes") {
@@ -239,6 +241,8 @@ TEST_CASE("letterbox: a 640x480 picture into 128x128 and back") {
   CHECK(input[(8 * 16 + 8) * 3 + 2] == Approx(1.0));
   CHECK(input[(12 * 16 + 8) * 3] == -1.0f);
   CHECK_THROWS_WITH_AS(letterbox_image(grey, 10, 0, 64, 32, 16, input.data()), Contains("is not inside"), Error);
+  grey.pixels.resize(10);
+  CHECK_THROWS_WITH_AS(letterbox_image(grey, 0, 0, 64, 32, 16, input.data()), Contains("holds 10 bytes"), Error);
 }
 
 TEST_CASE("face_crop: calibrated square, eye levelling, grayscale, pixels outside repeat the edge") {

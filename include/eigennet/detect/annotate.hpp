@@ -17,6 +17,8 @@ inline Canvas annotate_faces(const Image& image, const std::vector<FaceDetection
                              const std::vector<std::string>& labels = {}, const FaceCropOptions& crop = {}) {
   EIGENNET_CHECK(image.channels == 1 || image.channels == 3, "annotate_faces: images must have 1 or 3 channels, got ",
                  image.channels);
+  EIGENNET_CHECK(static_cast<int64_t>(image.pixels.size()) == image.bytes(), "annotate_faces: the picture holds ",
+                 image.pixels.size(), " bytes, not ", image.width, "x", image.height, "x", image.channels);
   Canvas canvas(image.width, image.height);
   for (int y = 0; y < image.height; ++y)
     for (int x = 0; x < image.width; ++x) {

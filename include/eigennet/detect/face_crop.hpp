@@ -76,12 +76,15 @@ inline Image face_crop(const Image& image, const FaceDetection& face, int size, 
   EIGENNET_CHECK(image.width > 0 && image.height > 0 && (image.channels == 1 || image.channels == 3),
                  "face_crop: expects a non-empty picture with 1 or 3 channels, got ", image.width, "x", image.height,
                  "x", image.channels);
+  EIGENNET_CHECK(static_cast<int64_t>(image.pixels.size()) == image.bytes(), "face_crop: the picture holds ",
+                 image.pixels.size(), " bytes, not ", image.width, "x", image.height, "x", image.channels);
   const FaceCropGeometry g = face_crop_geometry(face, options);
   EIGENNET_CHECK(std::isfinite(g.side) && g.side > 0 && std::isfinite(g.center.x) && std::isfinite(g.center.y),
                  "face_crop: the detection gives an empty or invalid crop (side ", g.side, ")");
   const int in_c = image.channels, out_c = options.grayscale ? 1 : in_c;
   // Sampled at (at least) the picture's own resolution inside the crop, then filtered down.
-  const int n = std::max(size, std::min(4096, static_cast<int>(std::ceil(g.side))));
+  const float native = std::ceil(g.side);
+  const int n = std::max(size, native >= 4096.0f ? 4096 : static_cast<int>(native));
   const float step = g.side / static_cast<float>(n), c = std::cos(g.angle), s = std::sin(g.angle);
   std::vector<uint8_t> sampled(static_cast<size_t>(n) * n * out_c);
   const auto pixel = [&](int x, int y, int k) {

@@ -63,7 +63,7 @@ inline std::vector<FaceDetection> decode_blazeface(const float* scores, const fl
     // MediaPipe clips the logit to +-100 (score_clipping_thresh) before the sigmoid.
     const float logit = std::min(std::max(scores[i], -100.0f), 100.0f);
     const float score = 1.0f / (1.0f + std::exp(-logit));
-    if (score < min_score) continue;
+    if (!(score >= min_score)) continue;  // also drops NaN
     const float* r = boxes + i * 16;
     const Anchor& a = anchors[i];
     FaceDetection d;
@@ -169,6 +169,8 @@ inline Letterbox letterbox_image(const Image& image, int region_x, int region_y,
                                  float* input) {
   EIGENNET_CHECK(image.channels == 1 || image.channels == 3, "letterbox: images must have 1 or 3 channels, got ",
                  image.channels);
+  EIGENNET_CHECK(static_cast<int64_t>(image.pixels.size()) == image.bytes(), "letterbox: the picture holds ",
+                 image.pixels.size(), " bytes, not ", image.width, "x", image.height, "x", image.channels);
   EIGENNET_CHECK(region_x >= 0 && region_y >= 0 && region_w > 0 && region_h > 0 &&
                      region_x + region_w <= image.width && region_y + region_h <= image.height,
                  "letterbox: region ", region_w, "x", region_h, " at (", region_x, ", ", region_y,
