@@ -175,9 +175,10 @@ struct Setting {
   }
 };
 
-// Probabilities of the classifier for 48x48 grayscale crops, preprocessed as evaluate does
-// (RGB-replicated 48x48 images rendered at the model's input size, x / 127.5 - 1).
-std::vector<int> classify(LoadedClassifier& c, const std::vector<std::vector<uint8_t>>& crops, int crop_size) {
+// Class probabilities [crops x classes] of the classifier for square grayscale crops,
+// preprocessed as evaluate does (RGB-replicated images rendered at the model's input size,
+// x / 127.5 - 1).
+std::vector<float> probabilities(LoadedClassifier& c, const std::vector<std::vector<uint8_t>>& crops, int crop_size) {
   ImageSet set(crop_size, crop_size, 3, c.spec.class_names);
   std::vector<uint8_t> rgb(static_cast<size_t>(crop_size) * crop_size * 3);
   for (const auto& gray : crops) {
@@ -187,8 +188,8 @@ std::vector<int> classify(LoadedClassifier& c, const std::vector<std::vector<uin
   BatchOptions options;
   options.height = static_cast<int>(c.spec.base.height);
   options.width = static_cast<int>(c.spec.base.width);
-  std::vector<int> predicted;
-  Tensor images;
+  std::vector<float> out;
+  Tensor images, p;
   std::vector<int32_t> labels;
   const int64_t n = set.size(), batch = 64;
   std::vector<int64_t> indices(static_cast<size_t>(n));
@@ -197,12 +198,23 @@ std::vector<int> classify(LoadedClassifier& c, const std::vector<std::vector<uin
     const int64_t count = std::min(batch, n - begin);
     assemble_batch(set, indices.data() + begin, count, 0, options, images, labels);
     const Tensor& logits = c.model->forward(images, Mode::inference);
-    const int64_t k = logits.dim(1);
-    for (int64_t i = 0; i < count; ++i)
-      predicted.push_back(static_cast<int>(std::max_element(logits.data() + i * k, logits.data() + (i + 1) * k) -
-                                           (logits.data() + i * k)));
+    p.resize(logits.shape());
+    kernels::softmax_forward(p.data(), logits.data(), count, logits.dim(1));
+    out.insert(out.end(), p.data(), p.data() + p.size());
   }
-  return predicted;
+  return out;
+}
+
+std::vector<int> argmax_rows(const std::vector<float>& p, int64_t k) {
+  std::vector<int> out;
+  for (size_t i = 0; i + static_cast<size_t>(k) <= p.size(); i += static_cast<size_t>(k))
+    out.push_back(static_cast<int>(std::max_element(p.begin() + static_cast<long>(i), p.begin() + static_cast<long>(i) + k) -
+                                   (p.begin() + static_cast<long>(i))));
+  return out;
+}
+
+std::vector<int> classify(LoadedClassifier& c, const std::vector<std::vector<uint8_t>>& crops, int crop_size) {
+  return argmax_rows(probabilities(c, crops, crop_size), c.spec.head.classes);
 }
 
 int run_timing(const Args& a) {
@@ -466,30 +478,44 @@ int main(int argc, char** argv) {
         const char* name;
         FaceCropOptions crop;
         int size;
+        std::vector<float> scales = {1.0f};  // several: probabilities averaged over crops this much larger
       };
       FaceCropOptions level = calibrated;
       level.level_eyes = true;
-      const std::vector<CropChoice> choices = {{"calibrated crop, 48x48", calibrated, 48},
-                                               {"calibrated crop + level eyes, 48x48", level, 48},
-                                               {"detector box, 48x48", raw_box, 48},
-                                               {"calibrated crop, 96x96", calibrated, 96}};
+      const int input = static_cast<int>(classifier.spec.base.height);
+      const std::vector<CropChoice> choices = {
+          {"calibrated crop, 48x48", calibrated, 48},
+          {"calibrated crop + level eyes, 48x48", level, 48},
+          {"detector box, 48x48", raw_box, 48},
+          {"calibrated crop, model input", calibrated, input},
+          {"calibrated + level eyes, model input", level, input},
+          {"calibrated, input, mean of x0.9 x1 x1.1", calibrated, input, {0.9f, 1.0f, 1.1f}},
+          {"cal. + level, input, mean x0.9 x1 x1.1", level, input, {0.9f, 1.0f, 1.1f}}};
       for (const std::string& r : a.report) {
         const size_t slash = r.find('/');
         const Setting s{std::stof(r.substr(0, slash)), slash == std::string::npos ? std::stof(r) : std::stof(r.substr(slash + 1))};
         for (const CropChoice& choice : choices) {
-          std::vector<std::vector<uint8_t>> crops;
           std::vector<int> hit(static_cast<size_t>(n), 0);
-          for (int64_t i = 0; i < n; ++i) {
-            const Composite& c = composites[static_cast<size_t>(i)];
-            const auto d = detections_of(candidates[static_cast<size_t>(i)], s);
-            const auto [j, iou] = best_match(d, c.pasted, choice.crop);
-            hit[static_cast<size_t>(i)] = iou >= 0.5f;
-            const Image crop = j >= 0 ? face_crop(c.photo, d[static_cast<size_t>(j)], choice.size, choice.crop)
-                                      : Image{choice.size, choice.size, 1,
-                                              std::vector<uint8_t>(static_cast<size_t>(choice.size) * choice.size, 128)};
-            crops.push_back(crop.pixels);
+          std::vector<float> mean;
+          for (float scale : choice.scales) {
+            FaceCropOptions crop = choice.crop;
+            crop.scale *= scale;
+            std::vector<std::vector<uint8_t>> crops;
+            for (int64_t i = 0; i < n; ++i) {
+              const Composite& c = composites[static_cast<size_t>(i)];
+              const auto d = detections_of(candidates[static_cast<size_t>(i)], s);
+              const auto [j, iou] = best_match(d, c.pasted, choice.crop);
+              hit[static_cast<size_t>(i)] = iou >= 0.5f;
+              const Image image = j >= 0 ? face_crop(c.photo, d[static_cast<size_t>(j)], choice.size, crop)
+                                         : Image{choice.size, choice.size, 1,
+                                                 std::vector<uint8_t>(static_cast<size_t>(choice.size) * choice.size, 128)};
+              crops.push_back(image.pixels);
+            }
+            const std::vector<float> p = probabilities(classifier, crops, choice.size);
+            if (mean.empty()) mean.assign(p.size(), 0.0f);
+            for (size_t i = 0; i < p.size(); ++i) mean[i] += p[i];
           }
-          const std::vector<int> predicted = classify(classifier, crops, choice.size);
+          const std::vector<int> predicted = argmax_rows(mean, classifier.spec.head.classes);
           int64_t correct = 0, found = 0, correct_found = 0, base_found = 0;
           for (int64_t i = 0; i < n; ++i) {
             const bool ok = predicted[static_cast<size_t>(i)] == truth[static_cast<size_t>(i)];
@@ -500,7 +526,7 @@ int main(int argc, char** argv) {
               base_found += base[static_cast<size_t>(i)] == truth[static_cast<size_t>(i)];
             }
           }
-          std::printf("score %-9s %-36s found %6.2f%%; accuracy %.2f%% of all faces (a face not found counts as "
+          std::printf("score %-11s %-40s found %6.2f%%; accuracy %.2f%% of all faces (a face not found counts as "
                       "wrong), %.2f%% of the found (originals of those: %.2f%%)\n",
                       s.label().c_str(), choice.name, 100.0 * found / n, 100.0 * correct / n,
                       100.0 * correct_found / std::max<int64_t>(1, found),
