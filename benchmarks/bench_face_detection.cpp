@@ -292,7 +292,9 @@ int main(int argc, char** argv) {
     options.tile_fraction = a.tile_fraction;
     FaceDetector detector(options);
     FaceCropOptions calibrated = calibrated_face_crop(options.variant);
+    calibrated.level_eyes = false;  // turned on explicitly below where a choice wants it
     FaceCropOptions raw_box;  // the detector's box as it is
+    raw_box.level_eyes = false;
     raw_box.scale = 1.0f;
     raw_box.offset_x = raw_box.offset_y = 0.0f;
 

@@ -297,6 +297,21 @@ TEST_CASE("face_crop: calibrated square, eye levelling, grayscale, pixels outsid
   CHECK(edge.at(0, 0, 0) == 0);
   options.grayscale = false;
   CHECK(face_crop(image, face, 8, options).channels == 3);
+  // Several sizes around the calibrated one: the larger crop reaches further into the black half.
+  // Centre x 60: side 20 spans x 50..70 (white), side 40 spans x 40..80 (a quarter black).
+  options.grayscale = true;
+  options.scale = 0.5f;
+  options.offset_x = 0.25f;
+  const std::vector<Image> sizes = face_crops(image, face, 10, options, {1.0f, 2.0f});
+  REQUIRE(sizes.size() == 2);
+  const auto mean = [](const Image& im) {
+    double sum = 0;
+    for (uint8_t v : im.pixels) sum += v;
+    return sum / static_cast<double>(im.pixels.size());
+  };
+  CHECK(mean(sizes[0]) == Approx(255).epsilon(0.02));
+  CHECK(mean(sizes[1]) == Approx(0.75 * 255).epsilon(0.05));
+  CHECK_THROWS_WITH_AS(face_crops(image, face, 10, options, {0.0f}), Contains("invalid scale"), Error);
   CHECK_THROWS_WITH_AS(face_crop(image, detection({0, 0, 0, 0}, 1), 8, options), Contains("empty or invalid crop"),
                        Error);
 }

@@ -20,6 +20,11 @@
 #include "data/split.hpp"
 #include "data/stb.hpp"
 
+#include "detect/anchors.hpp"
+#include "detect/annotate.hpp"
+#include "detect/face_crop.hpp"
+#include "detect/face_detector.hpp"
+
 #include "io/atomic_file.hpp"
 #include "io/json_writer.hpp"
 #include "io/model_io.hpp"
@@ -41,6 +46,7 @@
 #include "loss/softmax_cross_entropy.hpp"
 
 #include "metrics.hpp"
+#include "models/blazeface.hpp"
 #include "models/classifier.hpp"
 #include "models/classifier_io.hpp"
 #include "models/imagenet_weights.hpp"
