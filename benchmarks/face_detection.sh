@@ -29,10 +29,12 @@ wait
 "$bench" --split train --count 2000 --photos "$out/photos" --half even --model back_256 --tiles --tile-fraction 0.75 \
   --scores 0.55,0.6,0.65,0.7,0.75 --threads 1 --no-classify > "$out/train_back_256_tiles075.txt"
 
-# The settings chosen on the training side (weights/README.md), measured once on the test side
-# ("S/2": score S on the whole picture, no tiles).
+# The settings chosen on the training side (weights/README.md), measured once on the test side,
+# with the emotion classifier on each crop choice (--report).
 "$bench" --split test --photos "$out/photos" --half odd --model back_256 --tiles --scores 0.6,0.65,0.7 \
-  --report 0.65,0.6/2 --threads 1 > "$out/test_back_256.txt" &
+  --report 0.65 --threads 1 > "$out/test_back_256.txt" &
+"$bench" --split test --photos "$out/photos" --half odd --model back_256 --scores 0.6 --report 0.6 --threads 1 \
+  > "$out/test_back_256_one_pass.txt"
 "$bench" --split test --photos "$out/photos" --half odd --model front_128 --tiles --scores 0.6,0.65,0.7 \
   --report 0.7 --threads 1 > "$out/test_front_128.txt"
 wait
