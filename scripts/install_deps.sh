@@ -8,8 +8,11 @@ set -eu
 packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev zlib1g-dev
   python3-sklearn"
 if [ "${1:-}" = "--all" ]; then
-  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes).
+  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes);
+  # python3-onnx for tools/convert_blazeface.py and the BlazeFace fixtures, python3-sklearn and
+  # python3-scipy for the face detector's benchmark photos (with the machine's npm).
   packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine"
+  packages="$packages python3-onnx python3-sklearn python3-scipy python3-pil"
   shift
 fi
 # Further package names may follow (e.g. scripts/install_deps.sh --all valgrind).
