@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -156,15 +157,15 @@ auto run_together(Communicator& comm, Fn&& fn) -> decltype(fn()) {
     }
     raise_together(comm, problem);
   } else {
-    decltype(fn()) result{};
+    std::optional<decltype(fn())> result;
     try {
-      result = fn();
+      result.emplace(fn());
     } catch (const std::exception& e) {
       problem = e.what();
       if (problem.empty()) problem = "failed";
     }
     raise_together(comm, problem);
-    return result;
+    return std::move(*result);
   }
 }
 

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "../layers/dropout.hpp"
+#include "../io/model_io.hpp"
 #include "../train/fit.hpp"
 #include "../train/history.hpp"
 #include "communicator.hpp"
@@ -430,5 +431,47 @@ class OnRankZero : public Callback {
   Communicator& comm_;
   Callback& callback_;
 };
+
+// fit() for a program that may run as one process or several: with one (world.size() == 1)
+// it is exactly fit(model, optimizer, loss, train, validation, options, callbacks followed by
+// rank_zero_callbacks). With several, each process trains on its part of every batch
+// (BatchShard) and validates its part (ItemShard, when every process gets one), DataParallel
+// keeps them in step, `callbacks`
+// run on every process (those that decide: learning rate, early stopping) and
+// `rank_zero_callbacks` (those that write files or print: checkpoint, best model, logs, progress)
+// on rank 0 only.
+inline FitResult fit(Communicator& world, Model& model, Optimizer& optimizer, Loss& loss, DataSource& train,
+                     DataSource* validation, const FitOptions& options, const std::vector<Callback*>& callbacks,
+                     const std::vector<Callback*>& rank_zero_callbacks = {}, const DataParallel::Options& parallel = {}) {
+  std::vector<Callback*> all = callbacks;
+  if (world.size() == 1) {
+    all.insert(all.end(), rank_zero_callbacks.begin(), rank_zero_callbacks.end());
+    return eigennet::fit(model, optimizer, loss, train, validation, options, all);
+  }
+  BatchShard train_part(train, world, options.batch_size);
+  // Each process validates its part; a validation set smaller than the run is validated whole
+  // by every process (the same numbers everywhere).
+  std::unique_ptr<ItemShard> validation_part;
+  if (validation && validation->size() >= world.size()) validation_part = std::make_unique<ItemShard>(*validation, world);
+  DataSource* validation_source = validation_part ? validation_part.get() : validation;
+  DataParallel data_parallel(world, parallel);
+  std::vector<std::unique_ptr<OnRankZero>> on_rank_zero;
+  all.insert(all.begin(), &data_parallel);
+  for (Callback* c : rank_zero_callbacks) {
+    EIGENNET_CHECK(c != nullptr, "fit: a callback is null");
+    on_rank_zero.push_back(std::make_unique<OnRankZero>(world, *c));
+    all.push_back(on_rank_zero.back().get());
+  }
+  return eigennet::fit(model, optimizer, loss, train_part, validation_source, options, all);
+}
+
+// Rank 0's file of parameters (e.g. the best model that rank 0 saved) loaded on every process:
+// rank 0 reads it and sends the values (the other processes' machines may not have it).
+inline void load_parameters(Communicator& world, const ParameterList& params, const std::string& path) {
+  run_together(world, [&] {
+    if (world.rank() == 0) eigennet::load_parameters(params, path);
+  });
+  broadcast_parameters(world, params);
+}
 
 }  // namespace eigennet::distributed
