@@ -65,7 +65,8 @@ class DataParallel : public Callback {
     int64_t buckets = 0;                 // per step
     int64_t gradient_values = 0;         // floats summed per step
     int64_t buckets_started_early = 0;   // buckets started during backward, over all steps
-    double wait_seconds = 0;             // after backward, until every gradient sum had arrived
+    double sync_seconds = 0;             // after backward, until every process had finished its backward
+    double wait_seconds = 0;             // then, until every gradient sum had arrived (not hidden by overlap)
     double copy_seconds = 0;             // copying gradients into the buckets and back
   };
 
@@ -121,15 +122,18 @@ class DataParallel : public Callback {
   }
 
   void on_gradients(FitContext& ctx) override {
-    // Buckets whose layers did not report (no hook, or layers backward skipped) start now, in
-    // order: every process must start the same sums in the same order.
-    while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
-    // The batch's loss, items and correct predictions of all processes.
+    // The batch's loss, items and correct predictions of all processes. This also waits for the
+    // slowest process to finish its backward (buckets already started move on meanwhile).
+    const auto sync_start = std::chrono::steady_clock::now();
     double totals[3] = {static_cast<double>(ctx.loss) * static_cast<double>(local_items_),
                         static_cast<double>(local_items_),
                         ctx.outputs && ctx.batch ? static_cast<double>(count_correct(*ctx.outputs, ctx.batch->labels)) : 0.0};
     comm_.sum(totals, 3);
+    // Buckets whose layers did not report (no hook, or layers backward skipped) start now, in
+    // order: every process must start the same sums in the same order.
+    while (next_bucket_ < buckets_.size()) start_bucket(next_bucket_++);
     const auto wait_start = std::chrono::steady_clock::now();
+    stats_.sync_seconds += std::chrono::duration<double>(wait_start - sync_start).count();
     comm_.wait_all();
     const auto copy_start = std::chrono::steady_clock::now();
     // Each process's gradient is that of its mean loss; weighted by its items (packed), summed,
