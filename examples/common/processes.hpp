@@ -7,6 +7,9 @@
 //   }
 #pragma once
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <eigennet/distributed/data_parallel.hpp>
 #include <eigennet/distributed/evaluation.hpp>
 #if EIGENNET_WITH_MPI
@@ -20,7 +23,16 @@ using Processes = eigennet::distributed::MpiEnvironment;
 #else
 class Processes {
  public:
-  Processes(int&, char**&) {}
+  // Started by mpirun with several processes, a program built without MPI would run as so many
+  // independent copies writing the same files: it refuses.
+  Processes(int&, char**& argv) {
+    for (const char* variable : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"})
+      if (const char* size = std::getenv(variable); size && std::atoi(size) > 1) {
+        std::fprintf(stderr, "%s: started as %s processes, but built without MPI (Debian: apt-get install "
+                     "libopenmpi-dev openmpi-bin, then build again)\n", argv[0], size);
+        std::exit(2);
+      }
+  }
   eigennet::distributed::Communicator& world() { return world_; }
   int finish(int status) { return status; }
 
