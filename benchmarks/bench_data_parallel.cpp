@@ -18,6 +18,8 @@
 //
 //   bench_data_parallel [--alpha 1.0] [--size 96] [--batch 32] [--steps 12] [--warmup 3] [--threads N]
 //                       [--sync-bn] [--no-overlap] [--bucket-kb 1024] [--latency-us 20]
+//                       [--model-compute-ms X]   (the model with this step time instead of the measured one,
+//                                                 backward scaled alike)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -90,7 +92,7 @@ double exposed_with_overlap(const std::vector<Readiness>& ready, double backward
 int main(int argc, char** argv) {
   distributed::MpiEnvironment mpi(argc, argv);
   distributed::Communicator& world = mpi.world();
-  double alpha = 1.0, latency_us = 20;
+  double alpha = 1.0, latency_us = 20, model_compute_ms = 0;
   int64_t size = 96, batch = 32, steps = 12, warmup = 3, threads = 0, bucket_kb = 1024;
   bool sync_bn = false, overlap = true;
   for (int i = 1; i < argc; ++i) {
@@ -110,6 +112,7 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::atoll(next());
     else if (a == "--bucket-kb") bucket_kb = std::atoll(next());
     else if (a == "--latency-us") latency_us = std::atof(next());
+    else if (a == "--model-compute-ms") model_compute_ms = std::atof(next());
     else if (a == "--sync-bn") sync_bn = true;
     else if (a == "--no-overlap") overlap = false;
     else {
@@ -238,11 +241,12 @@ int main(int argc, char** argv) {
   if (p == 1) {
     // The scaling model: a step of P nodes = this step (compute) + the part of the gradient
     // exchange that backward does not hide.
-    const double latency = latency_us * 1e-6, compute = step, backward = median(backward_s);
-    std::printf("# model: compute %.1f ms per step (forward %.1f, backward %.1f), gradient %.2f MB, latency %g us, "
+    const double scale = model_compute_ms > 0 ? model_compute_ms * 1e-3 / step : 1.0;
+    const double latency = latency_us * 1e-6, compute = step * scale, backward = median(backward_s) * scale;
+    std::printf("# model: compute %.1f ms per step (%s; backward %.1f ms), gradient %.2f MB, latency %g us, "
                 "buckets of %lld KB\n",
-                1e3 * compute, 1e3 * median(forward_s), 1e3 * backward, gradient_bytes / 1e6, latency_us,
-                static_cast<long long>(bucket_kb));
+                1e3 * compute, model_compute_ms > 0 ? "given" : "measured", 1e3 * backward, gradient_bytes / 1e6,
+                latency_us, static_cast<long long>(bucket_kb));
     std::printf("# %-6s %-10s %-16s %-20s %-20s\n", "nodes", "Gb/s", "allreduce ms", "no overlap: step/eff",
                 "overlap: step/eff");
     for (double gbps : {10.0, 25.0, 100.0})

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Data-parallel training on this machine, configurations interleaved round after round (the
 # machine is shared: only ratios measured side by side mean something), then the scaling model
-# of README.md ("Training on several machines") from the one-process measurement.
+# of README.md ("Training on several machines") from the one-process measurement and from the
+# quiet machine's step time (MODEL_COMPUTE_MS, default 178.0: README.md's speed table).
 #   benchmarks/data_parallel.sh [build-dir] [rounds]     (default: build, 3 rounds)
 # Needs bench_data_parallel (cmake -DEIGENNET_BUILD_BENCHMARKS=ON, MPI found; then
 # cmake --build BUILD --target bench_data_parallel). Configurations, same global batch of 32:
@@ -69,5 +70,11 @@ print(f"backward timeline (fraction of backward -> fraction of gradient bytes fi
 EOF
 
 echo
-echo "scaling model from the one-process measurement of the last round (README.md, 'Training on several machines'):"
+echo "scaling model (README.md, 'Training on several machines'), from the one-process measurement of the last round:"
 grep '^#' "$out/one.$rounds"
+# The same with the quiet machine's step time of README.md's speed table (MODEL_COMPUTE_MS).
+model_ms=${MODEL_COMPUTE_MS:-178.0}
+echo
+echo "the same model with a step of $model_ms ms (compute only; backward scaled alike):"
+# shellcheck disable=SC2086
+OMP_NUM_THREADS=2 "$bench" $common --threads 2 --steps 3 --model-compute-ms "$model_ms" | grep '^#'
