@@ -396,7 +396,11 @@ int run(int argc, char** argv, Communicator& world) {
   options.seed = static_cast<uint64_t>(c.seed);
   options.validation_loss = &plain_loss;
   options.clip_grad_norm = c.clip_norm;
-  const int64_t batches_per_epoch = (train->size() + c.batch_size - 1) / c.batch_size;
+  // Several processes: each needs an item of every batch, so a last batch smaller than the run
+  // is left out (distributed/sharding.hpp); the schedule counts the steps that happen.
+  const int64_t items_per_epoch =
+      world.size() > 1 ? distributed::BatchShard(*train, world, c.batch_size).size() : train->size();
+  const int64_t batches_per_epoch = (items_per_epoch + c.batch_size - 1) / c.batch_size;
   LearningRateSchedule schedule;
   schedule.kind = parse_schedule_kind(c.schedule);
   schedule.base = static_cast<float>(c.lr);
