@@ -12,6 +12,12 @@
 
 #include "metrics/report_files.hpp"
 
+#include "detect/anchors.hpp"
+#include "detect/annotate.hpp"
+#include "detect/face_crop.hpp"
+#include "detect/face_detector.hpp"
+#include "detect/picture_faces.hpp"
+
 #include "plot/canvas.hpp"
 #include "plot/color.hpp"
 #include "plot/confusion_matrix_png.hpp"

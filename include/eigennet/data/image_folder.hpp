@@ -8,6 +8,7 @@
 //   sub-folders of class folders are ignored. Every other file is tried: files that cannot be
 //   read or decoded (empty, truncated, not an image, beyond ImageLimits) are skipped with a
 //   warning on stderr naming the file and the reason, and counted (ImageSet::skipped()).
+//   Photos are turned upright by their EXIF orientation (apply_exif_orientation).
 // - Images are converted to grayscale or RGB (alpha: see AlphaMode) and resized with stb's
 //   triangle filter to the stored size: by default the size of the first readable image. Keep
 //   the native size in memory (FER-2013: 48x48 grayscale, 2.3 KB per image) and let batch
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <system_error>
@@ -45,8 +47,15 @@ struct ImageFolderOptions {
   int64_t max_per_class = 0;         // > 0: only the first files (sorted) of each class folder
   AlphaMode alpha = AlphaMode::composite_black;
   ImageLimits limits;
+  bool apply_exif_orientation = true;  // turn photos upright (see DecodeOptions)
   bool warnings = true;  // print skipped files and a summary to stderr
   int threads = 0;       // decoding threads (0 = OpenMP's default)
+  // When set, makes each decoded picture's stored image (height x width x the color mode's
+  // channels) instead of resizing the whole picture, e.g. the face found in a photo
+  // (detect/picture_faces.hpp); returning false skips the file with `reason`. Called from one
+  // thread at a time: with it, pictures are decoded one after another (a detector is not
+  // thread-safe, and runs its own threads).
+  std::function<bool(const Image& picture, int height, int width, Image& stored, std::string& reason)> prepare;
 
   // Used by load_image_dataset only.
   SplitFractions fractions;          // class-folder layout: stratified train/validation/test
@@ -139,12 +148,18 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   }
   const int64_t file_count = static_cast<int64_t>(files.size());
 
+  DecodeOptions decode;
+  decode.color = options.color;
+  decode.alpha = options.alpha;
+  decode.limits = options.limits;
+  decode.apply_exif_orientation = options.apply_exif_orientation;
+
   // The stored size.
   int height = options.height, width = options.width;
   for (int64_t i = 0; i < file_count && height == 0; ++i) {
     int w = 0, h = 0;
     std::string error;
-    if (read_image_size(files[static_cast<size_t>(i)], w, h, error) &&
+    if (read_image_size(files[static_cast<size_t>(i)], decode, w, h, error) &&
         check_image_limits(w, h, options.limits).empty()) {
       height = h;
       width = w;
@@ -158,7 +173,7 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   std::vector<uint8_t> pixels(static_cast<size_t>(file_count * image_bytes));
   std::vector<std::string> failures(static_cast<size_t>(file_count));
   std::vector<std::pair<int, int>> native_sizes(static_cast<size_t>(file_count));  // width, height
-  const int threads = options.threads > 0 ? options.threads : max_threads();
+  const int threads = options.prepare ? 1 : options.threads > 0 ? options.threads : max_threads();
 #pragma omp parallel num_threads(threads)
   {
     Image decoded;  // per thread, reused
@@ -168,12 +183,25 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
       const auto f = static_cast<size_t>(i);
       try {
         uint8_t* slot = pixels.data() + i * image_bytes;
-        if (!read_image(files[f], options.color, options.alpha, options.limits, decoded, error)) {
+        if (!read_image(files[f], decode, decoded, error)) {
           failures[f] = error;
         } else {
           native_sizes[f] = {decoded.width, decoded.height};
-          if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height, width))
+          if (options.prepare) {
+            Image stored;
+            if (!options.prepare(decoded, height, width, stored, error)) {
+              failures[f] = error.empty() ? "refused by the folder's prepare function" : error;
+            } else {
+              EIGENNET_CHECK(stored.height == height && stored.width == width && stored.channels == channels &&
+                                 static_cast<int64_t>(stored.pixels.size()) == image_bytes,
+                             "image folder: prepare gave a ", stored.width, "x", stored.height, "x", stored.channels,
+                             " image for the stored size ", width, "x", height, "x", channels);
+              std::memcpy(slot, stored.pixels.data(), static_cast<size_t>(image_bytes));
+            }
+          } else if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height,
+                                   width)) {
             failures[f] = "stb_image_resize failed (out of memory?)";
+          }
         }
       } catch (const std::exception& e) {  // nothing may leave an OpenMP region
         failures[f] = e.what();

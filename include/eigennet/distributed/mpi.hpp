@@ -1,6 +1,7 @@
 // MPI behind the Communicator interface (communicator.hpp), and MpiEnvironment, which starts and
-// ends MPI for a program. The only header of the library that includes <mpi.h>: link MPI
-// (CMake: eigennet::mpi, or MPI::MPI_CXX; only MPI's C interface is used) where it is included.
+// ends MPI for a program; it includes the rest of distributed/ (data_parallel.hpp, evaluation.hpp).
+// The only header of the library that includes <mpi.h>: link MPI (CMake: eigennet::mpi, or
+// MPI::MPI_CXX; only MPI's C interface is used) where it is included.
 //
 //   int main(int argc, char** argv) {
 //     eigennet::distributed::MpiEnvironment mpi(argc, argv);   // MPI only under mpirun
