@@ -398,6 +398,20 @@ TEST_CASE("fit() stops on a non-finite loss, gradient or parameter, naming the s
   auto net3 = make_fit_network(2);
   Adam adam3(net3->parameters());
   CHECK_NOTHROW(fit(*net3, adam3, loss, bad_train, nullptr, options));
+
+  // A huge but finite gradient overflows Adam's second moment to infinity while the step it
+  // scales stays finite: the parameters are fine, the optimizer state (and so a checkpoint) is not.
+  struct HugeGradient : Callback {
+    void on_gradients(FitContext& ctx) override {
+      if (ctx.state.step == 1) ctx.optimizer.parameters().front()->grad[0] = 1e30f;
+    }
+  } huge;
+  options.stop_on_non_finite = true;
+  auto net4 = make_fit_network(2);
+  Adam adam4(net4->parameters());
+  CHECK_THROWS_WITH_AS(fit(*net4, adam4, loss, train, nullptr, options, {&huge}),
+                       doctest::Contains("training diverged: optimizer state 'optimizer/"), Error);
+  for (const Parameter* param : net4->parameters()) CHECK(detail::all_finite(param->value));
 }
 
 TEST_CASE("fit() clips gradients before the step, and runs callbacks by role") {

@@ -191,11 +191,17 @@ class TerminateOnNonFinite : public Callback {
         fail("training diverged: the gradient of '", p->name, "' is not finite at step ", ctx.state.step, " (epoch ",
              ctx.epoch + 1, "); ", advice_);
   }
-  // After the optimizer step: a parameter that became non-finite would poison the checkpoint.
+  // After the optimizer step: a parameter, or optimizer state, that became non-finite would poison
+  // the checkpoint. (Adam's second moment overflows to infinity while the parameters it scales
+  // still move by finite steps, so the parameters alone do not tell.)
   void on_batch_end(FitContext& ctx) override {
     for (const Parameter* p : ctx.model.parameters())
       if (!detail::all_finite(p->value))
         fail("training diverged: parameter '", p->name, "' is not finite after step ", ctx.state.step, " (epoch ",
+             ctx.epoch + 1, "); ", advice_);
+    for (const auto& [name, tensor] : ctx.optimizer.state())
+      if (tensor != nullptr && !detail::all_finite(*tensor))
+        fail("training diverged: optimizer state '", name, "' is not finite after step ", ctx.state.step, " (epoch ",
              ctx.epoch + 1, "); ", advice_);
   }
 
