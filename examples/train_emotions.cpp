@@ -41,7 +41,7 @@ struct Config {
   std::string data, out = "runs/emotions", classes, exclude, recipe = "study";
   std::string weights = "auto", mode = "frozen", finetune_from, optimizer = "adam", schedule = "constant";
   std::string pooling = "max", class_weights = "none", sampler = "shuffle", color = "gray";
-  std::string teacher;
+  std::string teacher, init_from;
   double distill_temperature = 2.0, distill_weight = 0.5, ema_decay = 0.0;
   double alpha = 1.0, lr = 1e-3, momentum = 0.9, weight_decay = 0.0, label_smoothing = 0.0, dropout = 0.4;
   double val_fraction = 0.1, clip_norm = 0.0, warmup_epochs = 0.0, min_lr = 0.0;
@@ -137,6 +137,10 @@ cli::Parser make_parser(Config& c) {
   p.option("augment-scale", c.augment_scale, "max zoom in/out fraction", 0.0, 0.5);
   p.option("augment-brightness", c.augment_brightness, "max brightness change (fraction of 255)", 0.0, 1.0);
   p.option("augment-contrast", c.augment_contrast, "max contrast change (fraction)", 0.0, 1.0);
+  p.option("init-from", c.init_from,
+           "start from this trained classifier's weights (same alpha, size and classes) instead of the ImageNet ones, "
+           "e.g. to distill an ensemble into one of its members",
+           "FILE");
   p.option("teacher", c.teacher,
            "distill these trained classifiers (comma-separated: an ensemble, each at its own input size) into this "
            "network: they run in inference mode on the same augmented batches",
@@ -245,6 +249,7 @@ RunSettings run_settings(const Config& c, const std::string& data) {
     s.add("--distill-weight", c.distill_weight);
   }
   if (c.ema_decay > 0) s.add("--ema-decay", c.ema_decay);
+  if (!c.init_from.empty()) s.add("--init-from", c.init_from + " (fnv1a64 " + file_fingerprint(c.init_from) + ")");
   return s;
 }
 
@@ -292,6 +297,9 @@ int run(int argc, char** argv) {
   if (c.mode == "frozen" && !c.finetune_from.empty()) throw cli::UsageError("--finetune-from needs --mode finetune");
   if (!c.teacher.empty() && c.mode != "finetune")
     throw cli::UsageError("--teacher needs --mode finetune (the teachers see augmented images, not cached features)");
+  if (!c.init_from.empty() && c.mode != "finetune") throw cli::UsageError("--init-from needs --mode finetune");
+  if (!c.init_from.empty() && !fs::is_regular_file(c.init_from))
+    throw cli::UsageError("--init-from: '" + c.init_from + "' is not a file");
   for (const std::string& path : cli::split_list(c.teacher))
     if (!fs::is_regular_file(path)) throw cli::UsageError("--teacher: '" + path + "' is not a file");
   if (c.threads > 0) set_threads(static_cast<int>(c.threads));
@@ -352,7 +360,25 @@ int run(int argc, char** argv) {
   spec.class_names = class_names;
   std::unique_ptr<Classifier> model = make_classifier(spec, static_cast<uint64_t>(c.seed));
   bool folded = false;
-  if (!weights.empty()) {
+  if (!c.init_from.empty()) {
+    // A trained classifier of the same architecture, classes and size: all its parameters.
+    LoadedClassifier start = load_classifier(c.init_from);
+    if (start.spec.class_names != class_names)
+      fail("--init-from: '", c.init_from, "' predicts the classes (", examples::join(start.spec.class_names),
+           ") but this run trains (", examples::join(class_names), ")");
+    const auto describe = [](const ClassifierSpec& s) {
+      std::ostringstream o;
+      o << "alpha " << s.base.alpha << ", " << s.base.width << "x" << s.base.height << ", "
+        << (s.base.pooling == GlobalPooling::max ? "max" : "avg") << " pooling, hidden " << s.head.hidden_units;
+      return o.str();
+    };
+    if (describe(start.spec) != describe(spec))
+      fail("--init-from: '", c.init_from, "' is a network with ", describe(start.spec), " but this run trains one with ",
+           describe(spec), ": pass the matching --alpha, --size, --pooling and --hidden");
+    ParameterList to = model->parameters(), from = start.model->parameters();
+    for (size_t i = 0; i < to.size(); ++i) to[i]->value.copy_from(from[i]->value);
+    std::fprintf(stderr, "weights: %s\n", c.init_from.c_str());
+  } else if (!weights.empty()) {
     folded = load_imagenet_weights(model->base(), weights).folded_batch_norm;
     std::fprintf(stderr, "ImageNet weights: %s%s\n", weights.c_str(), folded ? " (BatchNorm folded)" : "");
   }
