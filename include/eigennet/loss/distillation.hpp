@@ -115,6 +115,53 @@ class ModelTeacher : public Teacher {
   int64_t calls_ = 0;
 };
 
+namespace kernels {
+
+struct DistillationTerms {
+  double loss = 0;  // w T^2 soft + (1 - w) hard
+  double soft = 0;  // mean KL(p || softmax(z / T))
+  double hard = 0;  // mean (smoothed) cross-entropy of softmax(z) against the labels
+};
+
+// The distillation loss of logits z [N, K] against teacher probabilities p [N, K] and labels [N]
+// (the definition at the top of this file), in double; writes d loss / d z into dlogits unless
+// it is null:
+//   (1 - w) d CE / dz + w T (softmax(z / T) - p) / N
+// (the soft term's gradient assumes each row of p sums to 1, as probabilities do).
+inline DistillationTerms distillation_loss(float* dlogits, const float* logits, const float* teacher, const int32_t* labels,
+                                           int64_t batch, int64_t classes, double temperature, double soft_weight,
+                                           float label_smoothing) {
+  const double t = temperature, w = soft_weight;
+  DistillationTerms out;
+  // The hard term and its gradient, which is then scaled by (1 - w) and gets the soft term's.
+  out.hard = softmax_cross_entropy(dlogits, logits, labels, batch, classes, nullptr, label_smoothing);
+  double soft = 0;
+  for (int64_t i = 0; i < batch; ++i) {
+    const float* z = logits + i * classes;
+    const float* p = teacher + i * classes;
+    double zmax = z[0];
+    for (int64_t j = 1; j < classes; ++j) zmax = std::max(zmax, static_cast<double>(z[j]));
+    double sum = 0;
+    for (int64_t j = 0; j < classes; ++j) sum += std::exp((z[j] - zmax) / t);
+    const double log_sum = std::log(sum);
+    for (int64_t j = 0; j < classes; ++j) {
+      EIGENNET_CHECK(p[j] >= 0 && p[j] <= 1, "distillation loss: teacher probability ", p[j], " of sample ", i,
+                     " is outside [0, 1]");
+      const double log_q = (z[j] - zmax) / t - log_sum;  // log softmax(z / T)
+      if (p[j] > 0) soft += p[j] * (std::log(static_cast<double>(p[j])) - log_q);
+      if (dlogits) {
+        float& d = dlogits[i * classes + j];
+        d = static_cast<float>((1 - w) * d + w * t * (std::exp(log_q) - p[j]) / static_cast<double>(batch));
+      }
+    }
+  }
+  out.soft = soft / static_cast<double>(batch);
+  out.loss = w * t * t * out.soft + (1 - w) * out.hard;
+  return out;
+}
+
+}  // namespace kernels
+
 class DistillationLoss : public Loss {
  public:
   struct Options {
@@ -142,33 +189,13 @@ class DistillationLoss : public Loss {
                    ": teacher and student must predict the same classes");
     EIGENNET_CHECK(static_cast<int64_t>(labels.size()) == logits.dim(0), "DistillationLoss: ", labels.size(),
                    " labels for a batch of ", logits.dim(0));
-    const int64_t n = logits.dim(0), k = logits.dim(1);
-    const double t = options_.temperature, w = options_.soft_weight;
     gradient_.resize(logits.shape());
-    // The hard term and its gradient, then scaled by (1 - w) and the soft term's added.
-    const double hard = kernels::softmax_cross_entropy(gradient_.data(), logits.data(), labels.data(), n, k, nullptr,
-                                                       options_.label_smoothing);
-    double soft = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const float* z = logits.data() + i * k;
-      const float* p = teacher_probabilities.data() + i * k;
-      float* d = gradient_.data() + i * k;
-      double zmax = z[0];
-      for (int64_t j = 1; j < k; ++j) zmax = std::max(zmax, static_cast<double>(z[j]));
-      double sum = 0;
-      for (int64_t j = 0; j < k; ++j) sum += std::exp((z[j] - zmax) / t);
-      const double log_sum = std::log(sum);
-      for (int64_t j = 0; j < k; ++j) {
-        EIGENNET_CHECK(p[j] >= 0 && p[j] <= 1, "DistillationLoss: teacher probability ", p[j], " of sample ", i,
-                       " is outside [0, 1]");
-        const double log_q = (z[j] - zmax) / t - log_sum;  // log softmax(z / T)
-        if (p[j] > 0) soft += p[j] * (std::log(static_cast<double>(p[j])) - log_q);
-        d[j] = static_cast<float>((1 - w) * d[j] + w * t * (std::exp(log_q) - p[j]) / static_cast<double>(n));
-      }
-    }
-    soft_ = soft / static_cast<double>(n);
-    hard_ = hard;
-    return static_cast<float>(w * t * t * soft_ + (1 - w) * hard_);
+    const kernels::DistillationTerms terms = kernels::distillation_loss(
+        gradient_.data(), logits.data(), teacher_probabilities.data(), labels.data(), logits.dim(0), logits.dim(1),
+        options_.temperature, options_.soft_weight, options_.label_smoothing);
+    soft_ = terms.soft;
+    hard_ = terms.hard;
+    return static_cast<float>(terms.loss);
   }
   float forward(const Tensor& outputs, const Batch& batch) override {
     EIGENNET_CHECK(teacher_ != nullptr, "DistillationLoss: no teacher (constructed with a null teacher)");
