@@ -562,12 +562,15 @@ int run(int argc, char** argv) {
   std::printf("%s\n%s\n", title, report.c_str());
   std::printf("training time %.1f min (total %.1f min); outputs in %s\n", training_seconds / 60, total_seconds / 60,
               c.out.c_str());
-  if (teacher && teacher->calls() > 0)
-    std::printf("teachers: %.1f min over %lld steps (%.1f ms per step) of the epochs this process ran; "
-                "training without them %.1f min (nan: resumed, the earlier epochs' teacher time is in their log)\n",
+  if (teacher && teacher->calls() > 0) {
+    std::printf("teachers: %.1f min over %lld steps (%.1f ms per step) of the epochs this process ran",
                 teacher_seconds / 60, static_cast<long long>(teacher->calls()),
-                1000 * teacher_seconds / static_cast<double>(teacher->calls()),
-                checkpoint.resumed() ? NAN : (training_seconds - teacher_seconds) / 60);
+                1000 * teacher_seconds / static_cast<double>(teacher->calls()));
+    if (checkpoint.resumed())  // the earlier epochs' teacher time is in their own output
+      std::printf(" (resumed: training time without them is not known here)\n");
+    else
+      std::printf("; training without them %.1f min\n", (training_seconds - teacher_seconds) / 60);
+  }
   return 0;
 }
 
