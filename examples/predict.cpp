@@ -2,6 +2,7 @@
 //   predict [--model FILE[,FILE...]] [--json] IMAGE...
 // Without --model it uses the 7-class ensemble in the project's weights/ folder. Several
 // comma-separated model files are an ensemble: their class probabilities are averaged.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -47,7 +48,7 @@ int main(int argc, char** argv) {
     p.flag("json", json, "print one JSON object per image instead of text");
     p.flag("tta-flip", tta_flip, "average with the mirrored image");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
-    p.positional(paths, "IMAGE...", "JPEG, PNG or BMP files (grayscale, RGB or RGBA, any size)");
+    p.positional(paths, "IMAGE...", "JPEG, PNG or BMP files (grayscale, RGB, RGBA or CMYK, any size)");
     if (!p.parse(argc, argv)) return 0;
     if (paths.empty()) throw cli::UsageError("no images given (see --help)");
     if (model_path.empty()) model_path = default_model();
@@ -59,15 +60,21 @@ int main(int argc, char** argv) {
 
     Ensemble ensemble = load_ensemble(model_paths);
     const auto& classes = ensemble.class_names();
-    // Each readable image is kept at its own size and resized to each model's input below;
-    // unreadable files are reported and make the exit status non-zero.
+    // Each readable image is kept at its own size (a large JPEG is decoded through its DCT to a
+    // reduced size, no smaller than the largest input of the members) and resized to each
+    // model's input below; unreadable files are reported and make the exit status non-zero.
+    DecodeOptions decode;
+    for (const auto& member : ensemble.members) {
+      decode.min_height = std::max(decode.min_height, static_cast<int>(member.spec.base.height));
+      decode.min_width = std::max(decode.min_width, static_cast<int>(member.spec.base.width));
+    }
     std::vector<Image> decoded;
     std::vector<std::string> accepted;
     int failures = 0;
     for (const auto& path : paths) {
       Image image;
       std::string error;
-      if (!read_image(path, ColorMode::rgb, AlphaMode::composite_black, ImageLimits{}, image, error)) {
+      if (!read_image(path, decode, image, error)) {
         std::fprintf(stderr, "predict: '%s': %s\n", path.c_str(), error.c_str());
         ++failures;
         continue;

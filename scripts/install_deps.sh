@@ -6,10 +6,15 @@ set -eu
 
 # python3-sklearn: only for its 8x8 digits file, the data of the fit() example and its test.
 packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev zlib1g-dev
-  python3-sklearn"
+  python3-sklearn libjpeg62-turbo-dev libpng-dev"
 if [ "${1:-}" = "--all" ]; then
-  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes).
+  # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes);
+  # python3-onnx for tools/convert_blazeface.py and the BlazeFace fixtures, python3-sklearn and
+  # python3-scipy for the face detector's benchmark photos (with the machine's npm); Pillow, jpegtran
+  # and cjpeg for the image-decoding fixtures (tests/fixtures/make_image_fixtures.py); libspng for
+  # bench_decode's PNG comparison.
   packages="$packages libbenchmark-dev libxnnpack-dev libpthreadpool-dev python3-torch python3-numpy hyperfine"
+  packages="$packages python3-onnx python3-sklearn python3-scipy python3-pil libjpeg-turbo-progs libspng-dev"
   shift
 fi
 # Further package names may follow (e.g. scripts/install_deps.sh --all valgrind).

@@ -2,6 +2,8 @@
 // JSON writer. Expected values are worked out by hand in the comments.
 #include <doctest/doctest.h>
 
+#include "test_util.hpp"
+
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -35,13 +37,7 @@ ClassificationMetrics example_metrics() {
   return classification_metrics(ConfusionMatrix(4, kLabels, kPredictions), kNames);
 }
 
-std::filesystem::path fresh_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("eigennet_" + name + "_" + std::to_string(static_cast<long>(::getpid())));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+using testing::fresh_directory;
 
 std::string read_text(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);

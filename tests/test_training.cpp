@@ -3,6 +3,8 @@
 // checkpoints and resume, the data sources, predict() and the history.
 #include <doctest/doctest.h>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -190,13 +192,7 @@ std::unique_ptr<Sequential> make_fit_network(uint64_t seed) {
   return net;
 }
 
-std::filesystem::path fresh_fit_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("eigennet_fit_" + name + "_" + std::to_string(static_cast<long>(::getpid())));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+std::filesystem::path fresh_fit_directory(const std::string& name) { return testing::fresh_directory("fit_" + name); }
 
 bool same_bits(const ParameterList& a, const ParameterList& b) {
   if (a.size() != b.size()) return false;

@@ -5,12 +5,11 @@
 // for data, the source tree), in that order, and a failed search names every place.
 #pragma once
 
-#include <climits>
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include <unistd.h>
+#include <eigennet/io/weights_folders.hpp>
 
 namespace examples {
 
@@ -22,27 +21,9 @@ inline std::string join(const std::vector<std::string>& parts, const std::string
   return out;
 }
 
-// The folder of the running program (empty when unknown).
-inline std::string executable_dir() {
-  char buffer[PATH_MAX];
-  const ssize_t n = ::readlink("/proc/self/exe", buffer, sizeof buffer - 1);
-  if (n <= 0) return {};
-  buffer[n] = '\0';
-  return fs::path(buffer).parent_path().string();
-}
-
-// Folders that may hold the project's trained classifiers, in search order: weights/ here, beside
-// the program, and in its prefix's share/eigennet/weights (installed: <prefix>/bin/predict; the
-// build tree links <build>/share/eigennet/weights to the project's weights/).
-inline std::vector<std::string> model_folders() {
-  std::vector<std::string> folders = {"weights"};
-  const std::string exe = executable_dir();
-  if (!exe.empty()) {
-    folders.push_back(exe + "/weights");
-    folders.push_back(fs::path(exe).parent_path().string() + "/share/eigennet/weights");
-  }
-  return folders;
-}
+// Folders that may hold the project's trained classifiers, in search order
+// (eigennet/io/weights_folders.hpp).
+inline std::vector<std::string> model_folders() { return eigennet::weights_folders(); }
 
 // Folders that may hold the ImageNet weights (../shared/weights beside the project).
 inline std::vector<std::string> shared_weights_folders() {

@@ -12,6 +12,11 @@
 
 #include "metrics/report_files.hpp"
 
+#include "detect/anchors.hpp"
+#include "detect/annotate.hpp"
+#include "detect/face_crop.hpp"
+#include "detect/face_detector.hpp"
+
 #include "plot/canvas.hpp"
 #include "plot/color.hpp"
 #include "plot/confusion_matrix_png.hpp"

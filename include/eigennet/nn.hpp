@@ -32,9 +32,11 @@
 #include "io/model_io.hpp"
 #include "io/npy.hpp"
 #include "io/safetensors.hpp"
+#include "io/weights_folders.hpp"
 
 #include "layers/activation.hpp"
 #include "layers/batch_norm.hpp"
+#include "layers/channel_pad.hpp"
 #include "layers/conv2d.hpp"
 #include "layers/dense.hpp"
 #include "layers/depthwise_conv2d.hpp"
@@ -53,6 +55,7 @@
 #include "metrics/classification.hpp"
 #include "metrics/report.hpp"
 
+#include "models/blazeface.hpp"
 #include "models/classifier.hpp"
 #include "models/classifier_io.hpp"
 #include "models/ensemble.hpp"

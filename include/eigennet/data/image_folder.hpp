@@ -8,6 +8,7 @@
 //   sub-folders of class folders are ignored. Every other file is tried: files that cannot be
 //   read or decoded (empty, truncated, not an image, beyond ImageLimits) are skipped with a
 //   warning on stderr naming the file and the reason, and counted (ImageSet::skipped()).
+//   Photos are turned upright by their EXIF orientation (apply_exif_orientation).
 // - Images are converted to grayscale or RGB (alpha: see AlphaMode) and resized with stb's
 //   triangle filter to the stored size: by default the size of the first readable image. Keep
 //   the native size in memory (FER-2013: 48x48 grayscale, 2.3 KB per image) and let batch
@@ -45,6 +46,7 @@ struct ImageFolderOptions {
   int64_t max_per_class = 0;         // > 0: only the first files (sorted) of each class folder
   AlphaMode alpha = AlphaMode::composite_black;
   ImageLimits limits;
+  bool apply_exif_orientation = true;  // turn photos upright (see DecodeOptions)
   bool warnings = true;  // print skipped files and a summary to stderr
   int threads = 0;       // decoding threads (0 = OpenMP's default)
 
@@ -139,12 +141,18 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   }
   const int64_t file_count = static_cast<int64_t>(files.size());
 
+  DecodeOptions decode;
+  decode.color = options.color;
+  decode.alpha = options.alpha;
+  decode.limits = options.limits;
+  decode.apply_exif_orientation = options.apply_exif_orientation;
+
   // The stored size.
   int height = options.height, width = options.width;
   for (int64_t i = 0; i < file_count && height == 0; ++i) {
     int w = 0, h = 0;
     std::string error;
-    if (read_image_size(files[static_cast<size_t>(i)], w, h, error) &&
+    if (read_image_size(files[static_cast<size_t>(i)], decode, w, h, error) &&
         check_image_limits(w, h, options.limits).empty()) {
       height = h;
       width = w;
@@ -168,7 +176,7 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
       const auto f = static_cast<size_t>(i);
       try {
         uint8_t* slot = pixels.data() + i * image_bytes;
-        if (!read_image(files[f], options.color, options.alpha, options.limits, decoded, error)) {
+        if (!read_image(files[f], decode, decoded, error)) {
           failures[f] = error;
         } else {
           native_sizes[f] = {decoded.width, decoded.height};
