@@ -405,26 +405,54 @@ TEST_CASE("fit() stops on a non-finite loss, gradient or parameter, naming the s
 TEST_CASE("fit() clips gradients before the step, and runs callbacks by role") {
   const Problem p = make_problem(1);
   TensorSource train(p.images, p.labels);
-  struct NormProbe : Callback {
-    double largest = 0;
-    void on_gradients(FitContext& ctx) override {
-      largest = std::max(largest, global_grad_norm(ctx.optimizer.parameters()));
-    }
-  } probe;
   std::vector<std::string> log;
   Spy reporter("reporter", log, CallbackRole::reporter), checkpoint("checkpoint", log, CallbackRole::checkpoint),
       ordinary("ordinary", log);
+  // A distributed callback (e.g. distributed::DataParallel averaging gradients across processes)
+  // runs first, before the built-in finite check and clipping: here it scales the gradients up,
+  // and clipping still sees (and bounds) the scaled ones. It sees fit()'s sources.
+  struct Distributed : Spy {
+    using Spy::Spy;
+    DataSource* train = nullptr;
+    void on_train_begin(FitContext& ctx) override {
+      Spy::on_train_begin(ctx);
+      train = ctx.train;
+      CHECK(ctx.validation == nullptr);
+    }
+    void on_batch_begin(FitContext&) override { scaled = false; }
+    void on_gradients(FitContext& ctx) override {
+      for (Parameter* q : ctx.optimizer.parameters())
+        if (q->trainable()) q->grad.flat() *= 1000.0f;
+      scaled = true;
+    }
+    bool scaled = false;
+  } distributed("distributed", log, CallbackRole::distributed);
+  struct NormProbe : Callback {
+    explicit NormProbe(const Distributed& d) : distributed(d) {}
+    const Distributed& distributed;
+    double largest = 0;
+    bool after_distributed = true;
+    void on_gradients(FitContext& ctx) override {
+      largest = std::max(largest, global_grad_norm(ctx.optimizer.parameters()));
+      after_distributed = after_distributed && distributed.scaled;
+    }
+  } probe(distributed);
   auto net = make_fit_network(2);
   Adam adam(net->parameters());
   SoftmaxCrossEntropy loss;
   FitOptions options;
   options.batch_size = 8;
   options.clip_grad_norm = 1e-3;
-  fit(*net, adam, loss, train, nullptr, options, {&reporter, &checkpoint, &probe, &ordinary});
+  fit(*net, adam, loss, train, nullptr, options, {&reporter, &checkpoint, &probe, &ordinary, &distributed});
   CHECK(probe.largest > 0);
   CHECK(probe.largest <= 1e-3 * (1 + 1e-5));
-  const std::vector<std::string> expected = {"checkpoint:train_begin", "ordinary:train_begin", "reporter:train_begin",
-                                             "ordinary:epoch_end", "checkpoint:epoch_end", "reporter:epoch_end"};
+  CHECK(probe.after_distributed);
+  CHECK(distributed.train == &train);
+  // At the start the checkpoint restores first and the distributed callback hands the restored
+  // run to the other processes before anyone else starts; afterwards it comes first.
+  const std::vector<std::string> expected = {"checkpoint:train_begin", "distributed:train_begin", "ordinary:train_begin",
+                                             "reporter:train_begin",   "distributed:epoch_end",   "ordinary:epoch_end",
+                                             "checkpoint:epoch_end",   "reporter:epoch_end"};
   CHECK(log == expected);
 }
 
