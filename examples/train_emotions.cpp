@@ -11,6 +11,9 @@
 // `--recipe study` is the study's protocol (frozen base, GlobalMaxPooling -> Dense 128 ReLU ->
 // Dropout 0.4 -> Dense N, Adam); `--recipe best` is this project's best fine-tuning recipe.
 // Explicit flags override the recipe. Run with --help for every flag.
+// `--teacher A.safetensors[,B...]` distills trained classifiers (an ensemble, each member at its
+// own input size) into the network trained here (loss/distillation.hpp); `--ema-decay` validates
+// and saves an exponential moving average of its weights (train/ema.hpp).
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -43,6 +46,8 @@ struct Config {
   std::string data, out = "runs/emotions", classes, exclude, recipe = "study";
   std::string weights = "auto", mode = "frozen", finetune_from, optimizer = "adam", schedule = "constant";
   std::string pooling = "max", class_weights = "none", sampler = "shuffle", color = "gray";
+  std::string teacher, init_from;
+  double distill_temperature = 2.0, distill_weight = 0.5, ema_decay = 0.0;
   double alpha = 1.0, lr = 1e-3, momentum = 0.9, weight_decay = 0.0, label_smoothing = 0.0, dropout = 0.4;
   double val_fraction = 0.1, clip_norm = 0.0, warmup_epochs = 0.0, min_lr = 0.0;
   double augment_flip = 0.0, augment_shift = 0.0, augment_rotate = 0.0, augment_scale = 0.0;
@@ -137,6 +142,21 @@ cli::Parser make_parser(Config& c) {
   p.option("augment-scale", c.augment_scale, "max zoom in/out fraction", 0.0, 0.5);
   p.option("augment-brightness", c.augment_brightness, "max brightness change (fraction of 255)", 0.0, 1.0);
   p.option("augment-contrast", c.augment_contrast, "max contrast change (fraction)", 0.0, 1.0);
+  p.option("init-from", c.init_from,
+           "start from this trained classifier's weights (same alpha, size and classes) instead of the ImageNet ones, "
+           "e.g. to distill an ensemble into one of its members",
+           "FILE");
+  p.option("teacher", c.teacher,
+           "distill these trained classifiers (comma-separated: an ensemble, each at its own input size) into this "
+           "network: they run in inference mode on the same augmented batches",
+           "FILES");
+  p.option("distill-temperature", c.distill_temperature, "with --teacher: temperature of the soft targets", 0.05, 100.0);
+  p.option("distill-weight", c.distill_weight,
+           "with --teacher: weight of the soft-target term (the hard-label cross-entropy gets 1 - this)", 0.0, 1.0);
+  p.option("ema-decay", c.ema_decay,
+           "exponential moving average of the weights with this decay per step (e.g. 0.999; 0 = off): it is what "
+           "validation measures and the saved model holds",
+           0.0, 0.999999);
   p.flag("tta-flip", c.tta_flip, "average predictions with the mirrored image at evaluation");
   p.option("patience", c.patience, "early stopping: epochs without validation improvement (0 = off)", 0, 100000);
   p.option("seed", c.seed, "seed for the split, initialization, order, augmentation and dropout", 0, INT64_MAX);
@@ -168,6 +188,48 @@ std::string resolve_weights(const Config& c) {
                         "); pass --weights FILE");
 }
 
+// FNV-1a 64 of a file's bytes, in hex: identifies a teacher's contents in the run settings.
+std::string file_fingerprint(const std::string& path) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) fail("cannot read '", path, "': ", std::strerror(errno));
+  uint64_t h = 0xcbf29ce484222325ull;
+  std::vector<unsigned char> buffer(1 << 16);
+  for (size_t n; (n = std::fread(buffer.data(), 1, buffer.size(), f)) > 0;)
+    for (size_t i = 0; i < n; ++i) h = (h ^ buffer[i]) * 0x100000001b3ull;
+  const bool failed = std::ferror(f) != 0;
+  std::fclose(f);
+  if (failed) fail("error reading '", path, "'");
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
+// Prints the teachers' share of every epoch (stdout, after the epoch line's callbacks) and keeps
+// their total time, so that the student's own training time can be reported apart.
+class TeacherCost : public Callback {
+ public:
+  explicit TeacherCost(const ModelTeacher& teacher) : teacher_(teacher) {}
+  CallbackRole role() const override { return CallbackRole::reporter; }
+  void on_epoch_begin(FitContext&) override {
+    seconds_at_start_ = teacher_.seconds();
+    calls_at_start_ = teacher_.calls();
+  }
+  void on_epoch_end(FitContext& ctx) override {
+    const double seconds = teacher_.seconds() - seconds_at_start_;
+    const int64_t calls = teacher_.calls() - calls_at_start_;
+    const double epoch = ctx.state.history.back().seconds;
+    std::printf("  teachers: %.1f ms per step (%lld steps), %.1f s of the epoch's %.1f s (%.0f%%)\n",
+                calls ? 1000 * seconds / static_cast<double>(calls) : 0.0, static_cast<long long>(calls), seconds, epoch,
+                epoch > 0 ? 100 * seconds / epoch : 0.0);
+    std::fflush(stdout);
+  }
+
+ private:
+  const ModelTeacher& teacher_;
+  double seconds_at_start_ = 0;
+  int64_t calls_at_start_ = 0;
+};
+
 // Everything that must match for --resume to continue a run rather than start a different one,
 // named by its flag.
 RunSettings run_settings(const Config& c, const std::string& data) {
@@ -184,6 +246,16 @@ RunSettings run_settings(const Config& c, const std::string& data) {
   s.add("--augment-scale", c.augment_scale).add("--augment-brightness", c.augment_brightness);
   s.add("--augment-contrast", c.augment_contrast).add("--seed", c.seed).add("--color", c.color);
   s.add("--split-seed", c.split_seed);
+  // Added only when used, so that runs without them resume as before.
+  if (!c.teacher.empty()) {
+    std::string teachers;  // each file with a hash of its contents: a changed teacher is refused too
+    for (const std::string& path : cli::split_list(c.teacher))
+      teachers += (teachers.empty() ? "" : ",") + path + " (fnv1a64 " + file_fingerprint(path) + ")";
+    s.add("--teacher", teachers).add("--distill-temperature", c.distill_temperature);
+    s.add("--distill-weight", c.distill_weight);
+  }
+  if (c.ema_decay > 0) s.add("--ema-decay", c.ema_decay);
+  if (!c.init_from.empty()) s.add("--init-from", c.init_from + " (fnv1a64 " + file_fingerprint(c.init_from) + ")");
   if (c.sync_bn) s.add("--sync-bn", true);  // (absent in checkpoints written before the flag existed)
   return s;
 }
@@ -230,6 +302,13 @@ int run(int argc, char** argv, Communicator& world) {
   cli::Parser parser = make_parser(c);
   if (!parser.parse(argc, argv)) return 0;
   if (c.mode == "frozen" && !c.finetune_from.empty()) throw cli::UsageError("--finetune-from needs --mode finetune");
+  if (!c.teacher.empty() && c.mode != "finetune")
+    throw cli::UsageError("--teacher needs --mode finetune (the teachers see augmented images, not cached features)");
+  if (!c.init_from.empty() && c.mode != "finetune") throw cli::UsageError("--init-from needs --mode finetune");
+  if (!c.init_from.empty() && !fs::is_regular_file(c.init_from))
+    throw cli::UsageError("--init-from: '" + c.init_from + "' is not a file");
+  for (const std::string& path : cli::split_list(c.teacher))
+    if (!fs::is_regular_file(path)) throw cli::UsageError("--teacher: '" + path + "' is not a file");
   // Several processes on one machine share its cores.
   if (c.threads > 0) set_threads(static_cast<int>(c.threads));
   else if (world.local_size() > 1) set_threads(std::max(1, max_threads() / world.local_size()));
@@ -238,6 +317,8 @@ int run(int argc, char** argv, Communicator& world) {
   const bool lead = world.rank() == 0;
   if (!lead) c.quiet = true;
   std::FILE* const log = lead ? stderr : nullptr;  // progress messages
+  if (world.size() > 1 && (!c.teacher.empty() || !c.init_from.empty() || c.ema_decay > 0))
+    throw cli::UsageError("--teacher, --init-from and --ema-decay run in one process only (not under mpirun yet)");
   if (c.data.empty()) {
     c.data = examples::find_default_dataset();
     if (c.data.empty() && world.size() == 1) {
@@ -308,7 +389,25 @@ int run(int argc, char** argv, Communicator& world) {
   spec.class_names = class_names;
   std::unique_ptr<Classifier> model = make_classifier(spec, static_cast<uint64_t>(c.seed));
   bool folded = false;
-  if (!weights.empty()) {
+  if (!c.init_from.empty()) {
+    // A trained classifier of the same architecture, classes and size: all its parameters.
+    LoadedClassifier start = load_classifier(c.init_from);
+    if (start.spec.class_names != class_names)
+      fail("--init-from: '", c.init_from, "' predicts the classes (", examples::join(start.spec.class_names),
+           ") but this run trains (", examples::join(class_names), ")");
+    const auto describe = [](const ClassifierSpec& s) {
+      std::ostringstream o;
+      o << "alpha " << s.base.alpha << ", " << s.base.width << "x" << s.base.height << ", "
+        << (s.base.pooling == GlobalPooling::max ? "max" : "avg") << " pooling, hidden " << s.head.hidden_units;
+      return o.str();
+    };
+    if (describe(start.spec) != describe(spec))
+      fail("--init-from: '", c.init_from, "' is a network with ", describe(start.spec), " but this run trains one with ",
+           describe(spec), ": pass the matching --alpha, --size, --pooling and --hidden");
+    ParameterList to = model->parameters(), from = start.model->parameters();
+    for (size_t i = 0; i < to.size(); ++i) to[i]->value.copy_from(from[i]->value);
+    if (log) std::fprintf(log, "weights: %s\n", c.init_from.c_str());
+  } else if (!weights.empty()) {
     folded = run_together(world, [&] { return load_imagenet_weights(model->base(), weights).folded_batch_norm; });
     if (log) std::fprintf(log, "ImageNet weights: %s%s\n", weights.c_str(), folded ? " (BatchNorm folded)" : "");
   }
@@ -325,7 +424,7 @@ int run(int argc, char** argv, Communicator& world) {
                    std::to_string(split.test.size()));
     uint64_t bits = 0;
     for (const Parameter* p : model->parameters()) bits = mix64(bits ^ distributed::fingerprint(p->value.data(), p->value.size()));
-    same.push_back("weights: " + std::string(weights.empty() ? "none" : "loaded") + ", fingerprint " + std::to_string(bits));
+    same.push_back("weights: " + std::string(weights.empty() && c.init_from.empty() ? "none" : "loaded") + ", fingerprint " + std::to_string(bits));
     distributed::check_same(world, same, "the settings");
   }
 
@@ -365,7 +464,31 @@ int run(int argc, char** argv, Communicator& world) {
   SoftmaxCrossEntropy::Options loss_options;
   loss_options.label_smoothing = static_cast<float>(c.label_smoothing);
   if (c.class_weights == "balanced") loss_options.class_weights = balanced_class_weights(images.labels(), split.train, num_classes);
-  SoftmaxCrossEntropy loss(loss_options), plain_loss;  // validation loss: unweighted, unsmoothed
+  SoftmaxCrossEntropy hard_loss(loss_options), plain_loss;  // validation loss: unweighted, unsmoothed
+
+  // ---- Teachers (--teacher) -------------------------------------------------------------------
+  Ensemble teachers;
+  std::unique_ptr<ModelTeacher> teacher;
+  std::unique_ptr<DistillationLoss> distillation;
+  if (!c.teacher.empty()) {
+    EIGENNET_CHECK(c.class_weights == "none", "--teacher: --class-weights is not supported with distillation");
+    teachers = load_ensemble(cli::split_list(c.teacher));
+    if (teachers.class_names() != class_names)
+      fail("--teacher: '", teachers.paths.front(), "' predicts the classes (", examples::join(teachers.class_names()),
+           ") but this run trains (", examples::join(class_names), "): use --classes/--exclude to match them");
+    std::vector<ModelTeacher::Member> members;
+    for (size_t m = 0; m < teachers.members.size(); ++m) {
+      const ClassifierSpec& ts = teachers.members[m].spec;
+      members.push_back({teachers.members[m].model.get(), ts.base.height, ts.base.width});
+      std::fprintf(stderr, "teacher %zu: %s (%lldx%lld)\n", m + 1, teachers.paths[m].c_str(),
+                   static_cast<long long>(ts.base.width), static_cast<long long>(ts.base.height));
+    }
+    teacher = std::make_unique<ModelTeacher>(std::move(members));
+    distillation = std::make_unique<DistillationLoss>(
+        *teacher, DistillationLoss::Options{static_cast<float>(c.distill_temperature), static_cast<float>(c.distill_weight),
+                                            static_cast<float>(c.label_smoothing)});
+  }
+  Loss& loss = distillation ? static_cast<Loss&>(*distillation) : static_cast<Loss&>(hard_loss);
 
   // ---- Sources ------------------------------------------------------------------------------
   const Order order = c.sampler == "balanced" ? Order::balanced : Order::shuffled;
@@ -384,7 +507,11 @@ int run(int argc, char** argv, Communicator& world) {
                                                                                 num_classes, static_cast<float>(c.augment_flip)});
     validation = std::make_unique<FeatureSource>(val_cache);
   } else {
-    train = std::make_unique<ImageSource>(images, split.train, augmented, order, static_cast<uint64_t>(c.seed));
+    auto images_source = std::make_unique<ImageSource>(images, split.train, augmented, order, static_cast<uint64_t>(c.seed));
+    // Teachers at another input size see the same augmented images rendered at their size.
+    for (const LoadedClassifier& member : teachers.members)
+      images_source->also_render(static_cast<int>(member.spec.base.height), static_cast<int>(member.spec.base.width));
+    train = std::move(images_source);
     validation = std::make_unique<ImageSource>(images, split.validation, inputs);
   }
 
@@ -418,6 +545,18 @@ int run(int argc, char** argv, Communicator& world) {
                         run_settings(c, fs::weakly_canonical(c.data).string()), c.resume);
   // Every process decides the learning rate and when to stop; rank 0 writes and reports.
   std::vector<Callback*> callbacks = {&learning_rate};
+  std::unique_ptr<ExponentialMovingAverage> ema;
+  if (c.ema_decay > 0) {
+    ema = std::make_unique<ExponentialMovingAverage>(trained.parameters(),
+                                                     ExponentialMovingAverage::Options{c.ema_decay, true, true});
+    checkpoint.add_state(ema->state());
+    callbacks.push_back(ema.get());
+  }
+  std::unique_ptr<TeacherCost> teacher_cost;
+  if (teacher) {
+    teacher_cost = std::make_unique<TeacherCost>(*teacher);
+    callbacks.push_back(teacher_cost.get());
+  }
   std::unique_ptr<EarlyStopping> early;
   if (c.patience > 0) {
     early = std::make_unique<EarlyStopping>(c.patience);
@@ -439,6 +578,8 @@ int run(int argc, char** argv, Communicator& world) {
   if (result.stopped && lead) std::printf("%s\n", result.stop_reason.c_str());
   double training_seconds = 0;
   for (const EpochRecord& r : result.state.history) training_seconds += r.seconds;
+  // The teachers' time of the epochs this process ran (a resumed run does not know the others').
+  const double teacher_seconds = teacher ? teacher->seconds() : 0.0;
   const int64_t best_epoch = Monitor::max("val_accuracy").best_epoch(result.state.history);
 
   // ---- Test report with the best model ----------------------------------------------------------
@@ -470,6 +611,14 @@ int run(int argc, char** argv, Communicator& world) {
     j["best_val_accuracy"] = best_epoch >= 0 ? result.state.history[static_cast<size_t>(best_epoch)].val_accuracy : -1.0;
     j["tta_flip"] = c.tta_flip;
     j["training_seconds"] = training_seconds;
+    if (teacher) {
+      j["teachers"] = examples::join(teachers.paths, ",");
+      j["distill_temperature"] = c.distill_temperature;
+      j["distill_weight"] = c.distill_weight;
+      j["teacher_seconds_this_process"] = teacher_seconds;
+      j["teacher_steps_this_process"] = teacher->calls();
+    }
+    if (ema) j["ema_decay"] = c.ema_decay;
     j["total_seconds"] = total_seconds;
     j["threads"] = max_threads();
     j["data"] = c.data;
@@ -482,6 +631,15 @@ int run(int argc, char** argv, Communicator& world) {
   std::printf("%s\n%s\n", title, report.c_str());
   std::printf("training time %.1f min (total %.1f min); outputs in %s\n", training_seconds / 60, total_seconds / 60,
               c.out.c_str());
+  if (teacher && teacher->calls() > 0) {
+    std::printf("teachers: %.1f min over %lld steps (%.1f ms per step) of the epochs this process ran",
+                teacher_seconds / 60, static_cast<long long>(teacher->calls()),
+                1000 * teacher_seconds / static_cast<double>(teacher->calls()));
+    if (checkpoint.resumed())  // the earlier epochs' teacher time is in their own output
+      std::printf(" (resumed: training time without them is not known here)\n");
+    else
+      std::printf("; training without them %.1f min\n", (training_seconds - teacher_seconds) / 60);
+  }
   return 0;
 }
 
