@@ -20,6 +20,8 @@
 #include "data/split.hpp"
 #include "data/stb.hpp"
 
+#include "inference/inference_net.hpp"
+
 #include "io/atomic_file.hpp"
 #include "io/json_writer.hpp"
 #include "io/model_io.hpp"

@@ -132,6 +132,33 @@ inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* __rest
   }
 }
 
+// Terms summed in one run of registers: longer sums are split into blocks of this many terms
+// whose (zero-started) partial sums are then added, so that float rounding grows with the block
+// length plus the number of blocks instead of with k (Eigen's GEMM blocks its depth the same way).
+constexpr int64_t sum_block = 64;
+
+// acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
+// sum_block terms. With acc_is_zero the first block accumulates straight into acc.
+template <bool transposed>
+inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b,
+                            int64_t ldb, int64_t k, bool acc_is_zero) {
+  for (int64_t k0 = 0; k0 < k; k0 += sum_block) {
+    const int64_t len = std::min(sum_block, k - k0);
+    const float* ak = transposed ? a + k0 * lda : a + k0;
+    const float* bk = b + k0 * ldb;
+    if (k0 == 0 && acc_is_zero) {
+      multiply_tile<transposed>(acc, ak, lda, bk, ldb, len);
+      continue;
+    }
+    Packet part[tile_rows][vectors];
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) part[i][v] = simd::zero();
+    multiply_tile<transposed>(part, ak, lda, bk, ldb, len);
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
+  }
+}
+
 // Applies the epilogue to tile rows [first, tile_rows) (tile row i is output row `row + i`) and
 // stores them; `columns` valid columns from n0.
 inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo, int64_t row,
@@ -207,7 +234,7 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     Packet acc[tile_rows][vectors];
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       detail::zero_tile(acc);
-      detail::multiply_tile<false>(acc, padded, k, b.panel(p), panel_width, k);
+      detail::accumulate_tile<false>(acc, padded, k, b.panel(p), panel_width, k, true);
       const int64_t n0 = p * panel_width;
       detail::finish_tile(acc, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo, 0, n0,
                           static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
@@ -228,7 +255,7 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
         // overlaps rows already stored, which it recomputes but does not store again.
         const int64_t start = std::min(r, m - tile_rows);
         detail::zero_tile(acc);
-        detail::multiply_tile<false>(acc, a + start * lda, lda, bp, panel_width, k);
+        detail::accumulate_tile<false>(acc, a + start * lda, lda, bp, panel_width, k, true);
         detail::finish_tile(acc, static_cast<int>(r - start), static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)),
                             out, ldo, start, n0, columns, e, sums);
       }
@@ -350,7 +377,7 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
           float* ct = cp + start * width + n0;
           for (int r = 0; r < tile_rows; ++r)
             for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * width + v * simd::width);
-          detail::multiply_tile<true>(acc, a + c0 * lda + start, lda, bp, ldbp, rows);
+          detail::accumulate_tile<true>(acc, a + c0 * lda + start, lda, bp, ldbp, rows, false);
           for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
             for (int v = 0; v < vectors; ++v) simd::store(ct + r * width + v * simd::width, acc[r][v]);
         }
