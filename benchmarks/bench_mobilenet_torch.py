@@ -34,6 +34,7 @@ CONFIGS = {  # name: (train, alpha, size, batch), as in bench_mobilenet.cpp
     "infer_a1.00_96_b32": (False, 1.0, 96, 32),
     "train_a0.35_96_b32": (True, 0.35, 96, 32),
     "infer_a0.35_96_b32": (False, 0.35, 96, 32),
+    "infer_a1.00_96_b1": (False, 1.0, 96, 1),
     "infer_a1.00_224_b1": (False, 1.0, 224, 1),
 }
 

@@ -235,7 +235,7 @@ TEST_CASE("chunked im2col convolution equals the whole-matrix GEMM reference, fo
     int64_t batch, h, w, in_c, out_c, k, stride;
   };
   for (const Case& k : {Case{2, 9, 11, 3, 32, 3, 2}, Case{1, 5, 5, 7, 5, 3, 1}, Case{3, 16, 12, 3, 16, 1, 2},
-                        Case{1, 30, 30, 3, 24, 3, 2}}) {
+                        Case{1, 30, 30, 3, 24, 3, 2}, Case{2, 6, 20, 5, 40, 3, 1}, Case{1, 4, 31, 2, 8, 5, 1}}) {
     CAPTURE(k.h);
     CAPTURE(k.in_c);
     CAPTURE(k.out_c);

@@ -132,7 +132,6 @@ class ConvStep : public Step {
     packed_ = pack(f_.weight, patch, geometry_.out_c);
   }
   void run(const Tensor& x, Tensor& y) override {
-    ProfileScope scope("inference conv");
     WindowGeometry g = geometry_;
     g.batch = x.dim(0);
     y.resize(output_.with_batch(g.batch));
@@ -166,7 +165,6 @@ class DepthwiseStep : public Step {
     output_ = dw.output_shape();
   }
   void run(const Tensor& x, Tensor& y) override {
-    ProfileScope scope("inference depthwise");
     WindowGeometry g = geometry_;
     g.batch = x.dim(0);
     y.resize(output_.with_batch(g.batch));
@@ -189,7 +187,6 @@ class DenseStep : public Step {
     packed_ = pack(f_.weight, input_[0], output_[0]);
   }
   void run(const Tensor& x, Tensor& y) override {
-    ProfileScope scope("inference dense");
     y.resize(output_.with_batch(x.dim(0)));
     const kernels::pointwise::Packed w{packed_.data(), input_[0], output_[0]};
     kernels::pointwise::multiply(y.data(), output_[0], x.data(), input_[0], x.dim(0), w, epilogue_of(f_.bias, f_.clamp));
@@ -264,7 +261,6 @@ class InvertedResidualStep : public Step {
     weights_.residual = residual;
   }
   void run(const Tensor& x, Tensor& y) override {
-    ProfileScope scope("inference inverted residual block");
     WindowGeometry g = geometry_;
     g.batch = x.dim(0);
     y.resize(output_.with_batch(g.batch));
@@ -574,6 +570,11 @@ class InferenceNet {
   InferenceNet(std::string name, inference::Steps steps, Shape input)
       : name_(std::move(name)), steps_(std::move(steps)), input_(std::move(input)) {
     output_ = steps_.empty() ? input_ : steps_.back()->output_shape();
+    for (size_t i = 0; i < steps_.size(); ++i) {
+      std::string d = steps_[i]->describe();
+      if (d.size() > 60) d = d.substr(0, 57) + "...";
+      profile_labels_.push_back("inference step " + std::to_string(i) + ": " + d);
+    }
   }
 
   // The model's output for a batch of inputs; valid until the next forward.
@@ -588,6 +589,7 @@ class InferenceNet {
     const Tensor* in = &x;
     for (size_t i = 0; i < steps_.size(); ++i) {
       Tensor& out = buffers_[i % 2];
+      ProfileScope scope(profile_labels_[i].c_str());
       steps_[i]->run(*in, out);
       in = &out;
     }
@@ -610,6 +612,7 @@ class InferenceNet {
   inference::Steps steps_;
   Shape input_, output_;
   Tensor buffers_[2];
+  std::vector<std::string> profile_labels_;  // per step, for eigennet::profiler()
 };
 
 // A snapshot of `model` (a Sequential built with an input shape) for inference; see the top of

@@ -32,38 +32,62 @@ inline void valid_output_range(int64_t kw, const WindowGeometry& g, int64_t& lo,
   hi = last < 0 ? 0 : std::min(g.out_w, last / g.stride_w + 1);
   lo = std::min(lo, hi);
 }
-// Interior output pixels [begin, end) of one row of a 3x3 depthwise convolution with stride S,
-// for the channel packet at c (`lanes` valid channels: a partial packet at the end of a row).
-// The nine weights and the bias stay in registers for the whole row, and `block` neighbouring
-// output pixels are computed together: they share input columns (stride 1: 4 outputs read 6
-// columns instead of 12), and their per-kernel-row partial sums are independent FMA chains.
+// The channel packet at c of one output row of a 3x3 depthwise convolution with stride S
+// (`lanes` valid channels: a partial packet at the end of a row). The nine weights and the bias
+// stay in registers for the whole row. Interior pixels [first, last) go `block` at a time:
+// neighbours share input columns (stride 1: 4 outputs read 6 columns instead of 12) and their
+// per-kernel-row partial sums are 3 x block independent FMA chains. Border pixels check which
+// of their three columns are inside the image (rows outside are zero rows).
 template <int S, bool partial>
-inline void depthwise3x3_interior(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
+inline void depthwise3x3_channels(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
                                   const float* __restrict r2, const float* __restrict weight,
-                                  const float* __restrict bias, int64_t C, int64_t c, int lanes, int64_t pad,
-                                  int64_t begin, int64_t end, const Clamp& clamp) {
+                                  const float* __restrict bias, int64_t C, int64_t c, int lanes,
+                                  const WindowGeometry& g, int64_t first, int64_t last, const Clamp& clamp) {
   using simd::Packet;
   auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
+  auto finish = [&](Packet v, float* dst) {
+    if (clamp.active()) v = simd::min(simd::max(v, simd::set1(clamp.lo)), simd::set1(clamp.hi));
+    if (partial)
+      simd::store_partial(dst, v, lanes);
+    else
+      simd::store(dst, v);
+  };
   constexpr int block = simd::registers >= 32 ? 4 : 2;
   constexpr int columns = (block - 1) * S + 3;
+  const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
   Packet w[9];
+#pragma GCC unroll 9
   for (int k = 0; k < 9; ++k) w[k] = load(weight + k * C + c);
   const Packet b = load(bias + c);
-  const Packet lo = simd::set1(clamp.lo), hi = simd::set1(clamp.hi);
-  const bool clamps = clamp.active();
   const float* rows[3] = {r0 + c, r1 + c, r2 + c};
-  int64_t ow = begin;
-  for (; ow + block <= end; ow += block) {
+  auto pixel = [&](int64_t ow) {
+    Packet a0 = b, a1 = simd::zero(), a2 = simd::zero();
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw) {
+      const int64_t iw = ow * S - pad + kw;
+      if (iw < 0 || iw >= in_w) continue;
+      a0 = simd::fmadd(load(rows[0] + iw * C), w[kw], a0);
+      a1 = simd::fmadd(load(rows[1] + iw * C), w[3 + kw], a1);
+      a2 = simd::fmadd(load(rows[2] + iw * C), w[6 + kw], a2);
+    }
+    finish(simd::add(a0, simd::add(a1, a2)), orow + ow * C + c);
+  };
+  for (int64_t ow = 0; ow < first; ++ow) pixel(ow);
+  int64_t ow = first;
+  for (; ow + block <= last; ow += block) {
     const int64_t in0 = (ow * S - pad) * C;
     Packet acc[block][3];
+#pragma GCC unroll 4
     for (int o = 0; o < block; ++o) {
       acc[o][0] = b;
       acc[o][1] = simd::zero();
       acc[o][2] = simd::zero();
     }
+#pragma GCC unroll 12
     for (int j = 0; j < columns; ++j) {
       const int64_t at = in0 + j * C;
       const Packet x0 = load(rows[0] + at), x1 = load(rows[1] + at), x2 = load(rows[2] + at);
+#pragma GCC unroll 4
       for (int o = 0; o < block; ++o) {
         const int kw = j - o * S;
         if (kw < 0 || kw > 2) continue;
@@ -72,43 +96,45 @@ inline void depthwise3x3_interior(float* __restrict orow, const float* __restric
         acc[o][2] = simd::fmadd(x2, w[6 + kw], acc[o][2]);
       }
     }
-    for (int o = 0; o < block; ++o) {
-      Packet v = simd::add(acc[o][0], simd::add(acc[o][1], acc[o][2]));
-      if (clamps) v = simd::min(simd::max(v, lo), hi);
-      float* dst = orow + (ow + o) * C + c;
-      partial ? simd::store_partial(dst, v, lanes) : simd::store(dst, v);
-    }
+#pragma GCC unroll 4
+    for (int o = 0; o < block; ++o)
+      finish(simd::add(acc[o][0], simd::add(acc[o][1], acc[o][2])), orow + (ow + o) * C + c);
   }
-  for (; ow < end; ++ow) {
-    const int64_t in0 = (ow * S - pad) * C;
-    Packet a0 = b, a1 = simd::zero(), a2 = simd::zero();
-    for (int kw = 0; kw < 3; ++kw) {
-      a0 = simd::fmadd(load(rows[0] + in0 + kw * C), w[kw], a0);
-      a1 = simd::fmadd(load(rows[1] + in0 + kw * C), w[3 + kw], a1);
-      a2 = simd::fmadd(load(rows[2] + in0 + kw * C), w[6 + kw], a2);
-    }
-    Packet v = simd::add(a0, simd::add(a1, a2));
-    if (clamps) v = simd::min(simd::max(v, lo), hi);
-    float* dst = orow + ow * C + c;
-    partial ? simd::store_partial(dst, v, lanes) : simd::store(dst, v);
-  }
+  for (; ow < out_w; ++ow) pixel(ow);
 }
 
 // One output row of a 3x3 depthwise convolution with all nine taps at once, optionally clamped:
 // orow[ow, c] = clamp(bias[c] + sum over kh, kw of rows[kh][(ow * stride - pad_left + kw), c] * w[kh, kw, c]).
 // Rows outside the image are passed as a row of zeros, so every output pixel reads three rows.
-// Interior pixels (strides 1 and 2) go through depthwise3x3_interior; the border columns whose
-// window leaves the image, and other strides, check each column.
+// Strides 1 and 2 go through depthwise3x3_channels, a channel packet at a time; other strides
+// through a plain loop that checks each column.
 __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, const float* __restrict r0,
                                                        const float* __restrict r1, const float* __restrict r2,
                                                        const float* __restrict weight, const float* __restrict bias,
                                                        const WindowGeometry& g, const Clamp& clamp = {}) {
   const int64_t C = g.in_c, s = g.stride_w, pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
-  const float* rows[3] = {r0, r1, r2};
   // Interior: columns ow*s - pad .. ow*s - pad + 2 all inside [0, in_w).
   const int64_t first = std::min(out_w, (pad + s - 1) / s);
   const int64_t last = std::max(first, std::min(out_w, in_w - 3 + pad >= 0 ? (in_w - 3 + pad) / s + 1 : 0));
-  auto border = [&](int64_t ow) {
+  if (s == 1 || s == 2) {
+    int64_t c = 0;
+    for (; c + simd::width <= C; c += simd::width) {
+      if (s == 1)
+        depthwise3x3_channels<1, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, clamp);
+      else
+        depthwise3x3_channels<2, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, clamp);
+    }
+    if (c < C) {
+      const int lanes = static_cast<int>(C - c);
+      if (s == 1)
+        depthwise3x3_channels<1, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, g, first, last, clamp);
+      else
+        depthwise3x3_channels<2, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, g, first, last, clamp);
+    }
+    return;
+  }
+  const float* rows[3] = {r0, r1, r2};
+  for (int64_t ow = 0; ow < out_w; ++ow) {
     float* o = orow + ow * C;
     for (int64_t c = 0; c < C; ++c) o[c] = bias[c];
     for (int64_t kh = 0; kh < 3; ++kh)
@@ -121,27 +147,7 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
       }
     if (clamp.active())
       for (int64_t c = 0; c < C; ++c) o[c] = std::min(std::max(o[c], clamp.lo), clamp.hi);
-  };
-  for (int64_t ow = 0; ow < first; ++ow) border(ow);
-  if (s == 1 || s == 2) {
-    int64_t c = 0;
-    for (; c + simd::width <= C; c += simd::width) {
-      if (s == 1)
-        depthwise3x3_interior<1, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, pad, first, last, clamp);
-      else
-        depthwise3x3_interior<2, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, pad, first, last, clamp);
-    }
-    if (c < C) {
-      const int lanes = static_cast<int>(C - c);
-      if (s == 1)
-        depthwise3x3_interior<1, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, pad, first, last, clamp);
-      else
-        depthwise3x3_interior<2, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, pad, first, last, clamp);
-    }
-  } else {
-    for (int64_t ow = first; ow < last; ++ow) border(ow);
   }
-  for (int64_t ow = std::max(first, last); ow < out_w; ++ow) border(ow);
 }
 
 // Weight gradient of one (output row, input row) pair that a kernel row connects:

@@ -105,31 +105,52 @@ struct ColumnSums {
 
 namespace detail {
 
-// acc[i][v] += sum over kk < k of A(i, kk) * b[kk * ldb + v * width], with
+// One run of a tile's sum: k terms from a and b (see multiply_segments).
+struct Segment {
+  const float* a;
+  const float* b;
+  int64_t k;
+};
+
+// acc[i][v] += sum over the segments, over kk < k, of A(i, kk) * b[kk * ldb + v * width], with
 //   A(i, kk) = a[i * lda + kk]   (rows of the tall operand in place), or, when transposed,
 //   A(i, kk) = a[kk * lda + i]   (the weight gradient: i runs over input channels, kk over pixels).
+// Several segments (a convolution's kernel rows) share one pass of the sums through registers.
+// Out of line: the tile's sums then own the vector registers, whatever the caller keeps live.
 template <bool transposed>
-inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* __restrict a, int64_t lda,
-                          const float* __restrict b, int64_t ldb, int64_t k) {
+__attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vectors], const Segment* segments,
+                                                 int count, int64_t lda, int64_t ldb) {
   static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
   Packet c[tile_rows][vectors];
   for (int i = 0; i < tile_rows; ++i) {
     c[i][0] = acc[i][0];
     c[i][1] = acc[i][1];
   }
-  for (int64_t kk = 0; kk < k; ++kk) {
-    const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
-    b += ldb;
-    for (int i = 0; i < tile_rows; ++i) {
-      const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
-      c[i][0] = simd::fmadd(ai, b0, c[i][0]);
-      c[i][1] = simd::fmadd(ai, b1, c[i][1]);
+  for (int s = 0; s < count; ++s) {
+    const float* __restrict a = segments[s].a;
+    const float* __restrict b = segments[s].b;
+    const int64_t k = segments[s].k;
+    for (int64_t kk = 0; kk < k; ++kk) {
+      const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
+      b += ldb;
+      for (int i = 0; i < tile_rows; ++i) {
+        const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
+        c[i][0] = simd::fmadd(ai, b0, c[i][0]);
+        c[i][1] = simd::fmadd(ai, b1, c[i][1]);
+      }
     }
   }
   for (int i = 0; i < tile_rows; ++i) {
     acc[i][0] = c[i][0];
     acc[i][1] = c[i][1];
   }
+}
+
+template <bool transposed>
+inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b, int64_t ldb,
+                          int64_t k) {
+  const Segment segment{a, b, k};
+  multiply_segments<transposed>(acc, &segment, 1, lda, ldb);
 }
 
 // Terms summed in one run of registers: longer sums are split into blocks of this many terms
