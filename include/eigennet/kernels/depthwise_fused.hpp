@@ -81,7 +81,7 @@ class TransformedRows {
 // stored. With an output_transform, out receives relu6(depthwise * scale + shift) (inference:
 // the depthwise BatchNorm + ReLU6 in the same sweep). When mean/variance are given (training, no
 // output transform), also the output's per-channel mean and biased variance, accumulated around
-// the first output pixel (see channel_statistics for why a shift).
+// the first output pixel (see channel_statistics for why a shift) in double, value by value.
 inline void depthwise_conv2d_forward_fused(float* out, const float* in, const float* weight, const WindowGeometry& g,
                                            const Relu6Affine* input_transform, const Relu6Affine* output_transform,
                                            float* mean, float* variance) {
@@ -111,8 +111,6 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
   const int blocks = blocks_for(rows, work);
   ChannelSums sums(blocks, 2, stats ? C : 0);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
-    float* fs = scratch<float, 2>(static_cast<size_t>(2 * C));
-    float* fss = fs + C;
     double* s = stats ? sums.block(t, 0) : nullptr;
     double* ss = stats ? sums.block(t, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
@@ -147,19 +145,8 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
       if (output_transform)
         detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
       if (!stats) continue;
-      std::fill_n(fs, 2 * C, 0.0f);
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const float* o = orow + ow * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = o[c] - shift[c];
-          fs[c] += d;
-          fss[c] += d * d;
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        s[c] += fs[c];
-        ss[c] += fss[c];
-      }
+      // In double value by value, as channel_statistics: the same statistics as a separate pass.
+      for (int64_t ow = 0; ow < g.out_w; ++ow) detail::accumulate_shifted_row(s, ss, orow + ow * C, shift, C);
     }
   });
   if (!stats) return;

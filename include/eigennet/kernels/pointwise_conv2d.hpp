@@ -30,6 +30,22 @@ inline void pointwise_conv2d_backward(float* din, float* dweight, float* dbias, 
   }
 }
 
+// out = in W (no bias) and the per-channel mean and biased variance of out, accumulated while the
+// products are in registers (a BatchNorm in training mode follows).
+inline void pointwise_conv2d_forward_statistics(float* out, const float* in, const float* weight, int64_t pixels,
+                                                int64_t in_c, int64_t out_c, float* mean, float* variance) {
+  const pointwise::Packed packed = pointwise::pack_to_scratch<26>(weight, in_c, out_c, false);
+  pointwise::multiply(out, out_c, in, in_c, pixels, packed, {}, mean, variance);
+}
+
+// din = epilogue(dout W^T): the input gradient with a residual (a skip connection's gradient)
+// or a ReLU6 mask in the same pass.
+inline void pointwise_conv2d_backward_input(float* din, const float* dout, const float* weight, int64_t pixels,
+                                            int64_t in_c, int64_t out_c, const pointwise::Epilogue& epilogue) {
+  const pointwise::Packed packed = pointwise::pack_to_scratch<27>(weight, out_c, in_c, true);
+  pointwise::multiply(din, in_c, dout, out_c, pixels, packed, epilogue);
+}
+
 // The same two functions through Eigen's GEMM: the reference for the engine's tests.
 inline void pointwise_conv2d_forward_reference(float* out, const float* in, const float* weight, const float* bias,
                                                int64_t pixels, int64_t in_c, int64_t out_c) {

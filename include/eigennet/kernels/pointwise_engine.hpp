@@ -66,12 +66,15 @@ struct Packed {
 };
 
 // What happens to a tile of products before it is stored: out = clamp(sum + bias + residual).
+// With a mask (the backward of a ReLU6: mask = its output), out = 0 where mask is not in (0, 6).
 struct Epilogue {
   const float* bias = nullptr;      // [n], or null
   const float* residual = nullptr;  // [rows, ld_residual], added after the bias; may alias out
   int64_t ld_residual = 0;
   float lo = -std::numeric_limits<float>::infinity();  // clamp: ReLU lo = 0, ReLU6 lo = 0, hi = 6
   float hi = std::numeric_limits<float>::infinity();
+  const float* relu6_mask = nullptr;  // [rows, ld_mask], applied last
+  int64_t ld_mask = 0;
 
   static Epilogue relu6(const float* bias) {
     Epilogue e;
@@ -83,24 +86,18 @@ struct Epilogue {
   bool clamps() const { return lo > -std::numeric_limits<float>::infinity() || hi < std::numeric_limits<float>::infinity(); }
 };
 
-// Per-thread sums of the stored outputs around a per-column shift (for BatchNorm statistics):
-// float within a chunk of rows, double across chunks; see flush().
+// Per-thread sums of the stored outputs v per column, in double, value by value (so that the
+// result does not depend on how rows are split into tiles, chunks and threads beyond double
+// rounding: the same statistics as a separate pass, see channel_statistics). Without `other`:
+// sum (v - shift) and sum (v - shift)^2 (BatchNorm statistics around a shift); with `other`
+// [rows, ld_other]: sum v and sum v * (other - shift) (the sums of a BatchNorm backward: v = the
+// gradient at its output, other = its input, shift = its mean).
 struct ColumnSums {
   const float* shift = nullptr;  // [n]
-  float* sum = nullptr;          // [panels * panel_width] float partials of the current chunk
-  float* sum_squares = nullptr;
-  double* total = nullptr;       // [n] running double sums
+  const float* other = nullptr;
+  int64_t ld_other = 0;
+  double* total = nullptr;  // [n]
   double* total_squares = nullptr;
-  int64_t n = 0;
-
-  void flush() {
-    for (int64_t j = 0; j < n; ++j) {
-      total[j] += sum[j];
-      total_squares[j] += sum_squares[j];
-      sum[j] = 0.0f;
-      sum_squares[j] = 0.0f;
-    }
-  }
 };
 
 namespace detail {
@@ -180,6 +177,28 @@ inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, i
   }
 }
 
+// Adds one stored row's `columns` values from column n0 to the sums (the row is in L1).
+__attribute__((noinline)) inline void accumulate_row(const ColumnSums& sums, const float* __restrict values,
+                                                     int64_t row, int64_t n0, int columns) {
+  const float* __restrict shift = sums.shift + n0;
+  double* __restrict total = sums.total + n0;
+  double* __restrict squares = sums.total_squares + n0;
+  if (sums.other) {
+    const float* __restrict x = sums.other + row * sums.ld_other + n0;
+    for (int j = 0; j < columns; ++j) {
+      const double v = values[j];
+      total[j] += v;
+      squares[j] += v * (static_cast<double>(x[j]) - shift[j]);
+    }
+  } else {
+    for (int j = 0; j < columns; ++j) {
+      const double d = static_cast<double>(values[j]) - shift[j];
+      total[j] += d;
+      squares[j] += d * d;
+    }
+  }
+}
+
 // Applies the epilogue to tile rows [first, tile_rows) (tile row i is output row `row + i`) and
 // stores them; `columns` valid columns from n0.
 inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo, int64_t row,
@@ -191,37 +210,25 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
     bias[v] = e.bias && count[v] ? simd::load_partial(e.bias + n0 + v * simd::width, count[v]) : simd::zero();
   const bool clamps = e.clamps();
   const Packet lo = simd::set1(e.lo), hi = simd::set1(e.hi);
-  Packet shift[vectors], s[vectors], ss[vectors];
-  if (sums)
-    for (int v = 0; v < vectors; ++v) {
-      shift[v] = count[v] ? simd::load_partial(sums->shift + n0 + v * simd::width, count[v]) : simd::zero();
-      s[v] = simd::zero();
-      ss[v] = simd::zero();
-    }
+  const Packet zero = simd::zero(), six = simd::set1(6.0f);
   for (int i = first; i < last; ++i) {
     float* o = out + (row + i) * ldo + n0;
     const float* r = e.residual ? e.residual + (row + i) * e.ld_residual + n0 : nullptr;
+    const float* mk = e.relu6_mask ? e.relu6_mask + (row + i) * e.ld_mask + n0 : nullptr;
     for (int v = 0; v < vectors; ++v) {
       if (!count[v]) continue;
       Packet x = simd::add(acc[i][v], bias[v]);
       if (r) x = simd::add(x, simd::load_partial(r + v * simd::width, count[v]));
       if (clamps) x = simd::min(simd::max(x, lo), hi);
-      simd::store_partial(o + v * simd::width, x, count[v]);
-      if (sums) {
-        // Padding lanes of a partial packet are 0 - shift = 0 (shift is zero-extended too).
-        const Packet d = simd::sub(x, shift[v]);
-        s[v] = simd::add(s[v], d);
-        ss[v] = simd::fmadd(d, d, ss[v]);
+      if (mk) {
+        // Keep x where 0 < mask < 6.
+        const Packet y = simd::load_partial(mk + v * simd::width, count[v]);
+        x = simd::select(simd::both(simd::less(zero, y), simd::less(y, six)), x, zero);
       }
+      simd::store_partial(o + v * simd::width, x, count[v]);
     }
+    if (sums) accumulate_row(*sums, o, row + i, n0, columns);
   }
-  if (sums)
-    for (int v = 0; v < vectors; ++v) {
-      float* ps = sums->sum + n0 + v * simd::width;
-      float* pss = sums->sum_squares + n0 + v * simd::width;
-      simd::store(ps, simd::add(simd::load(ps), s[v]));
-      simd::store(pss, simd::add(simd::load(pss), ss[v]));
-    }
 }
 
 inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {
@@ -240,8 +247,8 @@ inline int64_t chunk_rows(int64_t k) {
 
 // One thread's share of out = epilogue(A B): output rows [row_begin, row_end) and panels
 // [panel_begin, panel_end) of an [m, n] product. A: rows in place with leading dimension lda;
-// B packed. `sums` (optional) accumulates the statistics of the stored values; it is flushed
-// after every chunk of rows. Needs no scratch unless m < tile_rows.
+// B packed. `sums` (optional) accumulates the statistics of the stored values. Needs no
+// scratch unless m < tile_rows.
 inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, int64_t row_begin,
                           int64_t row_end, const Packed& b, int64_t panel_begin, int64_t panel_end,
                           const Epilogue& e, ColumnSums* sums = nullptr) {
@@ -260,7 +267,6 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
       detail::finish_tile(acc, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo, 0, n0,
                           static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
     }
-    if (sums) sums->flush();
     return;
   }
   const int64_t chunk = chunk_rows(k);
@@ -281,7 +287,6 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
                             out, ldo, start, n0, columns, e, sums);
       }
     }
-    if (sums) sums->flush();
   }
 }
 
@@ -305,40 +310,48 @@ void for_each_share(int64_t m, int64_t n, int64_t k, Body&& body) {
                   });
 }
 
+namespace detail {
+// multiply() on all threads; with `shift`, every thread accumulates ColumnSums (with `other` if
+// given) into totals[2 * n * thread ...] (n sums, then n sums of squares), which the caller reduces.
+inline void multiply_threads(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, const Packed& b,
+                             const Epilogue& e, const float* shift, const float* other, int64_t ld_other,
+                             double* totals) {
+  const int64_t n = b.n;
+  for_each_share(m, n, b.k, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, int t) {
+    ColumnSums sums;
+    if (shift) {
+      sums.shift = shift;
+      sums.other = other;
+      sums.ld_other = ld_other;
+      sums.total = totals + 2 * t * n;
+      sums.total_squares = sums.total + n;
+    }
+    multiply_rows(out, ldo, a, lda, m, r0, r1, b, p0, p1, e, shift ? &sums : nullptr);
+  });
+}
+
+inline int share_count(int64_t m, const Packed& b) {
+  return blocks_for(((m + tile_rows - 1) / tile_rows) * panel_count(b.n), b.k * tile_rows * panel_width);
+}
+}  // namespace detail
+
 // out [m, n] (ldo) = epilogue(a [m, k] (lda) x b), on all threads. With mean and variance,
 // also the per-column mean and biased variance of the stored outputs (for a BatchNorm that
 // follows), accumulated in the epilogue around the first output row.
 inline void multiply(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, const Packed& b,
                      const Epilogue& e = {}, float* mean = nullptr, float* variance = nullptr) {
-  const int64_t n = b.n, k = b.k;
+  const int64_t n = b.n;
   if (m <= 0 || n <= 0) return;
+  if (!mean) return detail::multiply_threads(out, ldo, a, lda, m, b, e, nullptr, nullptr, 0, nullptr);
+  // The first output row, computed on its own: the shift that keeps E[d^2] - E[d]^2 accurate.
   const int64_t width = panel_count(n) * panel_width;
-  const bool stats = mean != nullptr;
-  float* shift = nullptr;
-  if (stats) {
-    // The first output row, computed on its own: the shift that keeps E[d^2] - E[d]^2 accurate.
-    shift = aligned_scratch<21>(static_cast<size_t>(width));
-    std::fill_n(shift, width, 0.0f);
-    multiply_rows(shift, 0, a, lda, 1, 0, 1, b, 0, panel_count(n), e, nullptr);
-  }
-  const int64_t panels = panel_count(n), tiles = (m + tile_rows - 1) / tile_rows;
-  const int blocks = blocks_for(tiles * panels, k * tile_rows * panel_width);
-  double* totals = stats ? scratch<double, 22>(static_cast<size_t>(2 * blocks * n)) : nullptr;
-  if (stats) std::fill_n(totals, 2 * blocks * n, 0.0);
-  for_each_share(m, n, k, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, int t) {
-    ColumnSums sums;
-    if (stats) {
-      sums.shift = shift;
-      sums.sum = aligned_scratch<23>(static_cast<size_t>(2 * width));
-      sums.sum_squares = sums.sum + width;
-      std::fill_n(sums.sum, 2 * width, 0.0f);
-      sums.total = totals + 2 * t * n;
-      sums.total_squares = sums.total + n;
-      sums.n = n;
-    }
-    multiply_rows(out, ldo, a, lda, m, r0, r1, b, p0, p1, e, stats ? &sums : nullptr);
-  });
-  if (!stats) return;
+  float* shift = aligned_scratch<21>(static_cast<size_t>(width));
+  std::fill_n(shift, width, 0.0f);
+  multiply_rows(shift, 0, a, lda, 1, 0, 1, b, 0, panel_count(n), e, nullptr);
+  const int blocks = detail::share_count(m, b);
+  double* totals = scratch<double, 22>(static_cast<size_t>(2 * blocks * n));
+  std::fill_n(totals, 2 * blocks * n, 0.0);
+  detail::multiply_threads(out, ldo, a, lda, m, b, e, shift, nullptr, 0, totals);
   for (int64_t j = 0; j < n; ++j) {
     double s = 0, ss = 0;
     for (int t = 0; t < blocks; ++t) {
@@ -348,6 +361,33 @@ inline void multiply(float* out, int64_t ldo, const float* a, int64_t lda, int64
     const double mu = s / static_cast<double>(m);
     mean[j] = static_cast<float>(mu + shift[j]);
     variance[j] = static_cast<float>(std::max(0.0, ss / static_cast<double>(m) - mu * mu));
+  }
+}
+
+// out = epilogue(a x b) as multiply(), and the sums a BatchNorm backward needs of the stored
+// values v (the gradient at the BatchNorm's output, after any mask): s1[j] = sum v,
+// s2[j] = inv_std[j] * sum v * (x - mean[j]), where x [m, ld_x] is the BatchNorm's input.
+inline void multiply_with_batch_norm_sums(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m,
+                                          const Packed& b, const Epilogue& e, const float* x, int64_t ld_x,
+                                          const float* mean, const float* inv_std, double* s1, double* s2) {
+  const int64_t n = b.n;
+  if (m <= 0 || n <= 0) return;
+  const int64_t width = panel_count(n) * panel_width;
+  float* shift = aligned_scratch<21>(static_cast<size_t>(width));  // the mean, zero-extended to whole panels
+  std::fill_n(shift, width, 0.0f);
+  std::copy(mean, mean + n, shift);
+  const int blocks = detail::share_count(m, b);
+  double* totals = scratch<double, 22>(static_cast<size_t>(2 * blocks * n));
+  std::fill_n(totals, 2 * blocks * n, 0.0);
+  detail::multiply_threads(out, ldo, a, lda, m, b, e, shift, x, ld_x, totals);
+  for (int64_t j = 0; j < n; ++j) {
+    double t1 = 0, t2 = 0;
+    for (int t = 0; t < blocks; ++t) {
+      t1 += totals[2 * t * n + j];
+      t2 += totals[2 * t * n + n + j];
+    }
+    s1[j] = t1;
+    s2[j] = t2 * inv_std[j];
   }
 }
 

@@ -33,6 +33,12 @@ inline Packet sub(const Packet& a, const Packet& b) { return Eigen::internal::ps
 inline Packet mul(const Packet& a, const Packet& b) { return Eigen::internal::pmul(a, b); }
 inline Packet min(const Packet& a, const Packet& b) { return Eigen::internal::pmin(a, b); }
 inline Packet max(const Packet& a, const Packet& b) { return Eigen::internal::pmax(a, b); }
+// Lane masks (all bits set where true) and a select on them.
+inline Packet less(const Packet& a, const Packet& b) { return Eigen::internal::pcmp_lt(a, b); }
+inline Packet both(const Packet& a, const Packet& b) { return Eigen::internal::pand(a, b); }
+inline Packet select(const Packet& mask, const Packet& if_true, const Packet& if_false) {
+  return Eigen::internal::pselect(mask, if_true, if_false);
+}
 
 // The first n (0 < n <= width) floats at p; the rest of the packet is zero. Reads nothing past p + n.
 inline Packet load_partial(const float* p, int n) {
