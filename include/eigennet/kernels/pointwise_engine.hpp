@@ -88,7 +88,8 @@ struct Epilogue {
 
 // Per-thread sums of the stored outputs v per column, in double, value by value (so that the
 // result does not depend on how rows are split into tiles, chunks and threads beyond double
-// rounding: the same statistics as a separate pass, see channel_statistics). Without `other`:
+// rounding: the same statistics as a separate pass, see channel_statistics). Each tile sums its
+// rows in double registers (TileSums) and adds them to these totals. Without `other`:
 // sum (v - shift) and sum (v - shift)^2 (BatchNorm statistics around a shift); with `other`
 // [rows, ld_other]: sum v and sum v * (other - shift) (the sums of a BatchNorm backward: v = the
 // gradient at its output, other = its input, shift = its mean).
@@ -177,27 +178,49 @@ inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, i
   }
 }
 
-// Adds one stored row's `columns` values from column n0 to the sums (the row is in L1).
-__attribute__((noinline)) inline void accumulate_row(const ColumnSums& sums, const float* __restrict values,
-                                                     int64_t row, int64_t n0, int columns) {
-  const float* __restrict shift = sums.shift + n0;
-  double* __restrict total = sums.total + n0;
-  double* __restrict squares = sums.total_squares + n0;
-  if (sums.other) {
-    const float* __restrict x = sums.other + row * sums.ld_other + n0;
-    for (int j = 0; j < columns; ++j) {
-      const double v = values[j];
-      total[j] += v;
-      squares[j] += v * (static_cast<double>(x[j]) - shift[j]);
+// A tile's share of ColumnSums, in double registers: one pair of sums per double packet of
+// the panel's columns, added to the thread's totals once per tile.
+struct TileSums {
+  static constexpr int parts = vectors * simd::double_parts;
+  simd::PacketD shift[parts], s[parts], ss[parts];
+
+  void start(const ColumnSums& sums, int64_t n0, const int (&count)[vectors]) {
+    for (int v = 0; v < vectors; ++v) {
+      const Packet sh = count[v] ? simd::load_partial(sums.shift + n0 + v * simd::width, count[v]) : simd::zero();
+      simd::to_double(sh, shift + v * simd::double_parts);
     }
-  } else {
-    for (int j = 0; j < columns; ++j) {
-      const double d = static_cast<double>(values[j]) - shift[j];
-      total[j] += d;
-      squares[j] += d * d;
+    for (int q = 0; q < parts; ++q) s[q] = ss[q] = simd::zero_d();
+  }
+  // v: the stored packet of vector `vi`; other: the BatchNorm input's packet (backward sums) or null.
+  void add(int vi, const Packet& v, const Packet* other) {
+    simd::PacketD x[simd::double_parts], o[simd::double_parts];
+    simd::to_double(v, x);
+    if (other) simd::to_double(*other, o);
+    for (int j = 0; j < simd::double_parts; ++j) {
+      const int q = vi * simd::double_parts + j;
+      if (other) {
+        s[q] = simd::add_d(s[q], x[j]);
+        ss[q] = simd::fmadd_d(x[j], simd::sub_d(o[j], shift[q]), ss[q]);
+      } else {
+        const simd::PacketD d = simd::sub_d(x[j], shift[q]);
+        s[q] = simd::add_d(s[q], d);
+        ss[q] = simd::fmadd_d(d, d, ss[q]);
+      }
     }
   }
-}
+  // Adds the valid columns to the thread's totals.
+  void finish(const ColumnSums& sums, int64_t n0, int columns) const {
+    alignas(64) double a[parts * simd::width_d], b[parts * simd::width_d];
+    for (int q = 0; q < parts; ++q) {
+      simd::store_d(a + q * simd::width_d, s[q]);
+      simd::store_d(b + q * simd::width_d, ss[q]);
+    }
+    for (int j = 0; j < columns; ++j) {
+      sums.total[n0 + j] += a[j];
+      sums.total_squares[n0 + j] += b[j];
+    }
+  }
+};
 
 // Applies the epilogue to tile rows [first, tile_rows) (tile row i is output row `row + i`) and
 // stores them; `columns` valid columns from n0.
@@ -211,10 +234,13 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
   const bool clamps = e.clamps();
   const Packet lo = simd::set1(e.lo), hi = simd::set1(e.hi);
   const Packet zero = simd::zero(), six = simd::set1(6.0f);
+  TileSums tile_sums;
+  if (sums) tile_sums.start(*sums, n0, count);
   for (int i = first; i < last; ++i) {
     float* o = out + (row + i) * ldo + n0;
     const float* r = e.residual ? e.residual + (row + i) * e.ld_residual + n0 : nullptr;
     const float* mk = e.relu6_mask ? e.relu6_mask + (row + i) * e.ld_mask + n0 : nullptr;
+    const float* ot = sums && sums->other ? sums->other + (row + i) * sums->ld_other + n0 : nullptr;
     for (int v = 0; v < vectors; ++v) {
       if (!count[v]) continue;
       Packet x = simd::add(acc[i][v], bias[v]);
@@ -226,9 +252,18 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
         x = simd::select(simd::both(simd::less(zero, y), simd::less(y, six)), x, zero);
       }
       simd::store_partial(o + v * simd::width, x, count[v]);
+      if (sums) {
+        // Lanes past the last column may hold anything; finish() does not add them.
+        if (ot) {
+          const Packet other = simd::load_partial(ot + v * simd::width, count[v]);
+          tile_sums.add(v, x, &other);
+        } else {
+          tile_sums.add(v, x, nullptr);
+        }
+      }
     }
-    if (sums) accumulate_row(*sums, o, row + i, n0, columns);
   }
+  if (sums) tile_sums.finish(*sums, n0, columns);
 }
 
 inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {

@@ -6,7 +6,7 @@
 
 #include <Eigen/Core>
 #include <cstring>
-#if defined(__AVX512F__) || defined(__AVX2__)
+#if defined(__AVX512F__) || defined(__AVX__)
 #include <immintrin.h>
 #endif
 
@@ -38,6 +38,34 @@ inline Packet less(const Packet& a, const Packet& b) { return Eigen::internal::p
 inline Packet both(const Packet& a, const Packet& b) { return Eigen::internal::pand(a, b); }
 inline Packet select(const Packet& mask, const Packet& if_true, const Packet& if_false) {
   return Eigen::internal::pselect(mask, if_true, if_false);
+}
+
+// Doubles, for sums that must not round like float ones (batch statistics).
+using PacketD = Eigen::internal::packet_traits<double>::type;
+constexpr int width_d = static_cast<int>(sizeof(PacketD) / sizeof(double));
+constexpr int double_parts = width / width_d;  // double packets per float packet (1 or 2)
+static_assert(double_parts * width_d == width, "a float packet must split into whole double packets");
+inline PacketD zero_d() { return Eigen::internal::pset1<PacketD>(0.0); }
+inline PacketD load_d(const double* p) { return Eigen::internal::ploadu<PacketD>(p); }
+inline void store_d(double* p, const PacketD& v) { Eigen::internal::pstoreu(p, v); }
+inline PacketD add_d(const PacketD& a, const PacketD& b) { return Eigen::internal::padd(a, b); }
+inline PacketD sub_d(const PacketD& a, const PacketD& b) { return Eigen::internal::psub(a, b); }
+inline PacketD fmadd_d(const PacketD& a, const PacketD& b, const PacketD& c) { return Eigen::internal::pmadd(a, b, c); }
+// The float lanes of x as doubles: out[0] holds lanes [0, width_d), out[1] the next ones.
+inline void to_double(const Packet& x, PacketD* out) {
+#if defined(__AVX512F__) && !defined(EIGEN_DONT_VECTORIZE)
+  out[0] = _mm512_cvtps_pd(_mm512_castps512_ps256(x));
+  out[1] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+#elif defined(__AVX__) && !defined(EIGEN_DONT_VECTORIZE)
+  out[0] = _mm256_cvtps_pd(_mm256_castps256_ps128(x));
+  out[1] = _mm256_cvtps_pd(_mm256_extractf128_ps(x, 1));
+#else
+  alignas(64) float lanes[width];
+  alignas(64) double wide[width];
+  store(lanes, x);
+  for (int i = 0; i < width; ++i) wide[i] = lanes[i];
+  for (int j = 0; j < double_parts; ++j) out[j] = load_d(wide + j * width_d);
+#endif
 }
 
 // The first n (0 < n <= width) floats at p; the rest of the packet is zero. Reads nothing past p + n.
