@@ -433,9 +433,11 @@ void check_parameters_finite(const ParameterList& watched, int64_t step, int64_t
            "); ", kDivergedAdvice);
 }
 
-// Base features [N, C] of the images `indices` (inference mode), optionally mirrored.
+// Base features [N, C] of the images `indices` (inference mode, through the base compiled for
+// inference), optionally mirrored.
 Tensor extract_features(Classifier& model, const ImageSet& set, const std::vector<int64_t>& indices,
                         BatchOptions options, bool mirrored, int64_t batch_size, const char* what, bool quiet) {
+  InferenceNet base = compile_for_inference(model.base());
   const int64_t n = static_cast<int64_t>(indices.size()), c = model.feature_size();
   Tensor features(Shape{n, c});
   Tensor images;
@@ -447,7 +449,7 @@ Tensor extract_features(Classifier& model, const ImageSet& set, const std::vecto
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     const int64_t count = std::min(batch_size, n - begin);
     assemble_batch(set, indices.data() + begin, count, 0, options, images, labels);
-    const Tensor& f = model.base().forward(images, Mode::inference);
+    const Tensor& f = base.forward(images);
     std::copy(f.data(), f.data() + count * c, features.data() + begin * c);
     const bool last = begin + count == n;
     if (!quiet && (interactive || last)) {

@@ -37,12 +37,13 @@ inline const char* dataset_help =
     "  DIR/train/<class>/*.jpg and DIR/test/<class>/*.jpg   (classes: angry disgust fear happy\n"
     "  neutral sad surprise; 48x48 grayscale), or DIR/<class>/* for a stratified 80/10/10 split.\n";
 
-// Probabilities [N, classes] of the images `indices` of `set`, in inference mode, averaged
-// with the horizontally mirrored images when tta_flip.
+// Probabilities [N, classes] of the images `indices` of `set`, in inference mode (through the
+// model compiled for inference), averaged with the horizontally mirrored images when tta_flip.
 inline eigennet::Tensor predict_probabilities(eigennet::Classifier& model, const eigennet::ImageSet& set,
                                               const std::vector<int64_t>& indices, eigennet::BatchOptions options,
                                               bool tta_flip, int64_t batch_size) {
   using namespace eigennet;
+  InferenceNet net = compile_for_inference(model);
   const int64_t n = static_cast<int64_t>(indices.size()), k = model.classes();
   Tensor probabilities(Shape{n, k});
   Tensor images, p(Shape{1, k});
@@ -53,7 +54,7 @@ inline eigennet::Tensor predict_probabilities(eigennet::Classifier& model, const
     for (int pass = 0; pass < (tta_flip ? 2 : 1); ++pass) {
       options.flip = pass == 1;
       assemble_batch(set, indices.data() + begin, count, 0, options, images, labels);
-      const Tensor& logits = model.forward(images, Mode::inference);
+      const Tensor& logits = net.forward(images);
       p.resize(logits.shape());
       kernels::softmax_forward(p.data(), logits.data(), count, k);
       float* out = probabilities.data() + begin * k;

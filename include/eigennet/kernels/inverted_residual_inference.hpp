@@ -86,6 +86,26 @@ inline void inverted_residual_inference(float* y, const float* x, int64_t in_c, 
   project_epilogue.lo = w.project_clamp.lo;
   project_epilogue.hi = w.project_clamp.hi;
   const float* zero = detail::zeros(std::max<int64_t>(g.in_w, 1) * hidden);
+  if (threads > 1 && plan.units < threads) {
+    // Fewer work units than threads (one small image, a late block at batch 1): three passes,
+    // each split between all threads (the 1x1 products by column panels), on whole tensors in
+    // scratch, which at these sizes stay in cache.
+    const float* expanded = x;
+    if (expands) {
+      float* e = aligned_scratch<33>(static_cast<size_t>(g.in_pixels() * hidden));
+      pw::multiply(e, hidden, x, in_c, g.in_pixels(), w.expand, expand_epilogue);
+      expanded = e;
+    }
+    float* d = aligned_scratch<34>(static_cast<size_t>(g.out_pixels() * hidden));
+    depthwise_conv2d_forward(d, expanded, w.depthwise, w.depthwise_bias, g, w.depthwise_clamp);
+    pw::Epilogue e = project_epilogue;
+    if (w.residual) {
+      e.residual = x;
+      e.ld_residual = in_c;
+    }
+    pw::multiply(y, out_c, d, hidden, g.out_pixels(), w.project, e);
+    return;
+  }
   parallel_blocks(plan.units, flops_per_unit, [&](int64_t u_begin, int64_t u_end, int) {
     const int64_t max_in_rows = std::min(g.in_h, (plan.rows - 1) * g.stride_h + 3);
     float* expanded = expands ? aligned_scratch<30>(static_cast<size_t>(plan.images * max_in_rows * in_row)) : nullptr;
