@@ -108,13 +108,19 @@ class Workload {
   // Seconds of each of `steps` consecutive steps.
   std::vector<double> run(int steps) {
     std::vector<double> seconds;
+    cpu_seconds_.clear();
     for (int i = 0; i < steps; ++i) {
       const auto start = bench::Clock::now();
+      const double cpu_start = bench::thread_cpu_seconds();
       step();
+      cpu_seconds_.push_back(bench::thread_cpu_seconds() - cpu_start);
       seconds.push_back(bench::seconds_since(start));
     }
     return seconds;
   }
+  // CPU time of the calling thread in each step of the latest run(): with one thread, the
+  // step's work without the time other processes took from it.
+  const std::vector<double>& cpu_seconds() const { return cpu_seconds_; }
   int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), true); }
   const Config& config() const { return config_; }
   float last_loss() const { return last_loss_; }
@@ -128,6 +134,7 @@ class Workload {
   eigennet::Tensor images_;
   std::vector<int32_t> labels_;
   float last_loss_ = 0;
+  std::vector<double> cpu_seconds_;
 };
 
 std::string result_json(const Workload& w, const std::vector<double>& seconds, int64_t params) {
@@ -140,6 +147,9 @@ std::string result_json(const Workload& w, const std::vector<double>& seconds, i
   j.add("alpha", static_cast<double>(w.config().alpha)).add("size", w.config().size).add("batch", w.config().batch);
   j.add("threads", eigennet::max_threads()).add("params", params);
   j.add("ms", median_ms).add("ms_min", *std::min_element(ms.begin(), ms.end())).add("times_ms", ms);
+  std::vector<double> cpu_ms;
+  for (double c : w.cpu_seconds()) cpu_ms.push_back(1e3 * c);
+  j.add("cpu_times_ms", cpu_ms);
   j.add("images_per_s", static_cast<double>(w.config().batch) / (median_ms / 1e3));
   j.add("loss_or_logit", static_cast<double>(w.last_loss()));
   j.add("peak_rss_mib", bench::peak_rss_mib()).add("base_rss_mib", base_rss_mib);

@@ -111,9 +111,11 @@ class Workload:
 
     def run(self, steps):
         seconds = []
+        self.cpu_seconds = []  # CPU time of this thread per step (see bench_mobilenet.cpp)
         for _ in range(steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             self.step()
+            self.cpu_seconds.append(time.thread_time() - cpu_start)
             seconds.append(time.perf_counter() - start)
         return seconds
 
@@ -124,6 +126,7 @@ def result(w, seconds, base_rss):
     return dict(tool="pytorch", variant=w.variant, config=w.name, train=w.train, alpha=w.alpha, size=w.size,
                 batch=w.batch,
                 threads=torch.get_num_threads(), params=w.params, ms=med, ms_min=min(ms), times_ms=ms,
+                cpu_times_ms=[1e3 * c for c in getattr(w, "cpu_seconds", [])],
                 images_per_s=w.batch / (med / 1e3), loss_or_logit=w.last, peak_rss_mib=peak_rss_mib(),
                 base_rss_mib=base_rss)
 

@@ -54,6 +54,9 @@ def main():
     parser.add_argument("--save", metavar="FILE", help="also write every raw JSON reply to FILE")
     parser.add_argument("--before-build-dir", metavar="DIR",
                         help="also run DIR's bench_mobilenet, interleaved, as 'before' (e.g. a build of main)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="compare the CPU time of the timing thread instead of wall time; meaningful with "
+                             "--threads 1 only, where it excludes the time other processes take on a busy machine")
     parser.add_argument("--ours-args", default="", help="extra arguments for our bench_mobilenet (e.g. --plain-inference)")
     args = parser.parse_args()
     configs = CONFIGS if args.configs == "all" else tuple(args.configs.split(","))
@@ -100,7 +103,7 @@ def main():
                     reply = server.ask(f"run {c} {args.steps}{suffix}")
                     reply["round"] = r
                     saved.append(reply)
-                    times.setdefault((c, tool), []).extend(reply["times_ms"])
+                    times.setdefault((c, tool), []).extend(reply["cpu_times_ms" if args.cpu_time else "times_ms"])
                     settle(0.1)
             for tool, server, suffix in tools:
                 server.ask(f"free {c}{suffix}")
@@ -121,7 +124,10 @@ def main():
             for reply in saved:
                 f.write(json.dumps(reply) + "\n")
 
-    print(f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
+    if args.cpu_time and args.threads != 1:
+        print("compare_mobilenet: --cpu-time with more than one thread counts only the timing thread's time")
+    print(f"{'CPU time of the timing thread' if args.cpu_time else 'wall time'}: "
+          f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
           f"{args.rounds} x {args.steps} steps each, interleaved A B A B after {args.warmup} warm-up steps; "
           f"torch = PyTorch eager, speedup = torch ms / our ms (> 1: eigennet faster); min = fastest single step; "
           f"frozen = PyTorch inference through torch.jit.optimize_for_inference, vs frozen = frozen ms / our ms"

@@ -154,7 +154,7 @@ inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int
 // Terms summed in one run of registers: longer sums are split into blocks of this many terms
 // whose (zero-started) partial sums are then added, so that float rounding grows with the block
 // length plus the number of blocks instead of with k (Eigen's GEMM blocks its depth the same way).
-constexpr int64_t sum_block = 64;
+constexpr int64_t sum_block = 128;
 
 // acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
 // sum_block terms. With acc_is_zero the first block accumulates straight into acc.
@@ -433,29 +433,37 @@ inline void multiply_with_batch_norm_sums(float* out, int64_t ldo, const float* 
 inline void multiply_transposed(float* c, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t m,
                                 int64_t k, int64_t n, bool accumulate) {
   if (k <= 0 || n <= 0) return;
-  if (m <= 0 || k < tile_rows) {
-    // Too few input channels for a tile (rare: tiny layers): a plain loop.
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < n; ++j) {
-        float s = 0.0f;
-        for (int64_t r = 0; r < m; ++r) s += a[r * lda + i] * b[r * ldb + j];
-        c[i * n + j] = accumulate ? c[i * n + j] + s : s;
-      }
+  if (m <= 0) {
+    if (!accumulate) std::fill_n(c, k * n, 0.0f);
     return;
   }
+  // Fewer input channels than a tile's rows: each chunk of a goes through a zero-padded copy.
+  const bool narrow = k < tile_rows;
+  const int64_t kp = narrow ? tile_rows : k;
   const int64_t panels = panel_count(n), width = panels * panel_width;
   const int blocks = blocks_for(m, k * n);
-  float* partial = aligned_scratch<24>(static_cast<size_t>(blocks * k * width));
+  float* partial = aligned_scratch<24>(static_cast<size_t>(blocks * kp * width));
   // Chunk of rows whose a and b rows stay in L2 while every tile of c passes over them.
-  const int64_t chunk = std::clamp<int64_t>((512 * 1024) / (4 * (k + width)), 16, 1024);
+  const int64_t chunk = std::clamp<int64_t>((512 * 1024) / (4 * (kp + width)), 16, 1024);
   parallel_blocks(m, k * n, [&](int64_t begin, int64_t end, int t) {
-    float* cp = partial + t * k * width;
-    std::fill_n(cp, k * width, 0.0f);
+    float* cp = partial + t * kp * width;
+    std::fill_n(cp, kp * width, 0.0f);
     // b's last panel, when partial, goes through a zero-padded copy (the kernel reads whole panels).
     float* padded = aligned_scratch<25>(static_cast<size_t>(chunk * panel_width));
+    float* a_padded = narrow ? aligned_scratch<35>(static_cast<size_t>(chunk * tile_rows)) : nullptr;
     Packet acc[pointwise::tile_rows][vectors];
     for (int64_t c0 = begin; c0 < end; c0 += chunk) {
       const int64_t rows = std::min(end, c0 + chunk) - c0;
+      const float* ac = a + c0 * lda;
+      int64_t ldac = lda;
+      if (narrow) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(a_padded + r * tile_rows, ac + r * lda, static_cast<size_t>(k) * sizeof(float));
+          std::fill(a_padded + r * tile_rows + k, a_padded + (r + 1) * tile_rows, 0.0f);
+        }
+        ac = a_padded;
+        ldac = tile_rows;
+      }
       for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
         const float* bp = b + c0 * ldb + n0;
@@ -468,12 +476,12 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
           bp = padded;
           ldbp = panel_width;
         }
-        for (int64_t i = 0; i < k; i += tile_rows) {
-          const int64_t start = std::min(i, k - tile_rows);  // overlapping last tile, as in multiply_rows
+        for (int64_t i = 0; i < kp; i += tile_rows) {
+          const int64_t start = std::min(i, kp - tile_rows);  // overlapping last tile, as in multiply_rows
           float* ct = cp + start * width + n0;
           for (int r = 0; r < tile_rows; ++r)
             for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * width + v * simd::width);
-          detail::accumulate_tile<true>(acc, a + c0 * lda + start, lda, bp, ldbp, rows, false);
+          detail::accumulate_tile<true>(acc, ac + start, ldac, bp, ldbp, rows, false);
           for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
             for (int v = 0; v < vectors; ++v) simd::store(ct + r * width + v * simd::width, acc[r][v]);
         }
@@ -484,7 +492,7 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
     float* row = c + i * n;
     for (int64_t j = 0; j < n; ++j) {
       float s = accumulate ? row[j] : 0.0f;
-      for (int t = 0; t < blocks; ++t) s += partial[(t * k + i) * width + j];
+      for (int t = 0; t < blocks; ++t) s += partial[(t * kp + i) * width + j];
       row[j] = s;
     }
   });
