@@ -115,29 +115,33 @@ struct Segment {
 //   A(i, kk) = a[kk * lda + i]   (the weight gradient: i runs over input channels, kk over pixels).
 // Several segments (a convolution's kernel rows) share one pass of the sums through registers.
 // Out of line: the tile's sums then own the vector registers, whatever the caller keeps live.
+// c[i][v] += sum over kk < k of A(i, kk) * b[kk * ldb + v * width]: the micro-kernel's loop,
+// inlined into its callers so that c stays in registers.
+template <bool transposed>
+__attribute__((always_inline)) inline void multiply_loop(Packet (&c)[tile_rows][vectors], const float* __restrict a,
+                                                         int64_t lda, const float* __restrict b, int64_t ldb,
+                                                         int64_t k) {
+  static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
+    b += ldb;
+    for (int i = 0; i < tile_rows; ++i) {
+      const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
+      c[i][0] = simd::fmadd(ai, b0, c[i][0]);
+      c[i][1] = simd::fmadd(ai, b1, c[i][1]);
+    }
+  }
+}
+
 template <bool transposed>
 __attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vectors], const Segment* segments,
                                                  int count, int64_t lda, int64_t ldb) {
-  static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
   Packet c[tile_rows][vectors];
   for (int i = 0; i < tile_rows; ++i) {
     c[i][0] = acc[i][0];
     c[i][1] = acc[i][1];
   }
-  for (int s = 0; s < count; ++s) {
-    const float* __restrict a = segments[s].a;
-    const float* __restrict b = segments[s].b;
-    const int64_t k = segments[s].k;
-    for (int64_t kk = 0; kk < k; ++kk) {
-      const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
-      b += ldb;
-      for (int i = 0; i < tile_rows; ++i) {
-        const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
-        c[i][0] = simd::fmadd(ai, b0, c[i][0]);
-        c[i][1] = simd::fmadd(ai, b1, c[i][1]);
-      }
-    }
-  }
+  for (int s = 0; s < count; ++s) multiply_loop<transposed>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
   for (int i = 0; i < tile_rows; ++i) {
     acc[i][0] = c[i][0];
     acc[i][1] = c[i][1];
@@ -271,6 +275,25 @@ inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {
     for (int v = 0; v < vectors; ++v) acc[i][v] = simd::zero();
 }
 
+// A whole forward tile in one out-of-line function: rows a[0 .. tile_rows) x one panel, summed
+// in blocks of sum_block terms, then finish_tile: the sums go from registers to the epilogue
+// without a round trip through memory (for k <= sum_block).
+__attribute__((noinline)) inline void product_tile(const float* a, int64_t lda, const float* b, int64_t k, int first,
+                                                   int last, float* out, int64_t ldo, int64_t row, int64_t n0,
+                                                   int columns, const Epilogue& e, ColumnSums* sums) {
+  Packet acc[tile_rows][vectors];
+  zero_tile(acc);
+  multiply_loop<false>(acc, a, lda, b, panel_width, std::min(k, sum_block));
+  for (int64_t k0 = sum_block; k0 < k; k0 += sum_block) {
+    Packet part[tile_rows][vectors];
+    zero_tile(part);
+    multiply_loop<false>(part, a + k0, lda, b + k0 * panel_width, panel_width, std::min(sum_block, k - k0));
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
+  }
+  finish_tile(acc, first, last, out, ldo, row, n0, columns, e, sums);
+}
+
 }  // namespace detail
 
 // Rows per chunk: the chunk's rows of A are reused by every panel, so they should stay in the
@@ -296,11 +319,9 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * k, a + r * lda, static_cast<size_t>(k) * sizeof(float));
     Packet acc[tile_rows][vectors];
     for (int64_t p = panel_begin; p < panel_end; ++p) {
-      detail::zero_tile(acc);
-      detail::accumulate_tile<false>(acc, padded, k, b.panel(p), panel_width, k, true);
       const int64_t n0 = p * panel_width;
-      detail::finish_tile(acc, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo, 0, n0,
-                          static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
+      detail::product_tile(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
+                           0, n0, static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
     }
     return;
   }
@@ -316,10 +337,9 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
         // The tile starts at r, or earlier when fewer than tile_rows rows are left: it then
         // overlaps rows already stored, which it recomputes but does not store again.
         const int64_t start = std::min(r, m - tile_rows);
-        detail::zero_tile(acc);
-        detail::accumulate_tile<false>(acc, a + start * lda, lda, bp, panel_width, k, true);
-        detail::finish_tile(acc, static_cast<int>(r - start), static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)),
-                            out, ldo, start, n0, columns, e, sums);
+        detail::product_tile(a + start * lda, lda, bp, k, static_cast<int>(r - start),
+                             static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)), out, ldo, start, n0, columns,
+                             e, sums);
       }
     }
   }
