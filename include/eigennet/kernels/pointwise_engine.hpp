@@ -317,7 +317,6 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     float* padded = aligned_scratch<20>(static_cast<size_t>(tile_rows * std::max<int64_t>(k, 1)));
     std::fill_n(padded, tile_rows * k, 0.0f);
     for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * k, a + r * lda, static_cast<size_t>(k) * sizeof(float));
-    Packet acc[tile_rows][vectors];
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       const int64_t n0 = p * panel_width;
       detail::product_tile(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
@@ -326,7 +325,6 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     return;
   }
   const int64_t chunk = chunk_rows(k);
-  Packet acc[tile_rows][vectors];
   for (int64_t c0 = row_begin; c0 < row_end; c0 += chunk) {
     const int64_t c1 = std::min(row_end, c0 + chunk);
     for (int64_t p = panel_begin; p < panel_end; ++p) {
