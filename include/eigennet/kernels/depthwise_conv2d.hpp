@@ -42,7 +42,8 @@ template <int S, bool partial>
 inline void depthwise3x3_channels(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
                                   const float* __restrict r2, const float* __restrict weight,
                                   const float* __restrict bias, int64_t C, int64_t c, int lanes,
-                                  const WindowGeometry& g, int64_t first, int64_t last, const Clamp& clamp) {
+                                  const WindowGeometry& g, int64_t first, int64_t last, int64_t begin, int64_t end,
+                                  const Clamp& clamp) {
   using simd::Packet;
   auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
   auto finish = [&](Packet v, float* dst) {
@@ -54,7 +55,7 @@ inline void depthwise3x3_channels(float* __restrict orow, const float* __restric
   };
   constexpr int block = simd::registers >= 32 ? 4 : 2;
   constexpr int columns = (block - 1) * S + 3;
-  const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
+  const int64_t pad = g.pad_left, in_w = g.in_w;
   Packet w[9];
 #pragma GCC unroll 9
   for (int k = 0; k < 9; ++k) w[k] = load(weight + k * C + c);
@@ -72,9 +73,10 @@ inline void depthwise3x3_channels(float* __restrict orow, const float* __restric
     }
     finish(simd::add(a0, simd::add(a1, a2)), orow + ow * C + c);
   };
-  for (int64_t ow = 0; ow < first; ++ow) pixel(ow);
-  int64_t ow = first;
-  for (; ow + block <= last; ow += block) {
+  const int64_t interior_begin = std::max(begin, first), interior_end = std::max(interior_begin, std::min(end, last));
+  for (int64_t ow = begin; ow < std::min(end, first); ++ow) pixel(ow);
+  int64_t ow = interior_begin;
+  for (; ow + block <= interior_end; ow += block) {
     const int64_t in0 = (ow * S - pad) * C;
     Packet acc[block][3];
 #pragma GCC unroll 4
@@ -100,14 +102,14 @@ inline void depthwise3x3_channels(float* __restrict orow, const float* __restric
     for (int o = 0; o < block; ++o)
       finish(simd::add(acc[o][0], simd::add(acc[o][1], acc[o][2])), orow + (ow + o) * C + c);
   }
-  for (; ow < out_w; ++ow) pixel(ow);
+  for (; ow < end; ++ow) pixel(ow);
 }
 
 // One output row of a 3x3 depthwise convolution with all nine taps at once, optionally clamped:
 // orow[ow, c] = clamp(bias[c] + sum over kh, kw of rows[kh][(ow * stride - pad_left + kw), c] * w[kh, kw, c]).
 // Rows outside the image are passed as a row of zeros, so every output pixel reads three rows.
-// Strides 1 and 2 go through depthwise3x3_channels, a channel packet at a time; other strides
-// through a plain loop that checks each column.
+// Stride 1 goes through depthwise3x3_channels, a channel packet at a time; other strides through
+// the nine-tap loop over all channels of a pixel.
 __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, const float* __restrict r0,
                                                        const float* __restrict r1, const float* __restrict r2,
                                                        const float* __restrict weight, const float* __restrict bias,
@@ -116,25 +118,28 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
   // Interior: columns ow*s - pad .. ow*s - pad + 2 all inside [0, in_w).
   const int64_t first = std::min(out_w, (pad + s - 1) / s);
   const int64_t last = std::max(first, std::min(out_w, in_w - 3 + pad >= 0 ? (in_w - 3 + pad) / s + 1 : 0));
-  if (s == 1 || s == 2) {
-    int64_t c = 0;
-    for (; c + simd::width <= C; c += simd::width) {
-      if (s == 1)
-        depthwise3x3_channels<1, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, clamp);
-      else
-        depthwise3x3_channels<2, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, clamp);
-    }
-    if (c < C) {
-      const int lanes = static_cast<int>(C - c);
-      if (s == 1)
-        depthwise3x3_channels<1, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, g, first, last, clamp);
-      else
-        depthwise3x3_channels<2, true>(orow, r0, r1, r2, weight, bias, C, c, lanes, g, first, last, clamp);
+  if (s == 1) {
+    // Output pixels in blocks whose three input-row windows stay in L1 while every channel packet
+    // passes over them (a packet at a time reads the rows with a stride of C floats).
+    const int64_t window = (24 * 1024) / (3 * 4 * std::max<int64_t>(C, 1));
+    const int64_t pixels = std::max<int64_t>(8, window - 2);
+    for (int64_t b0 = 0; b0 < out_w; b0 += pixels) {
+      const int64_t b1 = std::min(out_w, b0 + pixels);
+      int64_t c = 0;
+      for (; c + simd::width <= C; c += simd::width)
+        depthwise3x3_channels<1, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, b0, b1,
+                                        clamp);
+      if (c < C)
+        depthwise3x3_channels<1, true>(orow, r0, r1, r2, weight, bias, C, c, static_cast<int>(C - c), g, first, last,
+                                       b0, b1, clamp);
     }
     return;
   }
+  // Other strides (stride 2 reads twice as many columns, so pixel by pixel with every channel
+  // streams better): interior pixels with all nine taps at once, border pixels column by column.
   const float* rows[3] = {r0, r1, r2};
-  for (int64_t ow = 0; ow < out_w; ++ow) {
+  const float lo = clamp.lo, hi = clamp.hi;
+  auto border = [&](int64_t ow) {
     float* o = orow + ow * C;
     for (int64_t c = 0; c < C; ++c) o[c] = bias[c];
     for (int64_t kh = 0; kh < 3; ++kh)
@@ -145,9 +150,23 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
         const float* w = weight + (kh * 3 + kw) * C;
         for (int64_t c = 0; c < C; ++c) o[c] += i[c] * w[c];
       }
-    if (clamp.active())
-      for (int64_t c = 0; c < C; ++c) o[c] = std::min(std::max(o[c], clamp.lo), clamp.hi);
+    for (int64_t c = 0; c < C; ++c) o[c] = std::min(std::max(o[c], lo), hi);
+  };
+  for (int64_t ow = 0; ow < first; ++ow) border(ow);
+  const float *w0 = weight, *w1 = weight + C, *w2 = weight + 2 * C, *w3 = weight + 3 * C, *w4 = weight + 4 * C,
+              *w5 = weight + 5 * C, *w6 = weight + 6 * C, *w7 = weight + 7 * C, *w8 = weight + 8 * C;
+  for (int64_t ow = first; ow < last; ++ow) {
+    const int64_t at = (ow * s - pad) * C;
+    const float *a = r0 + at, *b = r1 + at, *d = r2 + at;
+    float* o = orow + ow * C;
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = std::min(std::max(bias[c] + a[c] * w0[c] + a[C + c] * w1[c] + a[2 * C + c] * w2[c] + b[c] * w3[c] +
+                                   b[C + c] * w4[c] + b[2 * C + c] * w5[c] + d[c] * w6[c] + d[C + c] * w7[c] +
+                                   d[2 * C + c] * w8[c],
+                               lo),
+                      hi);
   }
+  for (int64_t ow = std::max(first, last); ow < out_w; ++ow) border(ow);
 }
 
 // Weight gradient of one (output row, input row) pair that a kernel row connects:
