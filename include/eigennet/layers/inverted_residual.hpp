@@ -181,7 +181,8 @@ class InvertedResidual : public Layer {
                                                             expand_bn_->has_trainable_parameters()));
     Tensor& grad_p = shared_buffer(0);
     Tensor& grad_b = shared_buffer(1);
-    Tensor& grad_a = shared_buffer(2);
+    // Without an expansion the depthwise input gradient is dx itself: written there directly.
+    Tensor& grad_a = !expand_ && dx ? *dx : shared_buffer(2);
     double* sums = sums_.data();
     if (!d_valid_) {
       // The latest forward ran in inference mode, which does not keep D: recompute it.
@@ -262,9 +263,8 @@ class InvertedResidual : public Layer {
         kernels::pointwise_conv2d_backward_input(dx->data(), grad_a.data(), expand_->kernel().value.data(), m_in,
                                                  in_c(), e, skip);
       }
-    } else if (dx) {
-      dx->copy_from(grad_a);
-      if (skip_) kernels::add_forward(dx->data(), dx->data(), dy.data(), dy.size());
+    } else if (dx && skip_) {
+      kernels::add_forward(dx->data(), dx->data(), dy.data(), dy.size());
     }
   }
 
