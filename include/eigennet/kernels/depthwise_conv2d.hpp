@@ -240,10 +240,16 @@ class Stride1InputGradient {
   }
   // Writes the input-gradient row (n, ih).
   void row(float* drow, int64_t n, int64_t ih) const {
+    row(drow, n, ih, [&](int64_t oh) { return dout_ + (n * g_.out_h + oh) * g_.out_w * g_.in_c; });
+  }
+  // The same, with the output-gradient rows of image n from dout_row(oh).
+  template <typename DoutRow>
+  void row(float* drow, int64_t n, int64_t ih, DoutRow&& dout_row) const {
+    (void)n;
     const float* rows[3];
     for (int64_t kh = 0; kh < 3; ++kh) {
       const int64_t oh = ih - t_.pad_top + kh;
-      rows[kh] = oh < 0 || oh >= g_.out_h ? zero_ : dout_ + (n * g_.out_h + oh) * g_.out_w * g_.in_c;
+      rows[kh] = oh < 0 || oh >= g_.out_h ? zero_ : dout_row(oh);
     }
     depthwise3x3_row(drow, rows[0], rows[1], rows[2], rotated_, zero_, t_);
   }

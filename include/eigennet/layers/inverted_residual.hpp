@@ -8,9 +8,10 @@
 //   forward:  E = X We;  A = relu6(bn(E)) is computed row by row inside the depthwise sweep and
 //             never stored;  D = depthwise(A) (+ its statistics in the same sweep);
 //             B = relu6(bn(D)) (inference: in the same sweep);  P = B Wp;  Y = bn(P) (+ X)
-//   backward: dP = bn'(dY);  dB = dP Wp^T;  dD = bn'(relu6'(dB));  one depthwise sweep
-//             recomputes A row by row and gives dA, dWdw and, masked by relu6', the sums of the
-//             expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
+//   backward: dP = bn'(dY);  dB = dP Wp^T with relu6' and the depthwise BatchNorm's sums in its
+//             epilogue;  one depthwise sweep applies that BatchNorm's backward to each row of
+//             dz (dD = bn'(dz)), recomputes A row by row and gives dA, dWdw and, masked by
+//             relu6', the sums of the expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
 // Activations E, D, B, P are kept for backward; the gradient buffers are shared by all blocks
 // (blocks run one after another).
 #pragma once
@@ -215,10 +216,7 @@ class InvertedResidual : public Layer {
       else
         kernels::pointwise::multiply(grad_b.data(), e, grad_p.data(), out_channels_, m_out, wp, mask);
       depthwise_bn_.prepare_backward(need_sums ? sums : nullptr, need_sums ? sums + e : nullptr, m_out);
-      kernels::batch_norm_act_backward_apply<kernels::Activation::none>(grad_b.data(), grad_b.data(), grad_b.data(),
-                                                                        d_.data(), depthwise_bn_.mean(),
-                                                                        depthwise_bn_.k(), depthwise_bn_.a(),
-                                                                        depthwise_bn_.b(), m_out, e);
+      // dD = bn'(dz) is applied row by row inside the depthwise backward sweep (AboveBatchNorm).
     }
     if (!below_needed && !depthwise_.has_trainable_parameters()) return;
     {
@@ -235,9 +233,12 @@ class InvertedResidual : public Layer {
         below.s1 = sums;
         below.s2 = sums + e;
       }
+      const kernels::AboveBatchNorm above{d_.data(), depthwise_bn_.mean(), depthwise_bn_.k(), depthwise_bn_.a(),
+                                          depthwise_bn_.b()};
       kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
                                                expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
-                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr);
+                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr,
+                                               &above);
       if (!below_needed) return;
       if (expand_) {
         // dE = bn'(dz), dz = relu6'(dA) already applied.
