@@ -121,7 +121,7 @@ class Workload {
   // CPU time of the calling thread in each step of the latest run(): with one thread, the
   // step's work without the time other processes took from it.
   const std::vector<double>& cpu_seconds() const { return cpu_seconds_; }
-  int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), true); }
+  int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), eigennet::ParameterCount::weights); }
   const Config& config() const { return config_; }
   float last_loss() const { return last_loss_; }
 

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "eigennet/kernels/geometry.hpp"
+#include "eigennet/core/geometry.hpp"
 #include "eigennet/models/mobilenet_v2.hpp"
 
 namespace bench {

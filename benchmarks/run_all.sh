@@ -57,6 +57,9 @@ run "$python" "$here/compare_depthwise.py" --build-dir "$build" --threads "$thre
 section "MobileNetV2 end to end: eigennet vs PyTorch, interleaved, and peak memory (compare_mobilenet.py)"
 run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads" --rounds 9 "${before[@]}"
 
+section "image decoding: eigennet (libjpeg-turbo, libpng) vs stb_image, interleaved (bench_decode)"
+run "$bin/bench_decode"
+
 section "where a training step goes (bench_mobilenet --profile)"
 run "$bin/bench_mobilenet" --config train_a1.00_96_b32 --warmup 1 --steps 1 --profile --threads "$threads"
 

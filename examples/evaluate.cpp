@@ -11,7 +11,7 @@
 #include <eigennet/eigennet.hpp>
 
 #include "common/cli.hpp"
-#include "common/evaluation.hpp"
+#include "common/paths.hpp"
 
 namespace fs = std::filesystem;
 using namespace eigennet;
@@ -43,7 +43,7 @@ int main(int argc, char** argv) {
       throw cli::UsageError("--out: '" + out + "' exists and is not a directory");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    examples::Ensemble ensemble = examples::load_ensemble(model_paths);
+    Ensemble ensemble = load_ensemble(model_paths);
     const std::vector<std::string>& model_classes = ensemble.class_names();
 
     // Match class folders to the model's classes by name.
@@ -76,7 +76,7 @@ int main(int argc, char** argv) {
                                             model_classes.begin()));
       indices.push_back(i);
     }
-    const Tensor probabilities = examples::predict_probabilities(ensemble, images, indices, tta_flip, batch_size);
+    const Tensor probabilities = predict(ensemble, images, indices, {batch_size, tta_flip});
     const ClassificationMetrics metrics = evaluate_classifier(probabilities, labels, model_classes, {2});
     fs::create_directories(out);
     char title[256];
@@ -84,7 +84,7 @@ int main(int argc, char** argv) {
     for (const auto& path : model_paths) model_names.push_back(fs::path(path).filename().string());
     std::snprintf(title, sizeof title, "%s on %s: accuracy %.4f", examples::join(model_names, " + ").c_str(),
                   fs::path(data).filename().c_str(), metrics.accuracy);
-    examples::write_evaluation(out, metrics, title, [&](Json& j) {
+    const std::string report = save_evaluation(out, metrics, title, [&](Json& j) {
       j["model"] = model_path;
       Json models = Json::array();
       for (const auto& path : model_paths) models.push_back(path);
@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
       for (const auto& f : unknown) skipped.push_back(f);
       j["skipped_folders"] = skipped;
     });
+    std::printf("%s\n%s\n", title, report.c_str());
     return 0;
   });
 }

@@ -2,6 +2,7 @@
 //   predict [--model FILE[,FILE...]] [--json] IMAGE...
 // Without --model it uses the 7-class ensemble in the project's weights/ folder. Several
 // comma-separated model files are an ensemble: their class probabilities are averaged.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <map>
@@ -10,20 +11,17 @@
 #include <eigennet/eigennet.hpp>
 
 #include "common/cli.hpp"
-#include "common/evaluation.hpp"
+#include "common/paths.hpp"
 
 namespace fs = std::filesystem;
 using namespace eigennet;
 
 namespace {
-// The project's 7-class ensemble (weights/README.md): weights/ in the working directory, else in
-// the source tree this program was built from.
+// The project's 7-class ensemble (weights/README.md), from the first folder that holds it (see
+// common/paths.hpp); a UsageError naming every folder it looked in when none does.
 std::string default_model() {
   const std::vector<std::string> members = {"emotions_7class.safetensors", "emotions_7class_seed7.safetensors"};
-  std::vector<std::string> folders = {"weights"};
-#ifdef EIGENNET_SOURCE_DIR
-  folders.push_back(std::string(EIGENNET_SOURCE_DIR) + "/weights");
-#endif
+  const std::vector<std::string> folders = examples::model_folders();
   for (const auto& folder : folders) {
     if (!fs::exists(folder + "/" + members.front())) continue;
     std::string list;
@@ -31,41 +29,52 @@ std::string default_model() {
       if (fs::exists(folder + "/" + m)) list += (list.empty() ? "" : ",") + folder + "/" + m;
     return list;
   }
-  return "weights/" + members.front();
+  throw cli::UsageError("no --model given, and the project's classifier (" + members.front() +
+                        ") is in none of: " + examples::join(folders) + "; pass --model FILE");
 }
 }  // namespace
 
 int main(int argc, char** argv) {
   return cli::run("predict", [&] {
-    std::string model_path = default_model();
+    std::string model_path;
     bool json = false, tta_flip = false;
     int64_t threads = 0;
     std::vector<std::string> paths;
     cli::Parser p("predict", "Classifies face images with a saved classifier and prints every class's probability.");
-    p.option("model", model_path, "classifier file; several, comma-separated, are an ensemble", "FILE[,FILE...]");
+    p.option("model", model_path,
+             "classifier file; several, comma-separated, are an ensemble (default: the project's 7-class ensemble, "
+             "from weights/ here, beside the program or in its install prefix's share/eigennet/weights)",
+             "FILE[,FILE...]");
     p.flag("json", json, "print one JSON object per image instead of text");
     p.flag("tta-flip", tta_flip, "average with the mirrored image");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
-    p.positional(paths, "IMAGE...", "JPEG, PNG or BMP files (grayscale, RGB or RGBA, any size)");
+    p.positional(paths, "IMAGE...", "JPEG, PNG or BMP files (grayscale, RGB, RGBA or CMYK, any size)");
     if (!p.parse(argc, argv)) return 0;
     if (paths.empty()) throw cli::UsageError("no images given (see --help)");
+    if (model_path.empty()) model_path = default_model();
     const std::vector<std::string> model_paths = cli::split_list(model_path);
     if (model_paths.empty()) throw cli::UsageError("--model: no file given");
     for (const auto& path : model_paths)
       if (!fs::exists(path)) throw cli::UsageError("--model: '" + path + "' does not exist");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    examples::Ensemble ensemble = examples::load_ensemble(model_paths);
+    Ensemble ensemble = load_ensemble(model_paths);
     const auto& classes = ensemble.class_names();
-    // Each readable image is kept at its own size and resized to each model's input below;
-    // unreadable files are reported and make the exit status non-zero.
+    // Each readable image is kept at its own size (a large JPEG is decoded through its DCT to a
+    // reduced size, no smaller than the largest input of the members) and resized to each
+    // model's input below; unreadable files are reported and make the exit status non-zero.
+    DecodeOptions decode;
+    for (const auto& member : ensemble.members) {
+      decode.min_height = std::max(decode.min_height, static_cast<int>(member.spec.base.height));
+      decode.min_width = std::max(decode.min_width, static_cast<int>(member.spec.base.width));
+    }
     std::vector<Image> decoded;
     std::vector<std::string> accepted;
     int failures = 0;
     for (const auto& path : paths) {
       Image image;
       std::string error;
-      if (!read_image(path, ColorMode::rgb, AlphaMode::composite_black, ImageLimits{}, image, error)) {
+      if (!read_image(path, decode, image, error)) {
         std::fprintf(stderr, "predict: '%s': %s\n", path.c_str(), error.c_str());
         ++failures;
         continue;
@@ -86,7 +95,7 @@ int main(int argc, char** argv) {
           for (size_t i = 0; i < decoded.size(); ++i) it->second.add(resize_image(decoded[i], h, w).pixels.data(), 0, accepted[i]);
         return it->second;
       };
-      const Tensor probs = examples::predict_probabilities(ensemble, set_for, indices, tta_flip, 32);
+      const Tensor probs = predict(ensemble, set_for, indices, {32, tta_flip});
       for (size_t i = 0; i < accepted.size(); ++i) {
         const float* p = probs.data() + static_cast<int64_t>(i) * k;
         const int64_t best = std::max_element(p, p + k) - p;

@@ -1,18 +1,24 @@
 // libFuzzer harness: arbitrary bytes -> the whole image-loading path of a training run:
-//   decode_image (stb_image, with the project's default ImageLimits, grayscale or RGB, both
-//   alpha modes) -> resize_image to a stored size (what load_image_folder does) -> ImageSet ->
-//   assemble_batch to a model input size, once plain and once with random augmentation.
+//   decode_image (libjpeg-turbo for JPEG, libpng for PNG, stb_image for BMP; the project's default
+//   ImageLimits, grayscale or RGB, both alpha modes, EXIF orientation on or off, full size or
+//   reduced through the JPEG DCT) -> resize_image to a stored size (what load_image_folder does)
+//   -> ImageSet -> assemble_batch to a model input size, once plain and once with random
+//   augmentation.
 //
-// The last input byte also chooses the options (color mode, alpha mode, stored and model
-// sizes, model channels, fill mode, test-time flip); the decoder still sees every byte.
-// A decode failure must come with a reason; everything that decodes must flow through the
-// pipeline without a crash, sanitizer report, other exception type, hang or oversized
-// allocation, and produce finite values inside the normalization's range (checked, aborts).
+// The last input byte chooses the pipeline's options (color mode, alpha mode, stored and model
+// sizes, model channels, fill mode, test-time flip) and the one before it the decoder's (EXIF
+// orientation, minimum size); the decoder still sees every byte. A decode failure must come with
+// a reason; a decoded image must have the size its header announced (read without decoding, as
+// read_image_size does), reduced no further than asked; everything that decodes must flow
+// through the pipeline without a crash, sanitizer report, other exception type, hang or
+// oversized allocation, and produce finite values inside the normalization's range (checked,
+// aborts).
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <eigennet/data/batch.hpp>
@@ -63,25 +69,52 @@ void check_batch(const eigennet::Tensor& images, const std::vector<int32_t>& lab
   }
 }
 
+// The minimum size of a reduced decode: none, a model's input, a single pixel, or a wide one.
+Size minimum_size(int choice) {
+  switch (choice) {
+    case 0: return {0, 0};
+    case 1: return {48, 48};
+    case 2: return {1, 1};
+    default: return {160, 224};
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const uint8_t options = data[size - 1];
-  const auto color = (options & 1) ? eigennet::ColorMode::rgb : eigennet::ColorMode::grayscale;
-  const auto alpha = (options & 2) ? eigennet::AlphaMode::drop : eigennet::AlphaMode::composite_black;
-  const eigennet::ImageLimits limits;  // the defaults every loader uses
+  const uint8_t decoder_options = size >= 2 ? data[size - 2] : 0;
+  eigennet::DecodeOptions decode;  // the default ImageLimits, which every loader uses
+  decode.color = (options & 1) ? eigennet::ColorMode::rgb : eigennet::ColorMode::grayscale;
+  decode.alpha = (options & 2) ? eigennet::AlphaMode::drop : eigennet::AlphaMode::composite_black;
+  decode.apply_exif_orientation = (decoder_options & 1) == 0;
+  const Size minimum = minimum_size((decoder_options >> 1) & 3);
+  decode.min_height = minimum.height;
+  decode.min_width = minimum.width;
 
   eigennet::Image image;
   std::string error;
-  if (!eigennet::decode_image(data, size, color, alpha, limits, image, error)) {
+  if (!eigennet::decode_image(data, size, decode, image, error)) {
     if (error.empty()) violated("decode failed without a reason");
     return 0;
   }
-  if (!eigennet::check_image_limits(image.width, image.height, limits).empty())
+  if (!eigennet::check_image_limits(image.width, image.height, decode.limits).empty())
     violated("decoded an image beyond the limits");
-  if (image.channels != eigennet::channels_of(color) || image.pixels.size() != static_cast<size_t>(image.bytes()))
+  if (image.channels != eigennet::channels_of(decode.color) || image.pixels.size() != static_cast<size_t>(image.bytes()))
     violated("decoded image has the wrong channel count or pixel count");
+  // The header alone (read_image_size's path) must announce the decoded size: equal at full
+  // size, at least the minimum (or the full size when that is smaller) when reduced. A PNG's
+  // eXIf chunk after the image data is seen only by decoding: its sides may be swapped.
+  eigennet::Image header;
+  if (!eigennet::detail::decode_any(data, size, decode, true, header, error)) violated("decodes, but its header does not");
+  const bool png = size >= 8 && data[0] == 0x89 && data[1] == 'P';
+  if (png && header.width == image.height && header.height == image.width) std::swap(header.width, header.height);
+  if (minimum.width == 0 ? (image.width != header.width || image.height != header.height)
+                         : (image.width > header.width || image.height > header.height ||
+                            image.width < std::min(minimum.width, header.width) ||
+                            image.height < std::min(minimum.height, header.height)))
+    violated("decoded size differs from the size the header announces");
 
   try {
     const Size stored = stored_size((options >> 2) & 3, image);

@@ -25,14 +25,14 @@ void check_accepted(const eigennet::SafetensorsFile& file, size_t input_size) {
   uint64_t file_bytes = 0;
   for (const eigennet::NamedTensor& t : file.tensors) {
     if (t.name == "__metadata__") violated("a tensor named __metadata__");
-    if (!st::valid_utf8(t.name)) violated("a tensor name that is not valid UTF-8");
+    if (!eigennet::detail::valid_utf8(t.name)) violated("a tensor name that is not valid UTF-8");
     if (!st::convertible_to_float(t.dtype)) violated("a tensor of a dtype the reader does not convert");
     if (t.tensor.size() != t.tensor.shape().elements()) violated("tensor size differs from its shape");
     file_bytes += static_cast<uint64_t>(t.tensor.size()) * static_cast<uint64_t>(st::dtype_size(t.dtype));
   }
   if (file_bytes > input_size) violated("tensors hold more bytes than the input");
   for (const auto& [key, value] : file.metadata)
-    if (!st::valid_utf8(key) || !st::valid_utf8(value)) violated("metadata that is not valid UTF-8");
+    if (!eigennet::detail::valid_utf8(key) || !eigennet::detail::valid_utf8(value)) violated("metadata that is not valid UTF-8");
   if (file.tensors.size() > eigennet::safetensors_max_tensors) violated("more tensors than the limit");
 }
 

@@ -2,8 +2,9 @@
 //   make_seed_corpus <dir>  ->  <dir>/safetensors/, <dir>/image/, <dir>/classifier_metadata/
 // Seeds are made by the project's own writers (write_safetensors, save format of
 // ClassifierSpec) and by stb_image_write, so they follow the code when formats change.
-// Formats stb_image_write cannot produce (progressive and CMYK JPEG, 16-bit and palette PNG,
-// interlaced PNG) are committed under fuzz/corpus/image/ (made by fuzz/make_extra_seeds.py).
+// Formats stb_image_write cannot produce (progressive, arithmetic, CMYK and EXIF-rotated JPEG;
+// 16-bit, palette and interlaced PNG; ...) are the committed fixtures of the decoding tests,
+// tests/fixtures/images/ (made by tests/fixtures/make_image_fixtures.py).
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -93,13 +94,6 @@ void image_seeds(const fs::path& dir) {
   const Pixels big = pattern(17, 16, 3);  // more than one JPEG MCU in each direction
   if (!stbi_write_jpg((dir / "c3_17x16.jpg").string().c_str(), big.width, big.height, 3, big.data.data(), 95))
     fail("make_seed_corpus: stb_image_write failed for c3_17x16.jpg");
-  // PNM, 8 and 16 bits per sample.
-  const Pixels gray = pattern(5, 4, 1), rgb = pattern(5, 4, 3);
-  write_bytes(dir / "gray.pgm", "P5\n5 4\n255\n" + std::string(gray.data.begin(), gray.data.end()));
-  write_bytes(dir / "rgb.ppm", "P6\n# comment\n5 4\n255\n" + std::string(rgb.data.begin(), rgb.data.end()));
-  std::string wide;
-  for (uint8_t v : gray.data) wide += std::string{static_cast<char>(v), static_cast<char>(255 - v)};
-  write_bytes(dir / "gray16.pgm", "P5 5 4 65535\n" + wide);
 }
 
 void classifier_seeds(const fs::path& dir) {

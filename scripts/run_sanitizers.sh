@@ -14,4 +14,4 @@ cmake --build "$build" -j "$(nproc)"
 # other report stops the run (halt_on_error).
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" \
   UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:suppressions=$(pwd)/scripts/ubsan.supp" \
-  ctest --test-dir "$build" --output-on-failure
+  ctest --test-dir "$build" --output-on-failure --label-exclude packaging

@@ -213,6 +213,18 @@ TEST_CASE("Residual rejects a body that changes the shape") {
   CHECK_THROWS_WITH_AS(built(wide, Shape{4, 4, 3}), Contains("Residual 'res_wide': body maps [4, 4, 3] to [4, 4, 6]"),
                        Error);
   CHECK_THROWS_WITH_AS(Residual("res_null", nullptr), Contains("Residual 'res_null': body is null"), Error);
+  // A shortcut that does not widen as the body does.
+  auto body = std::make_unique<Sequential>("body");
+  body->add<Conv2D>("down", 6, 3, 2);
+  auto shortcut = std::make_unique<Sequential>("shortcut");
+  shortcut->add<MaxPool2D>("pool", 2);
+  Residual unpadded("res_unpadded", std::move(body), std::move(shortcut));
+  CHECK_THROWS_WITH_AS(built(unpadded, Shape{4, 4, 3}),
+                       Contains("Residual 'res_unpadded': body maps [4, 4, 3] to [2, 2, 6] but the shortcut to "
+                                "[2, 2, 3]; a residual connection needs equal shapes"),
+                       Error);
+  CHECK_THROWS_WITH_AS(ChannelPad("pad", -1), Contains("ChannelPad 'pad': channel counts must not be negative"),
+                       Error);
 }
 
 TEST_CASE("Sequential misuse") {

@@ -390,6 +390,41 @@ TEST_CASE("InferenceNet compiles any Sequential: folds, fuses, and falls back to
   }
 }
 
+TEST_CASE("predict(), evaluate() and cache_features() run through the compiled net and equal the plain model") {
+  MobileNetV2Config c;
+  c.alpha = 0.35f;
+  c.height = c.width = 32;
+  c.pooling = GlobalPooling::avg;
+  Classifier model(make_mobilenet_v2(c, 21), HeadConfig{16, 0.3f, 7}, 22);
+  randomize_batch_norms(model.base(), 23);
+  const Tensor images = random_tensor(Shape{7, 32, 32, 3}, 24);
+  const std::vector<int32_t> labels{0, 1, 2, 3, 4, 5, 6};
+  TensorSource source(images, labels);
+  PredictOptions plain;
+  plain.batch_size = 3;  // a partial last batch
+  plain.compiled = false;
+  PredictOptions compiled = plain;
+  compiled.compiled = true;
+  REQUIRE(compile_for_inference_if_supported(model) != nullptr);
+  const Predictions expected = predict(model, source, plain);
+  const Predictions got = predict(model, source, compiled);
+  CHECK(got.labels == expected.labels);
+  CHECK(relative_error(got.probabilities, expected.probabilities) < 1e-5);
+  const ClassificationMetrics m = evaluate(model, source, {}, compiled);
+  CHECK(m.accuracy == evaluate(model, source, {}, plain).accuracy);
+
+  FeatureCacheOptions cache_plain;
+  cache_plain.batch_size = 4;
+  cache_plain.compiled = false;
+  FeatureCacheOptions cache_compiled = cache_plain;
+  cache_compiled.compiled = true;
+  REQUIRE(compile_for_inference_if_supported(model.base()) != nullptr);
+  const FeatureCache f_plain = cache_features(model.base(), source, cache_plain);
+  const FeatureCache f_compiled = cache_features(model.base(), source, cache_compiled);
+  CHECK(f_compiled.labels == f_plain.labels);
+  CHECK(relative_error(f_compiled.features, f_plain.features) < 1e-5);
+}
+
 TEST_CASE("InferenceNet is a snapshot: later weight changes need a recompile") {
   Sequential model("snap", Shape{4, 4, 3}, 1);
   model.add<Conv2D>("conv", 8, 1);

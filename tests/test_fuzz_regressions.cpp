@@ -151,26 +151,44 @@ std::vector<uint8_t> insert_at(std::vector<uint8_t> bytes, size_t at, const std:
 }  // namespace
 
 // ---- Images -------------------------------------------------------------------------------------
+// The first three findings were bugs of Debian 12's stb_image 2.27, once guarded by hand-written
+// pre-parsers in front of it. JPEG and PNG are now decoded by libjpeg-turbo and libpng, and
+// stb_image's JPEG, PNG and PNM decoders are compiled out of eigennet's copy (data/stb.hpp).
 
-TEST_CASE("fuzz finding: a JPEG Huffman table with more than 256 codes is refused before stb_image reads it") {
-  // stb_image 2.27 overflows its Huffman arrays on this file (UBSan: index 257 out of bounds
-  // for 'stbi_uc[257]'), already inside stbi_info.
+TEST_CASE("stb_image's JPEG, PNG and PNM decoders are compiled out of eigennet's copy") {
+  // stbi_info would recognize these if the decoders were there (data/stb.hpp defines STBI_NO_*).
+  const std::vector<uint8_t> jpeg = small_jpeg();
+  int w = 0, h = 0, c = 0;
+  CHECK(stbi_info_from_memory(jpeg.data(), static_cast<int>(jpeg.size()), &w, &h, &c) == 0);
+  const std::vector<uint8_t> png = read_bytes(std::string(EIGENNET_FIXTURES_DIR) + "/images/rgb8.png");
+  CHECK(stbi_info_from_memory(png.data(), static_cast<int>(png.size()), &w, &h, &c) == 0);
+  const std::string ppm = "P6 1 1 255 abc";
+  CHECK(stbi_info_from_memory(reinterpret_cast<const stbi_uc*>(ppm.data()), static_cast<int>(ppm.size()), &w, &h, &c) ==
+        0);
+  // ... and decode_image still reads the first two.
+  CHECK(decode_error(jpeg).empty());
+  CHECK(decode_error(png).empty());
+}
+
+TEST_CASE("fuzz finding (stb_image 2.27): a JPEG Huffman table with more than 256 codes is refused") {
+  // stb_image 2.27 overflowed its Huffman arrays on this file (UBSan: index 257 out of bounds
+  // for 'stbi_uc[257]'), already inside stbi_info. libjpeg-turbo checks the table.
   const std::string path = fixtures + "jpeg_dht_too_many_codes.jpg";
   const std::vector<uint8_t> bytes = read_bytes(path);
-  CHECK(contains(decode_error(bytes), "Huffman table (DHT segment) declares more than 256 codes"));
-  CHECK(contains(decode_error(bytes, ColorMode::grayscale), "more than 256 codes"));
+  CHECK(contains(decode_error(bytes), "corrupt or unsupported JPEG (libjpeg-turbo: Bogus Huffman table definition)"));
+  CHECK(contains(decode_error(bytes, ColorMode::grayscale), "Bogus Huffman table definition"));
 
   int width = 0, height = 0;
   std::string error;
   CHECK_FALSE(read_image_size(path, width, height, error));
-  CHECK(contains(error, "more than 256 codes"));
+  CHECK(contains(error, "Bogus Huffman table definition"));
 
   try {
     load_image(path);
     FAIL("load_image accepted the file");
   } catch (const Error& e) {
     CHECK(contains(e.what(), path));
-    CHECK(contains(e.what(), "more than 256 codes"));
+    CHECK(contains(e.what(), "Bogus Huffman table definition"));
   }
 
   // An image folder skips it, also as its first file (which sets the stored size).
@@ -183,57 +201,52 @@ TEST_CASE("fuzz finding: a JPEG Huffman table with more than 256 codes is refuse
   CHECK(set.size() == 1);
   CHECK(set.width() == 19);
   REQUIRE(set.skipped_count() == 1);
-  CHECK(contains(set.skipped()[0].reason, "more than 256 codes"));
-}
+  CHECK(contains(set.skipped()[0].reason, "Bogus Huffman table definition"));
 
-TEST_CASE("the JPEG Huffman check walks segments as stb_image does: payloads are skipped, every DHT is seen") {
+  // The same table as a real segment of a valid file is refused wherever it stands; inside an
+  // APP1 payload (as in EXIF data) the same bytes are no table, and the file decodes unchanged.
   const std::vector<uint8_t> jpeg = small_jpeg();
-  REQUIRE(decode_error(jpeg).empty());
   Image original;
-  std::string error;
   REQUIRE(decode_image(jpeg.data(), jpeg.size(), ColorMode::rgb, AlphaMode::drop, ImageLimits{}, original, error));
-  const std::vector<uint8_t> bad_table = dht_payload(257), full_table = dht_payload(256);
-
-  // Inside an APP1 payload (as in EXIF or ICC data) the same bytes are not a table: still decodes, identically.
+  CHECK(contains(decode_error(insert_at(jpeg, 2, segment(0xC4, dht_payload(257)))), "Bogus Huffman table"));
+  CHECK(decode_error(insert_at(jpeg, 2, segment(0xC4, dht_payload(256)))).empty());  // 256 codes are allowed
   std::vector<uint8_t> app1 = {'E', 'x', 'i', 'f', 0, 0};
-  const std::vector<uint8_t> disguised = segment(0xC4, bad_table);
+  const std::vector<uint8_t> disguised = segment(0xC4, dht_payload(257));
   app1.insert(app1.end(), disguised.begin(), disguised.end());
   const std::vector<uint8_t> with_app1 = insert_at(jpeg, 2, segment(0xE1, app1));
   Image decoded;
   REQUIRE(decode_image(with_app1.data(), with_app1.size(), ColorMode::rgb, AlphaMode::drop, ImageLimits{}, decoded,
                        error));
   CHECK(decoded.pixels == original.pixels);
-
-  // As a real segment: after SOI, after fill bytes, and after the entropy-coded data (before
-  // EOI, where stb_image reads markers between scans), each is refused; 256 codes are fine.
-  CHECK(contains(decode_error(insert_at(jpeg, 2, segment(0xC4, bad_table))), "more than 256 codes"));
-  std::vector<uint8_t> filled = segment(0xC4, bad_table);
-  filled.insert(filled.begin(), {0xFF, 0xFF});
-  CHECK(contains(decode_error(insert_at(jpeg, 2, filled)), "more than 256 codes"));
-  REQUIRE(jpeg[jpeg.size() - 2] == 0xFF);
-  REQUIRE(jpeg[jpeg.size() - 1] == 0xD9);
-  CHECK(contains(decode_error(insert_at(jpeg, jpeg.size() - 2, segment(0xC4, bad_table))), "more than 256 codes"));
-  CHECK(detail::jpeg_huffman_tables_fit(insert_at(jpeg, 2, segment(0xC4, full_table)).data(),
-                                        jpeg.size() + full_table.size() + 4));
-  // A second table in the same segment, and a table cut off by the end of the file (stb reads
-  // zeros there, the counts that are present still add up).
-  std::vector<uint8_t> two = dht_payload(12);
-  two.insert(two.end(), bad_table.begin(), bad_table.end());
-  CHECK(contains(decode_error(insert_at(jpeg, 2, segment(0xC4, two))), "more than 256 codes"));
-  std::vector<uint8_t> cut = {0xFF, 0xD8, 0xFF, 0xC4, 0x01, 0x00, 0x00, 255, 255};
-  CHECK(contains(decode_error(cut), "more than 256 codes"));
 }
 
-TEST_CASE("fuzz finding: a PNG chunk longer than the file is refused before stb_image allocates for it") {
-  const std::vector<uint8_t> bytes = read_bytes(fixtures + "png_idat_past_end.png");
+TEST_CASE("fuzz finding (stb_image 2.27, issue 19): a JPEG whose data ends in a marker mid-code is refused") {
+  // stb_image 2.27: "stb_image.h:2065:27: runtime error: shift exponent 32 is too large for 32-bit
+  // type 'unsigned int'" in stbi__grow_buffer_unsafe <- stbi__jpeg_decode_block (a marker where a
+  // coefficient's bits should be drives its bit count to -8). Found again for this test by
+  // decoding gray.jpg cut inside its scan, followed by random bytes and EOI, with the old
+  // decoder under UBSan (60,000 candidates). libjpeg-turbo reports the missing data.
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "jpeg_stb_shift_by_32.jpg");
+  CHECK(contains(decode_error(bytes), "corrupt or unsupported JPEG (libjpeg-turbo: Corrupt JPEG data: premature end of data segment)"));
+  CHECK(contains(decode_error(bytes, ColorMode::grayscale), "premature end of data segment"));
+  DecodeOptions reduced;
+  reduced.min_width = reduced.min_height = 1;
+  Image image;
+  std::string error;
+  CHECK_FALSE(decode_image(bytes.data(), bytes.size(), reduced, image, error));
+  CHECK(contains(error, "premature end of data segment"));
+}
+
+TEST_CASE("fuzz finding (stb_image 2.27): a PNG chunk longer than the file is refused without allocating for it") {
   // The IDAT chunk of this 80-byte file claims ~2 GB; stb_image reserved that much before
-  // finding the data missing.
+  // finding the data missing. (Its header's CRC is wrong too, which libpng checks first.)
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "png_idat_past_end.png");
   const size_t idat = static_cast<size_t>(std::search(bytes.begin(), bytes.end(), "IDAT", "IDAT" + 4) - bytes.begin());
   REQUIRE(idat + 4 <= bytes.size());
   const uint32_t claimed = uint32_t{bytes[idat - 4]} << 24 | uint32_t{bytes[idat - 3]} << 16 |
                            uint32_t{bytes[idat - 2]} << 8 | uint32_t{bytes[idat - 1]};
   CHECK(claimed > 1'000'000'000u);
-  CHECK(contains(decode_error(bytes), "truncated or corrupt PNG: a chunk claims " + std::to_string(claimed) + " bytes"));
+  CHECK(contains(decode_error(bytes), "corrupt or unsupported PNG (libpng: "));
 
   // Every truncation of a valid PNG is refused with a reason; the whole file decodes.
   std::vector<uint8_t> png;
@@ -245,43 +258,45 @@ TEST_CASE("fuzz finding: a PNG chunk longer than the file is refused before stb_
   for (size_t i = 0; i < pixels.size(); ++i) pixels[i] = static_cast<uint8_t>(i * 11);
   REQUIRE(stbi_write_png_to_func(append, &png, 7, 5, 4, pixels.data(), 7 * 4));
   CHECK(decode_error(png).empty());
-  for (size_t n = 1; n + 12 < png.size(); ++n) {  // the last 12 bytes are IEND, which stb does not read
+  for (size_t n = 1; n + 12 < png.size(); ++n) {  // the last 12 bytes are IEND, which is not needed
     CAPTURE(n);
     CHECK(!decode_error(std::vector<uint8_t>(png.begin(), png.begin() + static_cast<std::ptrdiff_t>(n))).empty());
   }
 }
 
-TEST_CASE("fuzz finding: a PNM header number beyond 32 bits is refused before stb_image parses it") {
-  // stb_image 2.27 overflows an int reading the width of this file (UBSan: signed integer overflow).
-  CHECK(contains(decode_error(read_bytes(fixtures + "pnm_width_overflow.ppm")),
-                 "corrupt PNM: a number in the header does not fit in 32 bits"));
+TEST_CASE("fuzz finding (stb_image 2.27): PNM files, whose header numbers overflowed stb_image, are refused") {
+  // stb_image 2.27 overflows an int reading the width of this file (UBSan: signed integer
+  // overflow). PNM is not decoded any more: refused by its magic number, with the formats that are.
+  const std::string unsupported =
+      "unsupported image format: a PNM (PBM/PGM/PPM/PAM) file (supported: JPEG, PNG and BMP)";
+  CHECK(decode_error(read_bytes(fixtures + "pnm_width_overflow.ppm")) == unsupported);
   const auto bytes = [](const std::string& text) { return std::vector<uint8_t>(text.begin(), text.end()); };
-  // Every one of the three numbers, also after comments.
-  CHECK(contains(decode_error(bytes("P5 2147483648 1 255\n")), "does not fit in 32 bits"));
-  CHECK(contains(decode_error(bytes("P6\n# c 1\n1 99999999999 255\n")), "does not fit in 32 bits"));
-  CHECK(contains(decode_error(bytes("P5 1 1\n#\n#x\n 4294967296\n")), "does not fit in 32 bits"));
-  // The largest int passes this check and meets the size limit instead; a valid file decodes.
-  CHECK(contains(decode_error(bytes("P5 2147483647 1 255\n")), "exceed the limit of 16384 pixels per side"));
-  std::string gray = "P5\n# comment\n3 2\n255\n";
-  gray += std::string("\x00\x40\x80\xc0\xff\x10", 6);
-  Image image;
-  std::string error;
-  const std::vector<uint8_t> valid = bytes(gray);
-  REQUIRE(decode_image(valid.data(), valid.size(), ColorMode::grayscale, AlphaMode::drop, ImageLimits{}, image, error));
-  CHECK(image.width == 3);
-  CHECK(image.at(1, 1, 0) == 0xff);
+  CHECK(decode_error(bytes("P5 2147483648 1 255\n")) == unsupported);
+  CHECK(decode_error(bytes("P6\n# c 1\n1 99999999999 255\n")) == unsupported);
+  CHECK(decode_error(bytes("P5\n3 2\n255\n\x01\x02\x03\x04\x05\x06")) == unsupported);
 }
 
-TEST_CASE("the fuzz seeds and real FER-2013 images pass the pre-decode checks and decode") {
-  // Committed seeds cover what stb_image_write cannot produce: progressive, CMYK and restart-marker
-  // JPEGs, 16-bit, palette, bilevel and interlaced PNGs.
+TEST_CASE("fuzz finding (issue 19's campaign): a 261-byte BMP announcing 2304x2055 pixels is refused") {
+  // stb_image decoded it, the missing 19 MB of pixel data as black: 10-13 s per input through the
+  // fuzzer's pipeline (slow-unit reports); a header could announce 64 megapixels the same way.
+  const std::vector<uint8_t> bytes = read_bytes(fixtures + "bmp_short_file_large_image.bmp");
+  CHECK(bytes.size() == 261);
+  CHECK(decode_error(bytes) == "truncated BMP: 2304x2055 pixels of 32 bits need 18939002 bytes, the file has 261");
+  int width = 0, height = 0;
+  std::string error;
+  CHECK_FALSE(read_image_size(fixtures + "bmp_short_file_large_image.bmp", width, height, error));
+  CHECK(contains(error, "truncated BMP"));
+}
+
+TEST_CASE("the image fixtures (fuzz seeds of every variant) and real FER-2013 images decode") {
   int seeds = 0;
-  for (const auto& entry : fs::directory_iterator(std::string(EIGENNET_SOURCE_DIR) + "/fuzz/corpus/image")) {
+  for (const auto& entry : fs::directory_iterator(std::string(EIGENNET_FIXTURES_DIR) + "/images")) {
     CAPTURE(entry.path().string());
     CHECK(decode_error(read_bytes(entry.path().string())).empty());
+    CHECK(decode_error(read_bytes(entry.path().string()), ColorMode::grayscale).empty());
     ++seeds;
   }
-  CHECK(seeds >= 9);
+  CHECK(seeds >= 50);
   const fs::path fer = fs::path(EIGENNET_SHARED_DIR) / "data" / "fer2013" / "train" / "happy";
   if (!fs::is_directory(fer)) return;
   int checked = 0;

@@ -95,6 +95,27 @@ Tensor away_from_kinks(const Shape& shape, uint64_t seed, float lo, float hi, co
   return t;
 }
 
+// Uniform in [-1, 1], except that in every 2x2 window (per channel) one element leads the others
+// by at least `margin`: 2x2 max pooling of it keeps its winners under perturbations below margin/2.
+Tensor clear_pool_winners(const Shape& shape, uint64_t seed, float margin) {
+  Tensor t = random_tensor(shape, seed);
+  Rng rng(seed + 1);
+  const int64_t n = shape[0], h = shape[1], w = shape[2], c = shape[3];
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t y = 0; y + 1 < h; y += 2)
+      for (int64_t x = 0; x + 1 < w; x += 2)
+        for (int64_t k = 0; k < c; ++k) {
+          int64_t at[4];
+          for (int64_t i = 0; i < 4; ++i) at[i] = ((b * h + y + i / 2) * w + x + i % 2) * c + k;
+          float others = -2.0f;
+          const int64_t winner = static_cast<int64_t>(rng.below(4));
+          for (int64_t i = 0; i < 4; ++i)
+            if (i != winner) others = std::max(others, t[at[i]]);
+          t[at[winner]] = others + margin + rng.uniform(0.0f, 0.4f);
+        }
+  return t;
+}
+
 void randomize(Parameter& p, uint64_t seed, float lo, float hi) {
   Rng rng(seed);
   for (int64_t i = 0; i < p.value.size(); ++i) p.value[i] = rng.uniform(lo, hi);
@@ -377,6 +398,44 @@ TEST_CASE("Residual gradients with a depthwise -> BN -> pointwise body") {
     run(residual, random_tensor(Shape{2, 4, 4, 3}, 54), options,
         mode == Mode::train ? "Residual(dw3x3-BN-1x1) train" : "Residual(dw3x3-BN-1x1) inference");
   }
+}
+
+TEST_CASE("Residual gradients with a shortcut: max pooling and zero channel padding (BlazeFace's block)") {
+  // Linear in every element once the max-pool winners are fixed: each 2x2 window's winner leads by
+  // more than 2h, so linear_options' step never changes a winner.
+  struct Config {
+    Shape in;
+    int64_t filters, stride;
+  };
+  const std::vector<Config> configs = {{{5, 5, 3}, 3, 1}, {{5, 4, 2}, 4, 1}, {{6, 6, 3}, 3, 2}, {{6, 4, 2}, 5, 2}};
+  uint64_t seed = 60;
+  for (const Config& c : configs) {
+    char label[120];
+    std::snprintf(label, sizeof label, "Residual(dw3x3 s%lld-1x1, shortcut %s%s) %lldx%lldx%lld->%lld",
+                  static_cast<long long>(c.stride), c.stride == 2 ? "maxpool" : "identity",
+                  c.filters != c.in[2] ? "+pad" : "", static_cast<long long>(c.in[0]), static_cast<long long>(c.in[1]),
+                  static_cast<long long>(c.in[2]), static_cast<long long>(c.filters));
+    CAPTURE(label);
+    auto body = std::make_unique<Sequential>("body");
+    body->add<DepthwiseConv2D>("dw", 3, c.stride, Padding::same, false);
+    body->add<Conv2D>("project", c.filters, 1);
+    auto shortcut = std::make_unique<Sequential>("shortcut");
+    if (c.stride == 2) shortcut->add<MaxPool2D>("pool", 2);
+    if (c.filters != c.in[2]) shortcut->add<ChannelPad>("pad", c.filters - c.in[2]);
+    Residual residual("residual", std::move(body), shortcut->size() ? std::move(shortcut) : nullptr);
+    build(residual, c.in, seed);
+    run(residual, clear_pool_winners(c.in.with_batch(2), seed + 1, 0.6f), linear_options(), label);
+    seed += 10;
+  }
+}
+
+TEST_CASE("ChannelPad gradients") {
+  ChannelPad after("pad", 3);
+  build(after, Shape{3, 2, 2});
+  run(after, random_tensor(Shape{2, 3, 2, 2}, 71), exact_options(0.25), "ChannelPad 2 -> 5");
+  ChannelPad both("pad2", 1, 2);
+  build(both, Shape{4});
+  run(both, random_tensor(Shape{3, 4}, 72), exact_options(0.25), "ChannelPad [N, 4] -> [N, 7] (2 before, 1 after)");
 }
 
 // ---- Sequential ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 // JSON writer. Expected values are worked out by hand in the comments.
 #include <doctest/doctest.h>
 
+#include "test_util.hpp"
+
 #include <cctype>
 #include <cmath>
 #include <filesystem>
@@ -12,8 +14,9 @@
 #include <unistd.h>
 #include <vector>
 
-#include <eigennet/io/json_writer.hpp>
-#include <eigennet/metrics.hpp>
+#include <eigennet/io/json.hpp>
+#include <eigennet/metrics/classification.hpp>
+#include <eigennet/metrics/report.hpp>
 
 using namespace eigennet;
 
@@ -34,162 +37,7 @@ ClassificationMetrics example_metrics() {
   return classification_metrics(ConfusionMatrix(4, kLabels, kPredictions), kNames);
 }
 
-// A minimal JSON parser (RFC 8259 grammar) that rebuilds a Json value, to check that the
-// writer's output is valid JSON and reads back to the same value.
-class JsonParser {
- public:
-  explicit JsonParser(std::string text) : text_(std::move(text)) {}
-  Json parse() {
-    Json value = parse_value();
-    skip_space();
-    if (pos_ != text_.size()) error("trailing characters");
-    return value;
-  }
-
- private:
-  [[noreturn]] void error(const std::string& what) {
-    throw std::runtime_error("JSON parse error at " + std::to_string(pos_) + ": " + what);
-  }
-  void skip_space() {
-    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' || text_[pos_] == '\t' ||
-                                   text_[pos_] == '\r'))
-      ++pos_;
-  }
-  bool consume(char c) {
-    skip_space();
-    if (pos_ < text_.size() && text_[pos_] == c) {
-      ++pos_;
-      return true;
-    }
-    return false;
-  }
-  void expect(char c) {
-    if (!consume(c)) error(std::string("expected '") + c + "'");
-  }
-  bool literal(const char* word) {
-    const std::string w(word);
-    if (text_.compare(pos_, w.size(), w) != 0) return false;
-    pos_ += w.size();
-    return true;
-  }
-  Json parse_value() {
-    skip_space();
-    if (pos_ >= text_.size()) error("unexpected end");
-    const char c = text_[pos_];
-    if (c == '{') return parse_object();
-    if (c == '[') return parse_array();
-    if (c == '"') return Json(parse_string());
-    if (literal("null")) return Json();
-    if (literal("true")) return Json(true);
-    if (literal("false")) return Json(false);
-    return parse_number();
-  }
-  Json parse_object() {
-    expect('{');
-    Json object = Json::object();
-    if (consume('}')) return object;
-    do {
-      skip_space();
-      const std::string key = parse_string();
-      expect(':');
-      object[key] = parse_value();
-    } while (consume(','));
-    expect('}');
-    return object;
-  }
-  Json parse_array() {
-    expect('[');
-    Json array = Json::array();
-    if (consume(']')) return array;
-    do array.push_back(parse_value());
-    while (consume(','));
-    expect(']');
-    return array;
-  }
-  std::string parse_string() {
-    if (pos_ >= text_.size() || text_[pos_] != '"') error("expected a string");
-    ++pos_;
-    std::string out;
-    while (true) {
-      if (pos_ >= text_.size()) error("unterminated string");
-      const unsigned char c = static_cast<unsigned char>(text_[pos_++]);
-      if (c == '"') return out;
-      if (c < 0x20) error("raw control character in a string");
-      if (c != '\\') {
-        out += static_cast<char>(c);
-        continue;
-      }
-      if (pos_ >= text_.size()) error("unterminated escape");
-      const char e = text_[pos_++];
-      switch (e) {
-        case '"': out += '"'; break;
-        case '\\': out += '\\'; break;
-        case '/': out += '/'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
-        case 'n': out += '\n'; break;
-        case 'r': out += '\r'; break;
-        case 't': out += '\t'; break;
-        case 'u': {
-          if (pos_ + 4 > text_.size()) error("short \\u escape");
-          const unsigned code = static_cast<unsigned>(std::stoul(text_.substr(pos_, 4), nullptr, 16));
-          pos_ += 4;
-          // Enough UTF-8 for the escapes the writer emits (control characters and U+FFFD).
-          if (code < 0x80) {
-            out += static_cast<char>(code);
-          } else if (code < 0x800) {
-            out += static_cast<char>(0xC0 | (code >> 6));
-            out += static_cast<char>(0x80 | (code & 0x3F));
-          } else {
-            out += static_cast<char>(0xE0 | (code >> 12));
-            out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-            out += static_cast<char>(0x80 | (code & 0x3F));
-          }
-          break;
-        }
-        default: error("bad escape");
-      }
-    }
-  }
-  Json parse_number() {
-    const size_t start = pos_;
-    if (pos_ < text_.size() && text_[pos_] == '-') ++pos_;
-    auto digits = [&] {
-      const size_t from = pos_;
-      while (pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]))) ++pos_;
-      return pos_ - from;
-    };
-    const size_t integer_start = pos_;
-    if (digits() == 0) error("expected a value");
-    if (text_[integer_start] == '0' && pos_ - integer_start > 1) error("leading zero");
-    bool is_integer = true;
-    if (pos_ < text_.size() && text_[pos_] == '.') {
-      ++pos_;
-      is_integer = false;
-      if (digits() == 0) error("digits expected after '.'");
-    }
-    if (pos_ < text_.size() && (text_[pos_] == 'e' || text_[pos_] == 'E')) {
-      ++pos_;
-      is_integer = false;
-      if (pos_ < text_.size() && (text_[pos_] == '+' || text_[pos_] == '-')) ++pos_;
-      if (digits() == 0) error("digits expected in exponent");
-    }
-    const std::string number = text_.substr(start, pos_ - start);
-    if (is_integer) return Json(static_cast<int64_t>(std::stoll(number)));
-    return Json(std::stod(number));
-  }
-
-  std::string text_;
-  size_t pos_ = 0;
-};
-
-std::filesystem::path fresh_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("eigennet_" + name + "_" + std::to_string(static_cast<long>(::getpid())));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+using testing::fresh_directory;
 
 std::string read_text(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -431,13 +279,56 @@ TEST_CASE("JSON objects keep insertion order and nest") {
         "    [3, 4]\n"
         "  ]\n"
         "}");
-  CHECK(JsonParser(j.dump(2)).parse().dump(-1) == j.dump(-1));
+  CHECK(Json::parse(j.dump(2)).dump(-1) == j.dump(-1));
   CHECK(j.find("config")->find("lr")->as_double() == 0.001);
   CHECK(j.find("missing") == nullptr);
 
   Json number = 1.5;
   CHECK_THROWS_WITH_AS(number["key"], doctest::Contains("non-object"), Error);
   CHECK_THROWS_AS(number.push_back(1), Error);
+}
+
+TEST_CASE("Json::parse reads every JSON type and refuses malformed text, naming source and byte") {
+  const Json j = Json::parse(R"( {"a": [1, -2.5e3, 0.1, true, false, null, "x\u00e9\n\ud83d\ude00"],
+                                  "big": 9223372036854775807, "small": -9223372036854775808, "e": {}} )",
+                             "inline");
+  REQUIRE(j.is_object());
+  const Json& a = *j.find("a");
+  REQUIRE(a.size() == 7);
+  CHECK(a.at(0).as_integer() == 1);
+  CHECK(a.at(1).as_double() == -2500.0);
+  CHECK(a.at(2).as_double() == 0.1);
+  CHECK(a.at(3).as_bool());
+  CHECK_FALSE(a.at(4).as_bool());
+  CHECK(a.at(5).is_null());
+  CHECK(a.at(6).as_string() == "x\xc3\xa9\n\xf0\x9f\x98\x80");
+  CHECK(j.find("big")->as_integer() == INT64_MAX);
+  CHECK(j.find("small")->as_integer() == INT64_MIN);
+  CHECK(j.find("e")->is_object());
+  // Doubles survive a round trip exactly (the writer's shortest form reads back to the same bits).
+  for (double x : {1.0 / 3.0, 0.68470001220703125, 1e-300, 123456789.0123456789, 228582609216677609472.0,
+                   -1e19, 9.3e18}) {
+    Json o = Json::object();
+    o["x"] = x;
+    CHECK(Json::parse(o.dump()).find("x")->as_double() == x);
+  }
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"", "expected a value"},           {"[1,]", "unexpected character ']'"},
+      {"{\"a\":1,\"a\":2}", "duplicate key 'a'"}, {"01", "leading zeros"},
+      {"1.", "after the decimal point"}, {"1e", "exponent"},
+      {"\"abc", "unterminated string"},  {"tru", "unexpected character 't'"},
+      {"[1] 2", "unexpected data"},      {"99999999999999999999", "64-bit range"},
+      {"1e999", "double range"},         {"\"\\ud800\"", "low surrogate"},
+      {"\"\xff\"", "invalid UTF-8"},     {std::string(40, '[') + std::string(40, ']'), "nesting deeper"}};
+  for (const auto& [text, message] : bad) {
+    CAPTURE(text);
+    CHECK_THROWS_WITH_AS(Json::parse(text, "bad.json"), doctest::Contains(message.c_str()), Error);
+    CHECK_THROWS_WITH_AS(Json::parse(text, "bad.json"), doctest::Contains("bad.json: invalid JSON at byte"), Error);
+  }
+  JsonParseOptions limited;
+  limited.max_values = 3;
+  CHECK_THROWS_WITH_AS(Json::parse("[1, 2, 3]", "x", limited), doctest::Contains("more than 3 values"), Error);
+  CHECK(Json::parse("[1, 2]", "x", limited).size() == 2);
 }
 
 TEST_CASE("Metrics JSON has the documented fields and parses back") {
@@ -447,7 +338,7 @@ TEST_CASE("Metrics JSON has the documented fields and parses back") {
   j["config"]["model"] = "mobilenet_v2";
 
   const std::string text = j.dump();
-  const Json parsed = JsonParser(text).parse();
+  const Json parsed = Json::parse(text);
   CHECK(parsed.dump() == text);
 
   CHECK(parsed.find("accuracy")->as_double() == doctest::Approx(0.5));

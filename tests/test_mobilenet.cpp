@@ -219,8 +219,13 @@ TEST_CASE("parameter counts equal Keras'") {
     // Known Keras values (model.summary() of keras.applications.MobileNetV2).
     auto a100 = make_base(1.0f, 32, fused);
     CHECK(count_elements(a100->parameters()) == 2'257'984);
-    CHECK(count_elements(a100->parameters(), /*trainable_only=*/true) == 2'223'872);
-    CHECK(count_elements(a100->parameters()) - count_elements(a100->parameters(), true) == 34'112);
+    CHECK(count_elements(a100->parameters(), ParameterCount::weights) == 2'223'872);
+    CHECK(count_elements(a100->parameters()) - count_elements(a100->parameters(), ParameterCount::weights) == 34'112);
+    // Trainable: the weights the optimizer updates now; freezing takes them out.
+    CHECK(count_elements(a100->parameters(), ParameterCount::trainable) == 2'223'872);
+    set_frozen(a100->parameters(), true);
+    CHECK(count_elements(a100->parameters(), ParameterCount::trainable) == 0);
+    CHECK(count_elements(a100->parameters(), ParameterCount::weights) == 2'223'872);
     CHECK(count_elements(make_base(0.35f, 32, fused)->parameters()) == 410'208);
     MobileNetV2Config top = config_for(1.0f, 224, 224, fused);
     top.include_top = true;
@@ -236,8 +241,8 @@ TEST_CASE("parameter counts equal Keras'") {
         const auto model = make_mobilenet_v2(c);  // owns the parameters the list points to
         const ParameterList params = model->parameters();
         const auto [weights, statistics] = expected_counts(alpha, include_top, 10);
-        CHECK(count_elements(params, true) == weights);
-        CHECK(count_elements(params) - count_elements(params, true) == statistics);
+        CHECK(count_elements(params, ParameterCount::weights) == weights);
+        CHECK(count_elements(params) - count_elements(params, ParameterCount::weights) == statistics);
       }
     }
   }

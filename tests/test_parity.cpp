@@ -14,12 +14,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include <eigennet/eigennet.hpp>
+#include <eigennet/models/blazeface.hpp>
 
 using namespace eigennet;
 
@@ -126,7 +128,7 @@ TEST_CASE("parity: Conv2D matches PyTorch (TF-SAME via F.pad)") {
   const Fixture f("conv2d.safetensors");
   const double tol = 1e-5;
   check_cases_present(f, {"conv3x3_s1_same", "conv3x3_s2_same_even", "conv3x3_s2_same_odd", "conv1x1",
-                          "conv1x1_s2_same", "conv5x5_valid", "conv3x3_s2_same_nobias"});
+                          "conv1x1_s2_same", "conv5x5_valid", "conv3x3_s2_same_nobias", "conv5x5_s2_same_even"});
   for (const std::string& c : f.cases()) {
     const Tensor& x = f.get(c, "x");
     const bool use_bias = f.integer(c, "use_bias") != 0;
@@ -164,6 +166,46 @@ TEST_CASE("parity: DepthwiseConv2D matches PyTorch (groups = channels)") {
     expect_close(c, "dx", dx, f.get(c, "dx"), tol);
     expect_close(c, "ddepthwise_kernel", conv.kernel().grad, f.get(c, "ddepthwise_kernel"), tol);
     if (use_bias) expect_close(c, "dbias", conv.bias().grad, f.get(c, "dbias"), tol);
+  }
+}
+
+TEST_CASE("parity: ChannelPad and BlazeFace's block (max-pooled, zero-padded shortcut) match PyTorch") {
+  const Fixture f("blaze_block.safetensors");
+  const double tol = 1e-5;
+  check_cases_present(f, {"channel_pad", "channel_pad_before_after", "blaze_block_s1", "blaze_block_s1_widen",
+                          "blaze_block_s2", "blaze_block_s2_widen"});
+  for (const std::string& c : {std::string("channel_pad"), std::string("channel_pad_before_after")}) {
+    const Tensor& x = f.get(c, "x");
+    ChannelPad pad(c, f.integer(c, "after"), f.integer(c, "before"));
+    Rng rng(1);
+    pad.build(x.shape().without_batch(), rng);
+    Tensor y, dx;
+    run_layer(pad, x, f.get(c, "r"), Mode::train, y, dx);
+    // A copy: exact.
+    expect_close_abs(c, "y", y, f.get(c, "y"), 0.0);
+    expect_close_abs(c, "dx", dx, f.get(c, "dx"), 0.0);
+  }
+  for (const std::string c : {"blaze_block_s1", "blaze_block_s1_widen", "blaze_block_s2", "blaze_block_s2_widen"}) {
+    const Tensor& x = f.get(c, "x");
+    const int64_t in_c = x.dim(3), stride = f.integer(c, "stride");
+    BlazeBlockSetting setting{f.integer(c, "filters"), stride, 1};
+    std::unique_ptr<Layer> block = make_blaze_block(1, in_c, setting, stride);
+    Rng rng(1);
+    block->build(x.shape().without_batch(), rng);
+    std::map<std::string, Parameter*> params;
+    for (Parameter* p : block->parameters()) params[p->name] = p;
+    REQUIRE(params.size() == 3);
+    load(*params.at("block_1_depthwise/depthwise_kernel"), f.get(c, "depthwise_kernel"));
+    load(*params.at("block_1_project/kernel"), f.get(c, "kernel"));
+    load(*params.at("block_1_project/bias"), f.get(c, "bias"));
+    Tensor y, dx;
+    run_layer(*block, x, f.get(c, "r"), Mode::train, y, dx);
+    expect_close(c, "y", y, f.get(c, "y"), tol);
+    expect_close(c, "dx", dx, f.get(c, "dx"), tol);
+    expect_close(c, "ddepthwise_kernel", params.at("block_1_depthwise/depthwise_kernel")->grad,
+                 f.get(c, "ddepthwise_kernel"), tol);
+    expect_close(c, "dkernel", params.at("block_1_project/kernel")->grad, f.get(c, "dkernel"), tol);
+    expect_close(c, "dbias", params.at("block_1_project/bias")->grad, f.get(c, "dbias"), tol);
   }
 }
 

@@ -2,6 +2,8 @@
 // training-curves plot.
 #include <doctest/doctest.h>
 
+#include "test_util.hpp"
+
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -35,13 +37,7 @@ using namespace eigennet;
 
 namespace {
 
-std::filesystem::path fresh_directory(const std::string& name) {
-  const auto dir = std::filesystem::temp_directory_path() /
-                   ("eigennet_" + name + "_" + std::to_string(static_cast<long>(::getpid())));
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir;
-}
+using testing::fresh_directory;
 
 struct DecodedImage {
   int width = 0, height = 0, channels = 0;

@@ -137,7 +137,9 @@ class Parser {
       std::string head = "  --" + name + (o.takes_value ? " " + o.metavar : "");
       if (head.size() < 34) head.resize(34, ' ');
       else head += "\n" + std::string(34, ' ');
-      out += head + o.help + " (default: " + o.default_text + ")\n";
+      // A help text that explains its own default does not get a second one.
+      const bool explains_default = o.help.find("(default:") != std::string::npos;
+      out += head + o.help + (explains_default ? "" : " (default: " + o.default_text + ")") + "\n";
     }
     if (positional_) out += "  " + positional_metavar_ + "\n" + std::string(34, ' ') + positional_help_ + "\n";
     out += "  --help                          show this help and exit\n";

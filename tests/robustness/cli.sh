@@ -40,6 +40,9 @@ for program in train_emotions evaluate predict extract_features; do
     fi
   done
   echo "$program --help lists all $count flags"
+  # A help text that states its own default gets no second "(default: ...)".
+  doubled=$(grep -c '(default:.*(default:' "${program}_help.out")
+  if [ "$doubled" -eq 0 ]; then pass; else fail "$program --help: $doubled lines with two defaults"; fi
   run "${program}_h" "$binary" -h
   expect_status "${program}_h" 0
 
@@ -152,6 +155,40 @@ else
 fi
 rejected predict_ensemble_classes 1 "the models of an ensemble must have the same classes in the same order" \
   "$P" --model "$MODEL,model_c/model.safetensors" face.png
+
+# predict without --model looks for the project's ensemble in weights/ here, beside the program and
+# in its install prefix; a copy of the program with nothing around it names every place it looked.
+mkdir -p moved/bin
+cp "$P" moved/bin/predict
+run predict_moved sh -c "cd moved && exec bin/predict face.png"
+expect_status predict_moved 2
+expect_in predict_moved.err "no --model given, and the project's classifier (emotions_7class.safetensors) is in none of: weights, " "moved predict"
+expect_in predict_moved.err "/moved/bin/weights, " "moved predict"
+expect_in predict_moved.err "/moved/share/eigennet/weights" "moved predict"
+mkdir -p moved/share/eigennet/weights
+cp "$MODEL" moved/share/eigennet/weights/emotions_7class.safetensors
+cp face.png moved/face.png
+run predict_installed sh -c "cd / && exec \"$WORK/moved/bin/predict\" --threads 1 \"$WORK/moved/face.png\""
+expect_status predict_installed 0
+expect_in predict_installed.out "face.png: " "predict with the model in share/eigennet/weights"
+
+# scripts/install_deps.sh as a user who is not root and has no sudo: a clear message, not exit 127.
+# Its PATH holds only the tools it needs (no sudo, even where one is installed: it would prompt).
+as_user=""
+if [ "$(id -u)" -ne 0 ]; then as_user=env; elif setpriv --reuid=65534 --regid=65534 --clear-groups true 2> /dev/null; then
+  as_user="setpriv --reuid=65534 --regid=65534 --clear-groups"
+fi
+mkdir -p no_sudo_bin
+for tool in dpkg-query grep id; do ln -sf "$(command -v "$tool")" "no_sudo_bin/$tool"; done
+if [ -n "$as_user" ] && $as_user test -r "$SOURCES/../scripts/install_deps.sh"; then
+  run deps_no_sudo $as_user env PATH="$WORK/no_sudo_bin" /bin/sh "$SOURCES/../scripts/install_deps.sh" \
+    eigennet-no-such-package
+  expect_status deps_no_sudo 1
+  expect_in deps_no_sudo.err "installing them needs root, and sudo is not available" "install_deps without sudo"
+  expect_in deps_no_sudo.err "apt-get install" "install_deps without sudo"
+else
+  echo "skipped the install_deps check: no unprivileged user can read the script"
+fi
 
 # ---- extract_features ----------------------------------------------------------------------------
 X=$EXTRACT

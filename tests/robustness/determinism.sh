@@ -12,7 +12,7 @@ for threads in 1 2; do
     expect_status "t${threads}_$copy" 0
   done
   if "$TOOL" compare "t${threads}_a/checkpoint.safetensors" "t${threads}_b/checkpoint.safetensors" --exact \
-       --skip training/history > "compare_$threads.out" 2>&1; then pass; else
+       --skip history > "compare_$threads.out" 2>&1; then pass; else
     fail "$threads thread(s): two runs with the same seed differ:"
     cat "compare_$threads.out" >&2
   fi
@@ -39,7 +39,7 @@ compare_threads() {
     expect_status "${name}_$threads" 0
   done
   if "$TOOL" compare "${name}_1/checkpoint.safetensors" "${name}_2/checkpoint.safetensors" --tolerance $TOLERANCE \
-       --skip training/history > "compare_$name.out" 2>&1; then pass; else
+       --skip history > "compare_$name.out" 2>&1; then pass; else
     fail "$name: 1 vs 2 threads differ beyond $TOLERANCE:"
     cat "compare_$name.out" >&2
   fi
@@ -66,7 +66,7 @@ fi
 # shellcheck disable=SC2086
 run other_seed "$TRAIN" $base --seed 8 --out other_seed
 if "$TOOL" compare t1_a/checkpoint.safetensors other_seed/checkpoint.safetensors --tolerance 1e-3 \
-     --skip training/history > compare_seed.out 2>&1; then
+     --skip history > compare_seed.out 2>&1; then
   fail "another seed gives the same weights within 1e-3"
 else
   pass

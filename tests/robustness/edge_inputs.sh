@@ -47,7 +47,7 @@ expect_in predict_sizes.out "mixed/b/zz_large.png: " "predict 4000x3000"
 run predict_bad "$PREDICT" --model "$MODEL" --threads 1 mixed/c/zz_corrupt.png mixed/a/img_001.png \
   mixed/a/zz_truncated.png mixed/b/zz_empty.png
 expect_status predict_bad 1
-expect_in predict_bad.err "predict: 'mixed/c/zz_corrupt.png': not a readable image" "predict corrupt"
+expect_in predict_bad.err "predict: 'mixed/c/zz_corrupt.png': not an image file of a supported format" "predict corrupt"
 expect_in predict_bad.err "predict: 'mixed/a/zz_truncated.png': " "predict truncated"
 expect_in predict_bad.err "predict: 'mixed/b/zz_empty.png': empty file" "predict empty"
 expect_in predict_bad.out "mixed/a/img_001.png: " "predict goes on after a bad file"

@@ -65,6 +65,6 @@ expect_in truncated.err "truncated/checkpoint.safetensors" "truncated checkpoint
 # shellcheck disable=SC2086
 run restart "$TRAIN" $flags --out out
 expect_status restart 0
-if "$TOOL" compare out/checkpoint.safetensors saved.safetensors --exact --skip training/history > compare.out 2>&1
+if "$TOOL" compare out/checkpoint.safetensors saved.safetensors --exact --skip history > compare.out 2>&1
 then pass; else fail "a fresh run into the same --out differs from the first run"; cat compare.out >&2; fi
 finish

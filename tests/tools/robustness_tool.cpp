@@ -14,9 +14,10 @@
 //   robustness_tool check FILE
 //       loads FILE as a classifier (rebuilding the model from its metadata), requires every tensor
 //       to be finite and, for a training checkpoint, consistent state; prints "ok epochs_done=K".
-//   robustness_tool compare A B (--exact | --tolerance X) [--skip TENSOR]...
+//   robustness_tool compare A B (--exact | --tolerance X) [--skip NAME]...
 //       --exact: metadata and every tensor bit for bit. --tolerance: tensors only, each within
 //       X * (1 + max |a|) of the other (max |a| of that tensor). Prints the largest differences.
+//       --skip leaves out a tensor or metadata key (a checkpoint's "history" holds epoch times).
 //
 // Exit status: 0 ok, 1 check or comparison failed, 2 usage error.
 #include <algorithm>
@@ -25,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <set>
 #include <string>
 #include <vector>
@@ -42,7 +44,7 @@ int usage() {
       "       robustness_tool image FILE WIDTH HEIGHT [GRAY]\n"
       "       robustness_tool weights FILE ALPHA\n"
       "       robustness_tool check FILE\n"
-      "       robustness_tool compare A B (--exact | --tolerance X) [--skip TENSOR]...\n",
+      "       robustness_tool compare A B (--exact | --tolerance X) [--skip NAME]...\n",
       stderr);
   return 2;
 }
@@ -136,20 +138,22 @@ int check(int argc, char** argv) {
     for (int64_t i = 0; i < t.tensor.size(); ++i)
       EIGENNET_CHECK(std::isfinite(v[i]), "'", path, "': tensor '", t.name, "' holds a non-finite value at ", i);
   }
-  // The model must rebuild from the metadata and take every parameter.
-  const LoadedClassifier loaded = load_classifier(path);
+  // A classifier must rebuild from the metadata and take every parameter.
+  size_t classes = 0;
+  const auto format = file.metadata.find("format");
+  if (format != file.metadata.end() && format->second == "eigennet-classifier")
+    classes = load_classifier(path).spec.class_names.size();
   std::string epochs_done = "none";
-  if (file.metadata.count("checkpoint_fingerprint")) {
-    epochs_done = file.metadata_at("epochs_done");
-    const Tensor& history = file.at("training/history");
-    EIGENNET_CHECK(history.rank() == 2 && history.dim(0) == std::stoll(epochs_done), "'", path, "': ",
-                   history.shape(), " history rows for epochs_done = ", epochs_done);
+  if (file.metadata.count("checkpoint")) {
+    const CheckpointInfo info = read_checkpoint_info(file);  // checks history against epochs_done
+    epochs_done = std::to_string(info.state.epochs_done);
     bool has_optimizer_state = false;
     for (const NamedTensor& t : file.tensors) has_optimizer_state |= t.name.rfind("optimizer/", 0) == 0;
     EIGENNET_CHECK(has_optimizer_state, "'", path, "': a checkpoint without optimizer state");
+    EIGENNET_CHECK(info.optimizer_steps == info.state.step, "'", path, "': optimizer_steps ", info.optimizer_steps,
+                   " but step ", info.state.step);
   }
-  std::printf("ok epochs_done=%s tensors=%zu classes=%zu\n", epochs_done.c_str(), file.tensors.size(),
-              loaded.spec.class_names.size());
+  std::printf("ok epochs_done=%s tensors=%zu classes=%zu\n", epochs_done.c_str(), file.tensors.size(), classes);
   return 0;
 }
 
@@ -173,15 +177,17 @@ int compare(int argc, char** argv) {
   if (exact == (tolerance >= 0)) return usage();
   const SafetensorsFile a = read_safetensors(argv[2]), b = read_safetensors(argv[3]);
   int problems = 0;
-  if (exact && a.metadata != b.metadata) {
-    for (const auto& [key, value] : a.metadata) {
-      auto it = b.metadata.find(key);
+  std::map<std::string, std::string> meta_a = a.metadata, meta_b = b.metadata;
+  for (const std::string& name : skip) meta_a.erase(name), meta_b.erase(name);
+  if (exact && meta_a != meta_b) {
+    for (const auto& [key, value] : meta_a) {
+      auto it = meta_b.find(key);
       if (it == b.metadata.end() || it->second != value)
         std::printf("metadata '%s' differs: '%s' vs '%s'\n", key.c_str(), value.c_str(),
-                    it == b.metadata.end() ? "(absent)" : it->second.c_str());
+                    it == meta_b.end() ? "(absent)" : it->second.c_str());
     }
-    for (const auto& [key, value] : b.metadata)
-      if (!a.metadata.count(key)) std::printf("metadata '%s' only in the second file\n", key.c_str());
+    for (const auto& [key, value] : meta_b)
+      if (!meta_a.count(key)) std::printf("metadata '%s' only in the second file\n", key.c_str());
     ++problems;
   }
   std::set<std::string> names_a, names_b;

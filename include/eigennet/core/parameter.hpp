@@ -42,10 +42,18 @@ struct Parameter {
 
 using ParameterList = std::vector<Parameter*>;
 
-inline int64_t count_elements(const ParameterList& params, bool trainable_only = false) {
+// Which parameters count_elements counts: all of them; the weights (what Keras reports as
+// "trainable params" of an unfrozen model, without BatchNorm's moving statistics); or only the
+// weights the optimizer updates now (frozen ones left out).
+enum class ParameterCount { all, weights, trainable };
+
+inline int64_t count_elements(const ParameterList& params, ParameterCount which = ParameterCount::all) {
   int64_t n = 0;
-  for (const Parameter* p : params)
-    if (!trainable_only || p->kind == ParameterKind::weight) n += p->value.size();
+  for (const Parameter* p : params) {
+    const bool counted = which == ParameterCount::all || (which == ParameterCount::weights && p->kind == ParameterKind::weight) ||
+                         (which == ParameterCount::trainable && p->trainable());
+    if (counted) n += p->value.size();
+  }
   return n;
 }
 

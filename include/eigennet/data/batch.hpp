@@ -22,8 +22,7 @@
 #include "../core/rng.hpp"
 #include "../core/tensor.hpp"
 #include "augment.hpp"
-#include "image_folder.hpp"
-#include "seed.hpp"
+#include "image_set.hpp"
 
 namespace eigennet {
 

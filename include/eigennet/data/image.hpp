@@ -1,17 +1,22 @@
 // Image: an 8-bit picture in memory (rows top to bottom, channels interleaved: HWC), decoded from
-// JPEG, PNG, BMP or PNM by stb_image, converted to grayscale or RGB, and resized with stb's
-// triangle (bilinear) filter.
+// a JPEG (libjpeg-turbo, jpeg.hpp), PNG (libpng, png.hpp) or BMP (stb_image) file, turned upright
+// by its EXIF orientation, converted to grayscale or RGB, and resized with stb's triangle
+// (bilinear) filter.
 //
-// Decoding never throws: it reports the reason (stb's own, or a size limit) so that a loader
-// decoding thousands of files in parallel can skip bad ones with a message. Dimensions are
-// checked from the header (stbi_info) before anything is decoded, so a file that claims to be
-// 100000 x 100000 pixels is refused without allocating for it. Before stb_image sees the data, a
-// few checks refuse files that corrupt memory, overflow or over-allocate inside Debian 12's
-// stb_image 2.27 (found by fuzz/fuzz_image; see detail::check_before_stb).
+// The format is recognized by the file's first bytes, never by its name. Other formats (GIF,
+// WebP, TIFF, PNM, HEIF, ...) are refused with a message that names them and the supported
+// ones: stb_image (Debian 12's 2.27) decodes only BMP here, the one format of its that survived
+// the fuzz campaign (fuzz/README.md); its JPEG, PNG and PNM decoders did not. A BMP shorter than
+// its pixel rows is refused first: stb_image would decode the missing rows as black.
+//
+// Decoding never throws: it reports the reason (the decoder's own, or a size limit) so that a
+// loader decoding thousands of files in parallel can skip bad ones with a message. Dimensions are
+// checked from the header before anything is allocated for the pixels, so a file that claims to
+// be 100000 x 100000 pixels is refused at once.
 #pragma once
 
-#include <algorithm>
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -19,208 +24,118 @@
 #include <vector>
 
 #include "../core/error.hpp"
+#include "exif.hpp"
+#include "image_types.hpp"
+#include "jpeg.hpp"
+#include "png.hpp"
 #include "stb.hpp"
 
 namespace eigennet {
 
-// The color layout images are kept in: 1 channel (grayscale) or 3 (RGB).
-enum class ColorMode { grayscale, rgb };
-
-inline int channels_of(ColorMode mode) { return mode == ColorMode::grayscale ? 1 : 3; }
-inline const char* to_string(ColorMode mode) { return mode == ColorMode::grayscale ? "grayscale" : "rgb"; }
-
-// What happens to the alpha channel of RGBA and gray+alpha files.
-enum class AlphaMode {
-  composite_black,  // color * alpha / 255: transparent areas become black, as if drawn on black
-  drop,             // alpha ignored: transparent pixels keep whatever color they store
-};
-
-// Files beyond these limits are refused before decoding.
-struct ImageLimits {
-  int max_side = 16384;                       // width and height, pixels
-  int64_t max_pixels = int64_t{1} << 26;      // width * height (64 Mpixel: 256 MB as RGBA)
-  int64_t max_file_bytes = int64_t{1} << 28;  // 256 MB
-};
-
-struct Image {
-  int height = 0;
-  int width = 0;
-  int channels = 0;
-  std::vector<uint8_t> pixels;  // height * width * channels
-
-  int64_t bytes() const { return int64_t{height} * width * channels; }
-  uint8_t at(int y, int x, int c) const { return pixels[static_cast<size_t>((int64_t{y} * width + x) * channels + c)]; }
-};
+// For messages: the formats decode_image accepts.
+inline const char* supported_image_formats() { return "JPEG, PNG and BMP"; }
 
 namespace detail {
 
-// ITU-R BT.601 luma in integer arithmetic, the weights stb_image itself uses (they sum to 256,
-// so white stays 255); rounded rather than truncated.
-inline uint8_t luma(int r, int g, int b) { return static_cast<uint8_t>((77 * r + 150 * g + 29 * b + 128) >> 8); }
-inline uint8_t premultiply(int value, int alpha) { return static_cast<uint8_t>((value * alpha + 127) / 255); }
+enum class ImageFormat { jpeg, png, bmp, unsupported };
 
-// Converts `count` pixels of `in_channels` (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) to
-// `out_channels` (1 or 3).
-inline void convert_pixels(const uint8_t* in, int in_channels, uint8_t* out, int out_channels, int64_t count,
-                           AlphaMode alpha) {
-  const bool composite = alpha == AlphaMode::composite_black;
-  if (in_channels == out_channels) {
-    std::memcpy(out, in, static_cast<size_t>(count * in_channels));
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) {
-    const uint8_t* p = in + i * in_channels;
-    int r, g, b;
-    if (in_channels <= 2) {
-      const int gray = (in_channels == 2 && composite) ? premultiply(p[0], p[1]) : p[0];
-      r = g = b = gray;
-    } else {
-      r = p[0];
-      g = p[1];
-      b = p[2];
-      if (in_channels == 4 && composite) {
-        r = premultiply(r, p[3]);
-        g = premultiply(g, p[3]);
-        b = premultiply(b, p[3]);
-      }
-    }
-    uint8_t* q = out + i * out_channels;
-    if (out_channels == 1) {
-      q[0] = in_channels <= 2 ? static_cast<uint8_t>(r) : luma(r, g, b);
-    } else {
-      q[0] = static_cast<uint8_t>(r);
-      q[1] = static_cast<uint8_t>(g);
-      q[2] = static_cast<uint8_t>(b);
-    }
-  }
-}
-
-inline std::string describe_size(int width, int height) { return std::to_string(width) + "x" + std::to_string(height); }
-
-// stb_image 2.27 (Debian 12's) trusts the code counts of a JPEG Huffman table (DHT segment):
-// more than 256 codes in one table write past its fixed-size arrays, already while reading the
-// header (stbi_info), so a crafted file corrupts memory (upstream fixed it in 2.28). This walks
-// the marker segments as stb_image does (skipping stray bytes between segments, entropy-coded
-// data up to the next marker that is not a restart, and reading every table of a DHT segment
-// even past its declared length) and returns false when a table declares more than 256 codes.
-// Data that is not a JPEG (no SOI marker at the start) passes.
-inline bool jpeg_huffman_tables_fit(const uint8_t* p, size_t size) {
-  size_t i = 0;
-  if (size < 2 || p[i] != 0xFF) return true;
-  while (i < size && p[i] == 0xFF) ++i;  // stb skips fill bytes before any marker code
-  if (i >= size || p[i] != 0xD8) return true;
-  ++i;
-  while (i < size) {
-    if (p[i] != 0xFF) {  // stray byte between segments
-      ++i;
-      continue;
-    }
-    while (i < size && p[i] == 0xFF) ++i;
-    if (i >= size) break;
-    const uint8_t marker = p[i++];
-    if (marker == 0xD9) break;                                     // EOI
-    if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length
-    if (i + 2 > size) break;
-    const size_t length = size_t{p[i]} << 8 | p[i + 1];
-    if (marker == 0xC4) {  // DHT: class/id byte, 16 code counts, then the symbols; repeated
-      size_t table = i + 2;
-      for (int64_t remaining = static_cast<int64_t>(length) - 2; remaining > 0 && table < size;) {
-        size_t codes = 0;
-        for (size_t k = 1; k <= 16; ++k) codes += table + k < size ? p[table + k] : 0;  // stb reads 0 past the end
-        if (codes > 256) return false;
-        table += 17 + codes;
-        remaining -= static_cast<int64_t>(17 + codes);
-      }
-      i = table;
-      continue;
-    }
-    i += length;
-    if (marker == 0xDA) {  // SOS: after the scan header, entropy-coded data up to a marker other than RSTn
-      while (i < size) {
-        if (p[i] != 0xFF) {
-          ++i;
-          continue;
-        }
-        size_t next = i + 1;
-        while (next < size && p[next] == 0xFF) ++next;
-        if (next < size && (p[next] == 0x00 || (p[next] >= 0xD0 && p[next] <= 0xD7))) {
-          i = next + 1;  // stuffed 0xFF or a restart marker: still entropy-coded data
-          continue;
-        }
-        break;  // i is at the 0xFF of the next marker
-      }
-    }
-  }
-  return true;
-}
-
-// stb_image reserves memory for a PNG IDAT chunk as large as the chunk claims (up to 2 GB)
-// before it finds that the data is not there. stb cannot decode a PNG in which a chunk before
-// IEND runs past the end of the file anyway, so such a file is refused up front. Returns the
-// reason, empty when the data is not a PNG or its chunks fit.
-inline std::string check_png_chunks(const uint8_t* p, size_t size) {
-  static const uint8_t signature[8] = {137, 80, 78, 71, 13, 10, 26, 10};
-  if (size < 8 || std::memcmp(p, signature, 8) != 0) return {};
-  const auto be32 = [&](size_t at) {
-    return uint32_t{p[at]} << 24 | uint32_t{p[at + 1]} << 16 | uint32_t{p[at + 2]} << 8 | uint32_t{p[at + 3]};
+// The format from the first bytes (magic numbers); `name` says what an unsupported file seems to
+// be, for the message.
+inline ImageFormat image_format(const uint8_t* p, size_t size, std::string& name) {
+  const auto starts = [&](const char* magic, size_t at = 0) {
+    const size_t n = std::strlen(magic);
+    return size >= at + n && std::memcmp(p + at, magic, n) == 0;
   };
-  for (size_t i = 8; size - i >= 8;) {
-    const uint32_t length = be32(i);
-    if (std::memcmp(p + i + 4, "IEND", 4) == 0) break;
-    const size_t left = size - i - 8;  // after the chunk's length and type
-    if (length > left || left - length < 4)
-      return "truncated or corrupt PNG: a chunk claims " + std::to_string(length) + " bytes but " +
-             std::to_string(left) + " bytes are left in the file";
-    i += 12 + size_t{length};
+  if (size >= 2 && p[0] == 0xFF && p[1] == 0xD8) return ImageFormat::jpeg;
+  if (starts("\x89PNG\r\n\x1a\n")) return ImageFormat::png;
+  if (starts("BM")) return ImageFormat::bmp;
+  if (starts("GIF87a") || starts("GIF89a")) {
+    name = "a GIF file";
+  } else if (starts("RIFF") && starts("WEBP", 8)) {
+    name = "a WebP file";
+  } else if (size >= 4 && ((p[0] == 'I' && p[1] == 'I' && p[2] == 42 && p[3] == 0) ||
+                            (p[0] == 'M' && p[1] == 'M' && p[2] == 0 && p[3] == 42))) {
+    name = "a TIFF file";
+  } else if (size >= 3 && p[0] == 'P' && p[1] >= '1' && p[1] <= '7' &&
+             (p[2] == ' ' || p[2] == '\t' || p[2] == '\r' || p[2] == '\n')) {
+    name = "a PNM (PBM/PGM/PPM/PAM) file";
+  } else if (starts("ftyp", 4) && (starts("heic", 8) || starts("heix", 8) || starts("mif1", 8) || starts("avif", 8))) {
+    name = "a HEIF/AVIF file";
+  } else if (starts("8BPS")) {
+    name = "a Photoshop (PSD) file";
   }
-  return {};
+  return ImageFormat::unsupported;
 }
 
-// stb_image 2.27 reads the width, height and maximum value of a PNM header into an int without
-// an overflow check (undefined behaviour; fixed upstream in 2.28). Reads them as stb_image does
-// (whitespace and # comments between them) and returns false when one does not fit in an int.
-// Data that is not a binary PGM/PPM ("P5"/"P6") passes.
-inline bool pnm_header_numbers_fit(const uint8_t* p, size_t size) {
-  if (size < 2 || p[0] != 'P' || (p[1] != '5' && p[1] != '6')) return true;
-  const auto is_space = [](uint8_t c) { return c == ' ' || (c >= '\t' && c <= '\r'); };
-  size_t i = 2;
-  for (int number = 0; number < 3; ++number) {
-    for (;;) {  // whitespace, then a comment up to the end of its line, repeated
-      while (i < size && is_space(p[i])) ++i;
-      if (i >= size || p[i] != '#') break;
-      while (i < size && p[i] != '\n' && p[i] != '\r') ++i;
-    }
-    int64_t value = 0;
-    for (; i < size && p[i] >= '0' && p[i] <= '9'; ++i) {
-      value = value * 10 + (p[i] - '0');
-      if (value > INT32_MAX) return false;
-    }
+// stb_image decodes the rows a truncated BMP lacks as black, so a 300-byte file could announce
+// (and be decoded to) a 5-megapixel image (fuzz_image found one). stb_image reads only
+// uncompressed BMPs, whose pixel data has a known size: rows of width x bits-per-pixel padded to
+// 4 bytes, from the data offset in the file header on. A file shorter than that is refused.
+// Called after stbi_info has accepted the header (so it is at least 26 bytes long).
+inline std::string check_bmp_length(const uint8_t* p, size_t size, int width, int height) {
+  const auto u16 = [&](size_t at) { return uint32_t{p[at]} | uint32_t{p[at + 1]} << 8; };
+  const uint32_t offset = u16(10) | u16(12) << 16, header = u16(14) | u16(16) << 16;
+  const size_t bits_at = header == 12 ? 24 : 28;  // OS/2 BITMAPCOREHEADER, or BITMAPINFOHEADER and later
+  if (size < bits_at + 2) return "truncated BMP header";
+  const int64_t row_bits = int64_t{width} * u16(bits_at);
+  const int64_t needed = int64_t{offset} + (row_bits + 31) / 32 * 4 * (height - 1) + (row_bits + 7) / 8;
+  if (needed <= static_cast<int64_t>(size)) return {};
+  return "truncated BMP: " + std::to_string(width) + "x" + std::to_string(height) + " pixels of " +
+         std::to_string(u16(bits_at)) + " bits need " + std::to_string(needed) + " bytes, the file has " +
+         std::to_string(size);
+}
+
+// BMP through stb_image: the header's dimensions first, then the pixels.
+inline bool decode_bmp(const uint8_t* data, size_t size, const DecodeOptions& options, bool header_only, Image& out,
+                       std::string& error) {
+  if (size > static_cast<size_t>(INT_MAX)) {
+    error = "BMP file larger than 2 GB";
+    return false;
   }
+  const int length = static_cast<int>(size);
+  int width = 0, height = 0, file_channels = 0;
+  if (!stbi_info_from_memory(data, length, &width, &height, &file_channels)) {
+    error = std::string("corrupt or unsupported BMP (stb_image: ") + stbi_failure_reason() + ")";
+    return false;
+  }
+  error = check_image_limits(width, height, options.limits);
+  if (error.empty()) error = check_bmp_length(data, size, width, height);
+  if (!error.empty()) return false;
+  out.width = width;
+  out.height = height;
+  if (header_only) return true;
+  stbi_uc* decoded = stbi_load_from_memory(data, length, &width, &height, &file_channels, 0);
+  if (!decoded) {
+    error = std::string("corrupt or unsupported BMP (stb_image: ") + stbi_failure_reason() + ")";
+    return false;
+  }
+  out.channels = channels_of(options.color);
+  out.pixels.resize(static_cast<size_t>(out.bytes()));
+  convert_pixels(decoded, file_channels, out.pixels.data(), out.channels, int64_t{width} * height, options.alpha);
+  stbi_image_free(decoded);
   return true;
 }
 
-// The checks above, in one: the reason stb_image must not see these bytes, or an empty string.
-inline std::string check_before_stb(const uint8_t* data, size_t size) {
-  if (!jpeg_huffman_tables_fit(data, size))
-    return "corrupt JPEG: a Huffman table (DHT segment) declares more than 256 codes";
-  if (!pnm_header_numbers_fit(data, size)) return "corrupt PNM: a number in the header does not fit in 32 bits";
-  return check_png_chunks(data, size);
+inline bool decode_any(const uint8_t* data, size_t size, const DecodeOptions& options, bool header_only, Image& out,
+                       std::string& error) {
+  if (size == 0) {
+    error = "empty file (0 bytes)";
+    return false;
+  }
+  std::string format;
+  switch (image_format(data, size, format)) {
+    case ImageFormat::jpeg: return decode_jpeg(data, size, options, header_only, out, error);
+    case ImageFormat::png: return decode_png(data, size, options, header_only, out, error);
+    case ImageFormat::bmp: return decode_bmp(data, size, options, header_only, out, error);
+    case ImageFormat::unsupported: break;
+  }
+  error = (format.empty() ? std::string("not an image file of a supported format")
+                          : "unsupported image format: " + format) +
+          " (supported: " + supported_image_formats() + ")";
+  return false;
 }
 
 }  // namespace detail
-
-// Checks the dimensions an image header announces against the limits. Returns an empty string
-// when they are acceptable, the reason otherwise.
-inline std::string check_image_limits(int width, int height, const ImageLimits& limits) {
-  if (width <= 0 || height <= 0) return "invalid dimensions " + detail::describe_size(width, height);
-  if (width > limits.max_side || height > limits.max_side)
-    return "dimensions " + detail::describe_size(width, height) + " exceed the limit of " +
-           std::to_string(limits.max_side) + " pixels per side";
-  if (int64_t{width} * height > limits.max_pixels)
-    return "dimensions " + detail::describe_size(width, height) + " exceed the limit of " +
-           std::to_string(limits.max_pixels) + " pixels";
-  return {};
-}
 
 // Reads a whole file into `bytes` (reusing its capacity). Returns false and sets `error` when the
 // file cannot be read or is empty or too large.
@@ -254,72 +169,73 @@ inline bool read_file_bytes(const std::string& path, const ImageLimits& limits, 
   return ok;
 }
 
-// Decodes an encoded image held in memory into `out` (reusing its capacity) with 1 channel
-// (grayscale) or 3 (RGB). Returns false and sets `error` (stb_image's reason, or the limit that
-// was hit) when the data is not a decodable image.
+// Decodes an encoded image held in memory into `out` (reusing its capacity): 1 channel
+// (grayscale) or 3 (RGB), upright, at full size or reduced as options.min_height/min_width
+// allow. Returns false and sets `error` (the decoder's reason, or the limit that was hit) when
+// the data is not a decodable image.
+inline bool decode_image(const uint8_t* data, size_t size, const DecodeOptions& options, Image& out,
+                         std::string& error) {
+  return detail::decode_any(data, size, options, false, out, error);
+}
+
 inline bool decode_image(const uint8_t* data, size_t size, ColorMode color, AlphaMode alpha, const ImageLimits& limits,
                          Image& out, std::string& error) {
-  if (size == 0) {
-    error = "empty file (0 bytes)";
-    return false;
-  }
-  if (size > static_cast<size_t>(INT32_MAX)) {
-    error = "encoded image larger than 2 GB";
-    return false;
-  }
-  const int length = static_cast<int>(size);
-  error = detail::check_before_stb(data, size);
-  if (!error.empty()) return false;
-  int width = 0, height = 0, file_channels = 0;
-  if (!stbi_info_from_memory(data, length, &width, &height, &file_channels)) {
-    error = std::string("not a readable image (stb_image: ") + stbi_failure_reason() + ")";
-    return false;
-  }
-  error = check_image_limits(width, height, limits);
-  if (!error.empty()) return false;
-
-  stbi_uc* decoded = stbi_load_from_memory(data, length, &width, &height, &file_channels, 0);
-  if (!decoded) {
-    error = std::string("cannot decode (stb_image: ") + stbi_failure_reason() + ")";
-    return false;
-  }
-  out.height = height;
-  out.width = width;
-  out.channels = channels_of(color);
-  out.pixels.resize(static_cast<size_t>(out.bytes()));
-  detail::convert_pixels(decoded, file_channels, out.pixels.data(), out.channels, int64_t{width} * height, alpha);
-  stbi_image_free(decoded);
-  return true;
+  DecodeOptions options;
+  options.color = color;
+  options.alpha = alpha;
+  options.limits = limits;
+  return decode_image(data, size, options, out, error);
 }
 
 // Reads and decodes a file. Returns false and sets `error` on failure (see decode_image).
-inline bool read_image(const std::string& path, ColorMode color, AlphaMode alpha, const ImageLimits& limits, Image& out,
-                       std::string& error) {
+inline bool read_image(const std::string& path, const DecodeOptions& options, Image& out, std::string& error) {
   thread_local std::vector<uint8_t> bytes;
-  if (!read_file_bytes(path, limits, bytes, error)) return false;
-  return decode_image(bytes.data(), bytes.size(), color, alpha, limits, out, error);
+  if (!read_file_bytes(path, options.limits, bytes, error)) return false;
+  return decode_image(bytes.data(), bytes.size(), options, out, error);
 }
 
-// Reads the dimensions from a file's header without decoding the pixels.
-inline bool read_image_size(const std::string& path, int& width, int& height, std::string& error) {
-  // The whole file, not stbi_info on the path: stb_image must not see data that fails the checks.
+inline bool read_image(const std::string& path, ColorMode color, AlphaMode alpha, const ImageLimits& limits, Image& out,
+                       std::string& error) {
+  DecodeOptions options;
+  options.color = color;
+  options.alpha = alpha;
+  options.limits = limits;
+  return read_image(path, options, out, error);
+}
+
+// The size decode_image would produce at full scale (upright, when options say so), from the
+// file's header without decoding the pixels. An eXIf chunk after a PNG's image data is not seen
+// here (decoding sees it).
+inline bool read_image_size(const std::string& path, const DecodeOptions& options, int& width, int& height,
+                            std::string& error) {
   thread_local std::vector<uint8_t> bytes;
-  if (!read_file_bytes(path, ImageLimits{}, bytes, error)) return false;
-  error = detail::check_before_stb(bytes.data(), bytes.size());
-  if (!error.empty()) return false;
-  int channels = 0;
-  if (stbi_info_from_memory(bytes.data(), static_cast<int>(bytes.size()), &width, &height, &channels)) return true;
-  error = std::string("not a readable image (stb_image: ") + stbi_failure_reason() + ")";
-  return false;
+  if (!read_file_bytes(path, options.limits, bytes, error)) return false;
+  Image header;
+  if (!detail::decode_any(bytes.data(), bytes.size(), options, true, header, error)) return false;
+  width = header.width;
+  height = header.height;
+  return true;
+}
+
+inline bool read_image_size(const std::string& path, int& width, int& height, std::string& error) {
+  return read_image_size(path, DecodeOptions{}, width, height, error);
 }
 
 // Convenience: reads an image or throws an Error that names the file and the reason.
-inline Image load_image(const std::string& path, ColorMode color = ColorMode::rgb,
-                        AlphaMode alpha = AlphaMode::composite_black, const ImageLimits& limits = {}) {
+inline Image load_image(const std::string& path, const DecodeOptions& options) {
   Image image;
   std::string error;
-  EIGENNET_CHECK(read_image(path, color, alpha, limits, image, error), "load_image: '", path, "': ", error);
+  EIGENNET_CHECK(read_image(path, options, image, error), "load_image: '", path, "': ", error);
   return image;
+}
+
+inline Image load_image(const std::string& path, ColorMode color = ColorMode::rgb,
+                        AlphaMode alpha = AlphaMode::composite_black, const ImageLimits& limits = {}) {
+  DecodeOptions options;
+  options.color = color;
+  options.alpha = alpha;
+  options.limits = limits;
+  return load_image(path, options);
 }
 
 // Resizes an 8-bit HWC image with stb_image_resize's triangle filter: bilinear interpolation

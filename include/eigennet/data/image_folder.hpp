@@ -8,6 +8,7 @@
 //   sub-folders of class folders are ignored. Every other file is tried: files that cannot be
 //   read or decoded (empty, truncated, not an image, beyond ImageLimits) are skipped with a
 //   warning on stderr naming the file and the reason, and counted (ImageSet::skipped()).
+//   Photos are turned upright by their EXIF orientation (apply_exif_orientation).
 // - Images are converted to grayscale or RGB (alpha: see AlphaMode) and resized with stb's
 //   triangle filter to the stored size: by default the size of the first readable image. Keep
 //   the native size in memory (FER-2013: 48x48 grayscale, 2.3 KB per image) and let batch
@@ -30,99 +31,10 @@
 #include "../core/error.hpp"
 #include "../core/parallel.hpp"
 #include "image.hpp"
+#include "image_set.hpp"
 #include "split.hpp"
 
 namespace eigennet {
-
-struct SkippedFile {
-  std::string path;
-  std::string reason;
-};
-
-// Labeled 8-bit images of one size, stored contiguously: image i is
-// pixels[i * height * width * channels ...], rows top to bottom, channels interleaved.
-class ImageSet {
- public:
-  ImageSet() = default;
-  ImageSet(int height, int width, int channels, std::vector<std::string> class_names)
-      : height_(height), width_(width), channels_(channels), class_names_(std::move(class_names)) {
-    EIGENNET_CHECK(height > 0 && width > 0, "ImageSet: invalid image size ", width, "x", height);
-    EIGENNET_CHECK(channels == 1 || channels == 3, "ImageSet: channels must be 1 or 3, got ", channels);
-    EIGENNET_CHECK(!class_names_.empty(), "ImageSet: needs at least one class name");
-  }
-  // Takes over decoded images: pixels holds labels.size() images of height x width x channels.
-  ImageSet(int height, int width, int channels, std::vector<std::string> class_names, std::vector<uint8_t> pixels,
-           std::vector<int32_t> labels, std::vector<std::string> paths, std::vector<SkippedFile> skipped = {})
-      : ImageSet(height, width, channels, std::move(class_names)) {
-    EIGENNET_CHECK(static_cast<int64_t>(pixels.size()) == static_cast<int64_t>(labels.size()) * image_bytes(),
-                   "ImageSet: ", pixels.size(), " pixel bytes do not hold ", labels.size(), " images of ", width, "x",
-                   height, "x", channels);
-    EIGENNET_CHECK(paths.size() == labels.size(), "ImageSet: ", paths.size(), " paths for ", labels.size(), " images");
-    for (int32_t label : labels)
-      EIGENNET_CHECK(label >= 0 && label < num_classes(), "ImageSet: label ", label, " is outside [0, ", num_classes(),
-                     ")");
-    pixels_ = std::move(pixels);
-    labels_ = std::move(labels);
-    paths_ = std::move(paths);
-    skipped_ = std::move(skipped);
-  }
-
-  int height() const { return height_; }
-  int width() const { return width_; }
-  int channels() const { return channels_; }
-  int64_t image_bytes() const { return int64_t{height_} * width_ * channels_; }
-  int64_t size() const { return static_cast<int64_t>(labels_.size()); }
-  bool empty() const { return labels_.empty(); }
-  int num_classes() const { return static_cast<int>(class_names_.size()); }
-  const std::vector<std::string>& class_names() const { return class_names_; }
-  const std::vector<int32_t>& labels() const { return labels_; }
-  int32_t label(int64_t i) const { return labels_[checked(i)]; }
-  // The file image i came from (empty for images added from memory).
-  const std::string& path(int64_t i) const { return paths_[checked(i)]; }
-  const uint8_t* image(int64_t i) const { return pixels_.data() + static_cast<int64_t>(checked(i)) * image_bytes(); }
-  const std::vector<uint8_t>& pixels() const { return pixels_; }
-  // Files found but not loaded, with the reason.
-  const std::vector<SkippedFile>& skipped() const { return skipped_; }
-  int64_t skipped_count() const { return static_cast<int64_t>(skipped_.size()); }
-  std::vector<int64_t> class_counts() const {
-    std::vector<int64_t> counts(class_names_.size(), 0);
-    for (int32_t label : labels_) ++counts[static_cast<size_t>(label)];
-    return counts;
-  }
-
-  // Adds one image of this set's size and channels.
-  void add(const uint8_t* pixels, int32_t label, std::string path = {}) {
-    EIGENNET_CHECK(label >= 0 && label < num_classes(), "ImageSet::add: label ", label, " is outside [0, ",
-                   num_classes(), ")");
-    pixels_.insert(pixels_.end(), pixels, pixels + image_bytes());
-    labels_.push_back(label);
-    paths_.push_back(std::move(path));
-  }
-  // Appends another set with the same image size, channels and classes (e.g. test after train).
-  void append(const ImageSet& other) {
-    EIGENNET_CHECK(other.height_ == height_ && other.width_ == width_ && other.channels_ == channels_,
-                   "ImageSet::append: image size ", other.width_, "x", other.height_, "x", other.channels_,
-                   " differs from ", width_, "x", height_, "x", channels_);
-    EIGENNET_CHECK(other.class_names_ == class_names_, "ImageSet::append: the class names differ");
-    pixels_.insert(pixels_.end(), other.pixels_.begin(), other.pixels_.end());
-    labels_.insert(labels_.end(), other.labels_.begin(), other.labels_.end());
-    paths_.insert(paths_.end(), other.paths_.begin(), other.paths_.end());
-    skipped_.insert(skipped_.end(), other.skipped_.begin(), other.skipped_.end());
-  }
-
- private:
-  size_t checked(int64_t i) const {
-    EIGENNET_CHECK(i >= 0 && i < size(), "ImageSet: image index ", i, " out of range for ", size(), " images");
-    return static_cast<size_t>(i);
-  }
-
-  int height_ = 0, width_ = 0, channels_ = 0;
-  std::vector<std::string> class_names_;
-  std::vector<uint8_t> pixels_;
-  std::vector<int32_t> labels_;
-  std::vector<std::string> paths_;
-  std::vector<SkippedFile> skipped_;
-};
 
 struct ImageFolderOptions {
   ColorMode color = ColorMode::rgb;
@@ -134,6 +46,7 @@ struct ImageFolderOptions {
   int64_t max_per_class = 0;         // > 0: only the first files (sorted) of each class folder
   AlphaMode alpha = AlphaMode::composite_black;
   ImageLimits limits;
+  bool apply_exif_orientation = true;  // turn photos upright (see DecodeOptions)
   bool warnings = true;  // print skipped files and a summary to stderr
   int threads = 0;       // decoding threads (0 = OpenMP's default)
 
@@ -228,12 +141,18 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   }
   const int64_t file_count = static_cast<int64_t>(files.size());
 
+  DecodeOptions decode;
+  decode.color = options.color;
+  decode.alpha = options.alpha;
+  decode.limits = options.limits;
+  decode.apply_exif_orientation = options.apply_exif_orientation;
+
   // The stored size.
   int height = options.height, width = options.width;
   for (int64_t i = 0; i < file_count && height == 0; ++i) {
     int w = 0, h = 0;
     std::string error;
-    if (read_image_size(files[static_cast<size_t>(i)], w, h, error) &&
+    if (read_image_size(files[static_cast<size_t>(i)], decode, w, h, error) &&
         check_image_limits(w, h, options.limits).empty()) {
       height = h;
       width = w;
@@ -257,7 +176,7 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
       const auto f = static_cast<size_t>(i);
       try {
         uint8_t* slot = pixels.data() + i * image_bytes;
-        if (!read_image(files[f], options.color, options.alpha, options.limits, decoded, error)) {
+        if (!read_image(files[f], decode, decoded, error)) {
           failures[f] = error;
         } else {
           native_sizes[f] = {decoded.width, decoded.height};

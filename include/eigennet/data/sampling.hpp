@@ -16,7 +16,6 @@
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
-#include "seed.hpp"
 #include "split.hpp"
 
 namespace eigennet {
@@ -63,21 +62,10 @@ inline std::vector<int64_t> shuffled_order(const std::vector<int64_t>& indices, 
 inline std::vector<int64_t> balanced_order(const std::vector<int32_t>& labels, const std::vector<int64_t>& indices,
                                            int num_classes, uint64_t seed, int64_t epoch, int64_t length = -1) {
   if (length < 0) length = static_cast<int64_t>(indices.size());
-  EIGENNET_CHECK(num_classes > 0, "balanced_order: num_classes must be positive, got ", num_classes);
-  std::vector<std::vector<int64_t>> members(static_cast<size_t>(num_classes));
-  for (int64_t index : indices) {
-    EIGENNET_CHECK(index >= 0 && index < static_cast<int64_t>(labels.size()), "balanced_order: index ", index,
-                   " out of range for ", labels.size(), " labels");
-    const int32_t label = labels[static_cast<size_t>(index)];
-    EIGENNET_CHECK(label >= 0 && label < num_classes, "balanced_order: label ", label, " of image ", index,
-                   " is outside [0, ", num_classes, ")");
-    members[static_cast<size_t>(label)].push_back(index);
-  }
+  std::vector<std::vector<int64_t>> members = group_by_label(labels, indices, num_classes, "balanced_order");
   std::vector<int> present;
   for (int c = 0; c < num_classes; ++c) {
-    auto& m = members[static_cast<size_t>(c)];
-    std::sort(m.begin(), m.end());  // the draws must not depend on the order `indices` came in
-    if (!m.empty()) present.push_back(c);
+    if (!members[static_cast<size_t>(c)].empty()) present.push_back(c);
   }
   EIGENNET_CHECK(!present.empty() || length == 0, "balanced_order: no images to draw from");
 

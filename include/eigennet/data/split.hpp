@@ -19,7 +19,6 @@
 
 #include "../core/error.hpp"
 #include "../core/rng.hpp"
-#include "seed.hpp"
 
 namespace eigennet {
 
@@ -69,24 +68,35 @@ inline SplitCounts stratified_counts(int64_t n, const SplitFractions& f) {
   return c;
 }
 
+// The images `indices` grouped by their label in [0, num_classes), each group sorted, so that what
+// is drawn from a group does not depend on the order `indices` came in. `who` names the caller in
+// the error for an index or label out of range.
+inline std::vector<std::vector<int64_t>> group_by_label(const std::vector<int32_t>& labels,
+                                                        const std::vector<int64_t>& indices, int num_classes,
+                                                        const char* who) {
+  EIGENNET_CHECK(num_classes > 0, who, ": num_classes must be positive, got ", num_classes);
+  std::vector<std::vector<int64_t>> members(static_cast<size_t>(num_classes));
+  for (int64_t index : indices) {
+    EIGENNET_CHECK(index >= 0 && index < static_cast<int64_t>(labels.size()), who, ": index ", index,
+                   " out of range for ", labels.size(), " labels");
+    const int32_t label = labels[static_cast<size_t>(index)];
+    EIGENNET_CHECK(label >= 0 && label < num_classes, who, ": label ", label, " of image ", index,
+                   " is outside [0, ", num_classes, ")");
+    members[static_cast<size_t>(label)].push_back(index);
+  }
+  for (auto& m : members) std::sort(m.begin(), m.end());
+  return members;
+}
+
 // Stratified split of the images `indices` (into `labels`), whose labels are in [0, num_classes).
 inline DatasetSplit stratified_split(const std::vector<int32_t>& labels, const std::vector<int64_t>& indices,
                                      int num_classes, const SplitFractions& fractions, uint64_t seed) {
   check_split_fractions(fractions);
   EIGENNET_CHECK(num_classes > 0, "stratified_split: num_classes must be positive, got ", num_classes);
-  std::vector<std::vector<int64_t>> members(static_cast<size_t>(num_classes));
-  for (int64_t index : indices) {
-    EIGENNET_CHECK(index >= 0 && index < static_cast<int64_t>(labels.size()), "stratified_split: index ", index,
-                   " out of range for ", labels.size(), " labels");
-    const int32_t label = labels[static_cast<size_t>(index)];
-    EIGENNET_CHECK(label >= 0 && label < num_classes, "stratified_split: label ", label, " of image ", index,
-                   " is outside [0, ", num_classes, ")");
-    members[static_cast<size_t>(label)].push_back(index);
-  }
+  std::vector<std::vector<int64_t>> members = group_by_label(labels, indices, num_classes, "stratified_split");
   DatasetSplit split;
   for (int c = 0; c < num_classes; ++c) {
     auto& m = members[static_cast<size_t>(c)];
-    std::sort(m.begin(), m.end());  // the shuffle must not depend on the order `indices` came in
     Rng rng(derive_seed(seed, static_cast<uint64_t>(c)));
     for (size_t i = m.size(); i > 1; --i) std::swap(m[i - 1], m[static_cast<size_t>(rng.below(i))]);
     const SplitCounts counts = stratified_counts(static_cast<int64_t>(m.size()), fractions);

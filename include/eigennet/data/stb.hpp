@@ -1,5 +1,5 @@
-// stb_image (decoding JPEG, PNG, BMP, PNM) and stb_image_resize (filtered resampling) for the
-// data pipeline.
+// stb_image (decoding BMP) and stb_image_resize (filtered resampling) for the data pipeline.
+// JPEG and PNG are decoded by libjpeg-turbo and libpng (jpeg.hpp, png.hpp), not by stb_image.
 //
 // stb is header-only; each translation unit that includes this header gets its own static copy
 // (STB_IMAGE_STATIC, STB_IMAGE_RESIZE_STATIC), so nothing has to be compiled separately and
@@ -9,9 +9,11 @@
 // A translation unit that wants to export stb_image's symbols to others must include stb_image.h
 // with its implementation before any eigennet header.
 //
-// Formats: GIF, HDR, PIC, PSD and TGA are compiled out. TGA in particular has no magic number, so
-// with it enabled stb_image "decodes" some random or non-image files as TGA instead of rejecting
-// them.
+// Formats: our copy compiles BMP only. Debian 12's stb_image 2.27 has known memory-safety and
+// undefined-behaviour bugs in its JPEG, PNG and PNM decoders (fixed upstream in 2.28; found here
+// by fuzz/fuzz_image, see fuzz/README.md), and TGA has no magic number, so with it stb_image
+// "decodes" random non-image files. decode_image only ever hands stb_image files that start with
+// a BMP's "BM", also when the including program compiled stb_image with every format.
 #pragma once
 
 #if defined(__GNUC__)
@@ -35,6 +37,15 @@
 #ifndef STB_IMAGE_IMPLEMENTATION
 #define STB_IMAGE_IMPLEMENTATION
 #endif
+#ifndef STBI_NO_JPEG
+#define STBI_NO_JPEG
+#endif
+#ifndef STBI_NO_PNG
+#define STBI_NO_PNG
+#endif
+#ifndef STBI_NO_PNM
+#define STBI_NO_PNM
+#endif
 #ifndef STBI_NO_GIF
 #define STBI_NO_GIF
 #endif
@@ -57,8 +68,8 @@
 #undef STB_IMAGE_STATIC
 #endif
 
-#if defined(STBI_NO_JPEG) || defined(STBI_NO_PNG) || defined(STBI_NO_BMP)
-#error "eigennet/data needs stb_image with JPEG, PNG and BMP support (remove STBI_NO_JPEG/PNG/BMP)"
+#if defined(STBI_NO_BMP)
+#error "eigennet/data needs stb_image with BMP support (remove STBI_NO_BMP)"
 #endif
 
 #ifndef STBIR_INCLUDE_STB_IMAGE_RESIZE_H

@@ -631,4 +631,16 @@ inline InferenceNet compile_for_inference(Classifier& classifier) {
   return InferenceNet(classifier.base().name() + "+head", std::move(steps), classifier.base()[0].input_shape());
 }
 
+// The model compiled for inference if compile_for_inference knows its kind (a Classifier, or a
+// Sequential built with an input shape), else null. predict(), evaluate() and cache_features()
+// run through it. The model must outlive the net (fallback steps use its layers).
+inline std::unique_ptr<InferenceNet> compile_for_inference_if_supported(Model& model) {
+  if (auto* classifier = dynamic_cast<Classifier*>(&model))
+    return std::make_unique<InferenceNet>(compile_for_inference(*classifier));
+  if (auto* sequential = dynamic_cast<Sequential*>(&model))
+    if (sequential->size() > 0 && (*sequential)[0].built())
+      return std::make_unique<InferenceNet>(compile_for_inference(*sequential));
+  return nullptr;
+}
+
 }  // namespace eigennet

@@ -22,6 +22,16 @@ struct LoadReport {
   std::vector<std::string> loaded, missing, unexpected;
 };
 
+// A model as its file holds it: the parameters (by name) and the metadata that describe it. What
+// the best-model and checkpoint callbacks write (the model a run saves can be more than the part
+// it trains: a classifier whose head trains on cached features of its frozen base).
+struct SavedModel {
+  SavedModel(ParameterList params, std::map<std::string, std::string> meta = {})
+      : parameters(std::move(params)), metadata(std::move(meta)) {}
+  ParameterList parameters;
+  std::map<std::string, std::string> metadata;
+};
+
 // Copies tensors from `file` into the parameters with the same names. Throws Error naming the
 // file and tensor on a shape mismatch, on missing names (unless allow_missing) and on
 // unexpected names (unless allow_unexpected). Nothing is modified when it throws.
@@ -72,6 +82,14 @@ inline void save_parameters(const std::string& path, const ParameterList& params
   for (const Parameter* p : params) refs.push_back({p->name, &p->value});
   refs.insert(refs.end(), extra.begin(), extra.end());
   write_safetensors(path, refs, metadata);
+}
+
+// Writes a SavedModel, with `extra` metadata added (or replacing keys), atomically.
+inline void save_model(const std::string& path, const SavedModel& model,
+                       const std::map<std::string, std::string>& extra = {}) {
+  std::map<std::string, std::string> metadata = model.metadata;
+  for (const auto& [key, value] : extra) metadata[key] = value;
+  save_parameters(path, model.parameters, metadata);
 }
 
 }  // namespace eigennet

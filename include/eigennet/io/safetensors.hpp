@@ -40,6 +40,7 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "json.hpp"
 
 namespace eigennet {
 
@@ -97,321 +98,25 @@ struct SafetensorsFile {
 
 namespace detail::safetensors {
 
-// ---- Strict JSON ----------------------------------------------------------------------------
-
-struct JsonValue {
-  enum class Kind { object, array, string, integer };
-  Kind kind = Kind::integer;
-  int64_t integer = 0;
-  std::string text;                // string value
-  std::vector<JsonValue> items;    // array elements, or object values
-  std::vector<std::string> keys;   // object keys, parallel to items
-
-  const JsonValue* find(const std::string& key) const {
-    for (size_t i = 0; i < keys.size(); ++i)
-      if (keys[i] == key) return &items[i];
-    return nullptr;
-  }
-};
-
-inline const char* kind_name(JsonValue::Kind kind) {
-  switch (kind) {
-    case JsonValue::Kind::object: return "an object";
-    case JsonValue::Kind::array: return "an array";
-    case JsonValue::Kind::string: return "a string";
-    case JsonValue::Kind::integer: return "an integer";
-  }
-  return "?";
-}
-
 // Error messages quote names from the file: keep them short.
 inline std::string quote_name(const std::string& s) {
   constexpr size_t limit = 120;
   return "'" + (s.size() <= limit ? s : s.substr(0, limit) + "...") + "'";
 }
 
-// Length of the UTF-8 sequence starting at s[i] (0 when invalid: overlong, surrogate, > U+10FFFF).
-inline size_t utf8_sequence_length(const unsigned char* s, size_t size, size_t i) {
-  const unsigned char c = s[i];
-  if (c < 0x80) return 1;
-  size_t n;
-  uint32_t code;
-  if ((c & 0xE0) == 0xC0) n = 2, code = c & 0x1F;
-  else if ((c & 0xF0) == 0xE0) n = 3, code = c & 0x0F;
-  else if ((c & 0xF8) == 0xF0) n = 4, code = c & 0x07;
-  else return 0;
-  if (i + n > size) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((s[i + k] & 0xC0) != 0x80) return 0;
-    code = (code << 6) | (s[i + k] & 0x3F);
-  }
-  static constexpr uint32_t min_code[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (code < min_code[n] || code > 0x10FFFF || (code >= 0xD800 && code <= 0xDFFF)) return 0;
-  return n;
-}
-
-inline bool valid_utf8(const std::string& s) {
-  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-  for (size_t i = 0; i < s.size();) {
-    const size_t n = utf8_sequence_length(p, s.size(), i);
-    if (n == 0) return false;
-    i += n;
-  }
-  return true;
-}
-
-inline void append_utf8(std::string& out, uint32_t code) {
-  if (code < 0x80) {
-    out += static_cast<char>(code);
-  } else if (code < 0x800) {
-    out += static_cast<char>(0xC0 | (code >> 6));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else if (code < 0x10000) {
-    out += static_cast<char>(0xE0 | (code >> 12));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (code >> 18));
-    out += static_cast<char>(0x80 | ((code >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (code & 0x3F));
-  }
-}
-
-// A recursive-descent parser for the JSON subset a safetensors header needs: objects, arrays,
-// strings (all escapes, including \uXXXX surrogate pairs) and integers. Floats, true, false and
-// null are rejected, as are duplicate object keys, invalid UTF-8 and nesting deeper than 32.
-class JsonParser {
- public:
-  JsonParser(const char* text, size_t size, std::string context, size_t max_top_level_entries,
-             size_t max_values = safetensors_max_header_values)
-      : s_(reinterpret_cast<const unsigned char*>(text)), size_(size), context_(std::move(context)),
-        max_top_level_entries_(max_top_level_entries), max_values_(max_values) {}
-
-  // Exactly one value, surrounded by optional whitespace (headers are padded with spaces).
-  JsonValue parse_document() {
-    skip_whitespace();
-    JsonValue v = parse_value(0);
-    skip_whitespace();
-    if (pos_ != size_) error("unexpected data after the JSON value");
-    return v;
-  }
-
- private:
-  static constexpr int max_depth = 32;
-
-  [[noreturn]] void error(const std::string& what) const {
-    fail(context_, ": invalid JSON header at byte ", pos_, ": ", what);
-  }
-  bool at_end() const { return pos_ >= size_; }
-  unsigned char peek() const { return s_[pos_]; }
-  void skip_whitespace() {
-    while (!at_end() && (peek() == ' ' || peek() == '\t' || peek() == '\n' || peek() == '\r')) ++pos_;
-  }
-  void expect(char c) {
-    if (at_end()) error(std::string("expected '") + c + "' but the header ends");
-    if (peek() != static_cast<unsigned char>(c)) error(std::string("expected '") + c + "'");
-    ++pos_;
-  }
-
-  JsonValue parse_value(int depth) {
-    if (at_end()) error("expected a value but the header ends");
-    if (++values_ > max_values_) error("more than " + std::to_string(max_values_) + " values (header size limit)");
-    const unsigned char c = peek();
-    if (c == '{') return parse_object(depth);
-    if (c == '[') return parse_array(depth);
-    if (c == '"') {
-      JsonValue v;
-      v.kind = JsonValue::Kind::string;
-      v.text = parse_string();
-      return v;
-    }
-    if (c == '-' || (c >= '0' && c <= '9')) return parse_integer();
-    if (c == 't' || c == 'f' || c == 'n') error("true, false and null are not allowed in a safetensors header");
-    error(std::string("unexpected character '") + static_cast<char>(c) + "'");
-  }
-
-  JsonValue parse_object(int depth) {
-    if (depth >= max_depth) error("nesting deeper than " + std::to_string(max_depth));
-    JsonValue v;
-    v.kind = JsonValue::Kind::object;
-    std::set<std::string> seen;
-    expect('{');
-    skip_whitespace();
-    if (!at_end() && peek() == '}') {
-      ++pos_;
-      return v;
-    }
-    for (;;) {
-      skip_whitespace();
-      if (at_end() || peek() != '"') error("expected a string key");
-      std::string key = parse_string();
-      if (!seen.insert(key).second)
-        error(depth == 0 ? "duplicate tensor name " + quote_name(key) : "duplicate key " + quote_name(key));
-      if (depth == 0 && v.keys.size() >= max_top_level_entries_)
-        error("more than " + std::to_string(max_top_level_entries_) + " entries (tensor count limit)");
-      skip_whitespace();
-      expect(':');
-      skip_whitespace();
-      v.keys.push_back(std::move(key));
-      v.items.push_back(parse_value(depth + 1));
-      skip_whitespace();
-      if (at_end()) error("unterminated object");
-      if (peek() == ',') {
-        ++pos_;
-        continue;
-      }
-      expect('}');
-      return v;
-    }
-  }
-
-  JsonValue parse_array(int depth) {
-    if (depth >= max_depth) error("nesting deeper than " + std::to_string(max_depth));
-    JsonValue v;
-    v.kind = JsonValue::Kind::array;
-    expect('[');
-    skip_whitespace();
-    if (!at_end() && peek() == ']') {
-      ++pos_;
-      return v;
-    }
-    for (;;) {
-      skip_whitespace();
-      v.items.push_back(parse_value(depth + 1));
-      skip_whitespace();
-      if (at_end()) error("unterminated array");
-      if (peek() == ',') {
-        ++pos_;
-        continue;
-      }
-      expect(']');
-      return v;
-    }
-  }
-
-  JsonValue parse_integer() {
-    const size_t start = pos_;
-    const bool negative = peek() == '-';
-    if (negative) ++pos_;
-    if (at_end() || peek() < '0' || peek() > '9') error("expected a digit");
-    if (peek() == '0' && pos_ + 1 < size_ && s_[pos_ + 1] >= '0' && s_[pos_ + 1] <= '9')
-      error("leading zeros are not allowed");
-    // Accumulate as a negative number: its range includes INT64_MIN.
-    int64_t value = 0;
-    while (!at_end() && peek() >= '0' && peek() <= '9') {
-      const int digit = peek() - '0';
-      if (value < (INT64_MIN + digit) / 10) {
-        pos_ = start;
-        error("integer out of the 64-bit range");
-      }
-      value = value * 10 - digit;
-      ++pos_;
-    }
-    if (!at_end() && (peek() == '.' || peek() == 'e' || peek() == 'E'))
-      error("only integers are allowed in a safetensors header");
-    if (!negative) {
-      if (value == INT64_MIN) {
-        pos_ = start;
-        error("integer out of the 64-bit range");
-      }
-      value = -value;
-    }
-    JsonValue v;
-    v.kind = JsonValue::Kind::integer;
-    v.integer = value;
-    return v;
-  }
-
-  uint32_t parse_hex4() {
-    if (size_ - pos_ < 4) error("truncated \\u escape");
-    uint32_t code = 0;
-    for (int k = 0; k < 4; ++k) {
-      const unsigned char h = s_[pos_++];
-      code <<= 4;
-      if (h >= '0' && h <= '9') code |= h - '0';
-      else if (h >= 'a' && h <= 'f') code |= h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') code |= h - 'A' + 10;
-      else error("invalid hex digit in \\u escape");
-    }
-    return code;
-  }
-
-  std::string parse_string() {
-    expect('"');
-    std::string out;
-    for (;;) {
-      if (at_end()) error("unterminated string");
-      const unsigned char c = peek();
-      if (c == '"') {
-        ++pos_;
-        return out;
-      }
-      if (c < 0x20) error("unescaped control character in a string");
-      if (c == '\\') {
-        ++pos_;
-        if (at_end()) error("unterminated escape");
-        const unsigned char e = s_[pos_++];
-        switch (e) {
-          case '"': out += '"'; break;
-          case '\\': out += '\\'; break;
-          case '/': out += '/'; break;
-          case 'b': out += '\b'; break;
-          case 'f': out += '\f'; break;
-          case 'n': out += '\n'; break;
-          case 'r': out += '\r'; break;
-          case 't': out += '\t'; break;
-          case 'u': {
-            uint32_t code = parse_hex4();
-            if (code >= 0xDC00 && code <= 0xDFFF) error("unpaired low surrogate in \\u escape");
-            if (code >= 0xD800 && code <= 0xDBFF) {
-              if (size_ - pos_ < 2 || s_[pos_] != '\\' || s_[pos_ + 1] != 'u')
-                error("high surrogate not followed by a low surrogate");
-              pos_ += 2;
-              const uint32_t low = parse_hex4();
-              if (low < 0xDC00 || low > 0xDFFF) error("high surrogate not followed by a low surrogate");
-              code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
-            }
-            append_utf8(out, code);
-            break;
-          }
-          default: --pos_; error("invalid escape");
-        }
-        continue;
-      }
-      const size_t n = utf8_sequence_length(s_, size_, pos_);
-      if (n == 0) error("invalid UTF-8");
-      out.append(reinterpret_cast<const char*>(s_ + pos_), n);
-      pos_ += n;
-    }
-  }
-
-  const unsigned char* s_;
-  size_t size_;
-  size_t pos_ = 0;
-  std::string context_;
-  size_t max_top_level_entries_;
-  size_t max_values_;
-  size_t values_ = 0;
-};
-
-inline void append_json_string(std::string& out, const std::string& s) {
-  static const char* hex = "0123456789abcdef";
-  out += '"';
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c == '"') out += "\\\"";
-    else if (c == '\\') out += "\\\\";
-    else if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c < 0x20) {
-      out += "\\u00";
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    } else out += ch;
-  }
-  out += '"';
+// The JSON subset a safetensors header needs: objects, arrays, strings and integers; floats,
+// true, false and null are rejected, as are duplicate names, invalid UTF-8, nesting deeper than
+// 32 and more values than the header size limit allows.
+inline JsonParseOptions header_json_options() {
+  JsonParseOptions o;
+  o.max_values = safetensors_max_header_values;
+  o.max_top_level_members = safetensors_max_tensors + 1;  // + __metadata__
+  o.top_level_members = "tensors";
+  o.limit_reason = "header size limit";
+  o.integers_only = true;
+  o.document = "JSON header";
+  o.dialect = "safetensors header";
+  return o;
 }
 
 // ---- Dtypes and byte order ------------------------------------------------------------------
@@ -498,29 +203,28 @@ struct Header {
   std::vector<Entry> entries;  // header order
 };
 
-inline std::vector<int64_t> integers(const JsonValue& v, const std::string& where, const std::string& key) {
-  if (v.kind != JsonValue::Kind::array) fail(where, ": '", key, "' must be an array of integers, got ", kind_name(v.kind));
+inline std::vector<int64_t> integers(const Json& v, const std::string& where, const std::string& key) {
+  if (!v.is_array()) fail(where, ": '", key, "' must be an array of integers, got ", v.type_name());
   std::vector<int64_t> out;
-  for (const JsonValue& item : v.items) {
-    if (item.kind != JsonValue::Kind::integer)
-      fail(where, ": '", key, "' must be an array of integers, found ", kind_name(item.kind));
-    out.push_back(item.integer);
+  for (const Json& item : v.elements()) {
+    if (!item.is_integer()) fail(where, ": '", key, "' must be an array of integers, found ", item.type_name());
+    out.push_back(item.as_integer());
   }
   return out;
 }
 
-inline Entry parse_entry(const std::string& name, const JsonValue& v, const std::string& file) {
+inline Entry parse_entry(const std::string& name, const Json& v, const std::string& file) {
   const std::string where = file + ": tensor " + quote_name(name);
-  if (v.kind != JsonValue::Kind::object) fail(where, ": entry must be an object, got ", kind_name(v.kind));
+  if (!v.is_object()) fail(where, ": entry must be an object, got ", v.type_name());
   for (const char* key : {"dtype", "shape", "data_offsets"})
     if (!v.find(key)) fail(where, ": missing key '", key, "'");
-  for (const std::string& key : v.keys)
+  for (const std::string& key : v.keys())
     if (key != "dtype" && key != "shape" && key != "data_offsets") fail(where, ": unexpected key ", quote_name(key));
   Entry e;
   e.name = name;
-  const JsonValue& dtype = *v.find("dtype");
-  if (dtype.kind != JsonValue::Kind::string) fail(where, ": 'dtype' must be a string, got ", kind_name(dtype.kind));
-  e.dtype = dtype.text;
+  const Json& dtype = *v.find("dtype");
+  if (!dtype.is_string()) fail(where, ": 'dtype' must be a string, got ", dtype.type_name());
+  e.dtype = dtype.as_string();
   const int element_size = dtype_size(e.dtype);
   if (element_size == 0) fail(where, ": unknown dtype ", quote_name(e.dtype));
 
@@ -557,19 +261,20 @@ inline Entry parse_entry(const std::string& name, const JsonValue& v, const std:
 // Parses and validates a header whose data section holds data_size bytes. file: "safetensors
 // file '<path>'", the prefix of every message.
 inline Header parse_header(const char* json, size_t size, uint64_t data_size, const std::string& file) {
-  const JsonValue root = JsonParser(json, size, file, safetensors_max_tensors + 1).parse_document();
-  if (root.kind != JsonValue::Kind::object) fail(file, ": the header must be a JSON object, got ", kind_name(root.kind));
+  const Json root = Json::parse(std::string_view(json, size), file, header_json_options());
+  if (!root.is_object()) fail(file, ": the header must be a JSON object, got ", root.type_name());
   Header header;
-  for (size_t i = 0; i < root.keys.size(); ++i) {
-    const std::string& name = root.keys[i];
-    const JsonValue& value = root.items[i];
+  for (size_t i = 0; i < root.keys().size(); ++i) {
+    const std::string& name = root.keys()[i];
+    const Json& value = root.elements()[i];
     if (name == "__metadata__") {
-      if (value.kind != JsonValue::Kind::object) fail(file, ": __metadata__ must be an object, got ", kind_name(value.kind));
-      for (size_t k = 0; k < value.keys.size(); ++k) {
-        if (value.items[k].kind != JsonValue::Kind::string)
-          fail(file, ": __metadata__ value for key ", quote_name(value.keys[k]), " must be a string, got ",
-               kind_name(value.items[k].kind));
-        header.metadata[value.keys[k]] = value.items[k].text;
+      if (!value.is_object()) fail(file, ": __metadata__ must be an object, got ", value.type_name());
+      for (size_t k = 0; k < value.keys().size(); ++k) {
+        const Json& item = value.elements()[k];
+        if (!item.is_string())
+          fail(file, ": __metadata__ value for key ", quote_name(value.keys()[k]), " must be a string, got ",
+               item.type_name());
+        header.metadata[value.keys()[k]] = item.as_string();
       }
       continue;
     }
@@ -737,12 +442,12 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
   for (const TensorRef& t : tensors) {
     EIGENNET_CHECK(!t.name.empty(), file, ": a tensor name is empty");
     EIGENNET_CHECK(t.name != "__metadata__", file, ": '__metadata__' is reserved and cannot name a tensor");
-    EIGENNET_CHECK(st::valid_utf8(t.name), file, ": tensor name ", st::quote_name(t.name), " is not valid UTF-8");
+    EIGENNET_CHECK(detail::valid_utf8(t.name), file, ": tensor name ", st::quote_name(t.name), " is not valid UTF-8");
     EIGENNET_CHECK(t.tensor != nullptr, file, ": tensor ", st::quote_name(t.name), " is null");
     EIGENNET_CHECK(names.insert(t.name).second, file, ": duplicate tensor name ", st::quote_name(t.name));
   }
   for (const auto& [key, value] : metadata)
-    EIGENNET_CHECK(st::valid_utf8(key) && st::valid_utf8(value), file, ": metadata key ", st::quote_name(key),
+    EIGENNET_CHECK(detail::valid_utf8(key) && detail::valid_utf8(value), file, ": metadata key ", st::quote_name(key),
                    " or its value is not valid UTF-8");
 
   std::string json = "{";
@@ -752,16 +457,16 @@ inline void write_safetensors(const std::string& path, const std::vector<TensorR
     for (const auto& [key, value] : metadata) {
       if (!first) json += ',';
       first = false;
-      st::append_json_string(json, key);
+      json += json_quote(key);
       json += ':';
-      st::append_json_string(json, value);
+      json += json_quote(value);
     }
     json += '}';
   }
   uint64_t offset = 0;
   for (const TensorRef& t : tensors) {
     if (json.size() > 1) json += ',';
-    st::append_json_string(json, t.name);
+    json += json_quote(t.name);
     json += ":{\"dtype\":\"F32\",\"shape\":[";
     const Shape& shape = t.tensor->shape();
     for (int i = 0; i < shape.rank(); ++i) json += (i ? "," : "") + std::to_string(shape[i]);

@@ -9,7 +9,7 @@
 
 #include "../core/parallel.hpp"
 #include "gemm.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 #include "pointwise_engine.hpp"
 
 namespace eigennet::kernels {

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "../core/parallel.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 #include "simd.hpp"
 
 namespace eigennet::kernels {

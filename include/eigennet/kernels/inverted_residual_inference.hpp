@@ -18,7 +18,7 @@
 
 #include "../core/parallel.hpp"
 #include "depthwise_conv2d.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 #include "pointwise_engine.hpp"
 
 namespace eigennet::kernels {

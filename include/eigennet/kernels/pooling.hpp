@@ -8,7 +8,7 @@
 #include <limits>
 
 #include "../core/parallel.hpp"
-#include "geometry.hpp"
+#include "../core/geometry.hpp"
 
 namespace eigennet::kernels {
 

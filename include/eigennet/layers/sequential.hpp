@@ -4,8 +4,9 @@
 //
 // Two ways to use it:
 //   - as a Layer inside another container: forward(x, y, mode) / backward(x, y, dy, dx);
-//   - as a model: give it the per-sample input shape, add layers (each is built as it is
-//     added), then `const Tensor& out = net.forward(x, mode)` and `net.backward(dloss)`.
+//   - as a model (layers/model.hpp, what fit() trains): give it the per-sample input shape, add
+//     layers (each is built as it is added), then `const Tensor& out = net.forward(x, mode)` and
+//     `net.backward(dloss)`.
 //
 // Backward skips work nobody needs: layers below the lowest trainable parameter are not
 // visited, and no input gradient is computed for the first layer of a model.
@@ -17,10 +18,11 @@
 #include <vector>
 
 #include "layer.hpp"
+#include "model.hpp"
 
 namespace eigennet {
 
-class Sequential : public Layer {
+class Sequential : public Layer, public Model {
  public:
   // A container to be nested in another; it is built by its parent.
   explicit Sequential(std::string name = "sequential") : Layer(std::move(name)) {}
@@ -143,7 +145,7 @@ class Sequential : public Layer {
 
   // ---- Model API -------------------------------------------------------------------------
   // Runs the model on a batch; the result stays valid until the next forward.
-  const Tensor& forward(const Tensor& x, Mode mode) {
+  const Tensor& forward(const Tensor& x, Mode mode) override {
     EIGENNET_CHECK(model_input_.has_value(), "Sequential '", name(),
                    "': forward(x, mode) needs a model built with an input shape");
     EIGENNET_CHECK(x.rank() == model_input_->rank() + 1 && x.shape().without_batch() == *model_input_, "Sequential '",
@@ -156,7 +158,7 @@ class Sequential : public Layer {
   // The output of the latest model-API forward.
   const Tensor& output() const { return output_; }
   // Backpropagates dL/d(output) of the latest forward; accumulates parameter gradients.
-  void backward(const Tensor& doutput) { backward(input_, output_, doutput, nullptr); }
+  void backward(const Tensor& doutput) override { backward(input_, output_, doutput, nullptr); }
 
   ParameterList trainable_parameters() {
     ParameterList all = parameters(), out;

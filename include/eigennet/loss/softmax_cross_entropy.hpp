@@ -8,10 +8,11 @@
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
 #include "../kernels/softmax.hpp"
+#include "loss.hpp"
 
 namespace eigennet {
 
-class SoftmaxCrossEntropy {
+class SoftmaxCrossEntropy : public Loss {
  public:
   struct Options {
     std::vector<float> class_weights;  // empty: all 1
@@ -39,8 +40,9 @@ class SoftmaxCrossEntropy {
         gradient_.data(), logits.data(), labels.data(), logits.dim(0), logits.dim(1),
         options_.class_weights.empty() ? nullptr : options_.class_weights.data(), options_.label_smoothing));
   }
+  float forward(const Tensor& logits, const Batch& batch) override { return forward(logits, batch.labels); }
   // d loss / d logits of the latest forward.
-  const Tensor& gradient() const { return gradient_; }
+  const Tensor& gradient() const override { return gradient_; }
   const Options& options() const { return options_; }
 
  private:

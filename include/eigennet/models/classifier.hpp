@@ -39,7 +39,7 @@ inline std::unique_ptr<Sequential> make_classifier_head(int64_t features, const 
   return head;
 }
 
-class Classifier {
+class Classifier : public Model {
  public:
   // base: a model whose per-sample output is [features] (e.g. MobileNetV2 with pooling).
   Classifier(std::unique_ptr<Sequential> base, const HeadConfig& head_config, uint64_t seed = 0)
@@ -57,23 +57,29 @@ class Classifier {
   int64_t feature_size() const { return base_->model_output_shape()[0]; }
 
   // Logits [N, classes] for images [N, H, W, 3]. Valid until the next forward.
-  const Tensor& forward(const Tensor& images, Mode mode) {
+  const Tensor& forward(const Tensor& images, Mode mode) override {
     const Tensor& features = base_->forward(images, mode);
     head_->forward(features, logits_, mode);
     return logits_;
   }
   // Backpropagates d loss / d logits of the latest forward. A fully frozen base is skipped.
-  void backward(const Tensor& dlogits) {
+  void backward(const Tensor& dlogits) override {
     const Tensor& features = base_->output();
     const bool base_trains = base_->has_trainable_parameters();
     head_->backward(features, logits_, dlogits, base_trains ? &dfeatures_ : nullptr);
     if (base_trains) base_->backward(dfeatures_);
   }
 
-  ParameterList parameters() {
+  ParameterList parameters() override {
     ParameterList all = base_->parameters(), h = head_->parameters();
     all.insert(all.end(), h.begin(), h.end());
     return all;
+  }
+  // The head gets `seed` itself, so that training the head alone on cached features (frozen
+  // base) draws the same dropout masks as training the whole classifier.
+  void reseed(uint64_t seed) override {
+    head_->reseed(seed);
+    base_->reseed(mix64(seed ^ 0xBA5Eull));
   }
 
   void freeze_base() { set_frozen(base_->parameters(), true); }

@@ -121,6 +121,15 @@ inline std::unique_ptr<Classifier> make_classifier(const ClassifierSpec& spec, u
   return std::make_unique<Classifier>(make_mobilenet_v2(spec.base, seed), spec.head, seed + 1);
 }
 
+// A classifier as its file holds it (for BestModel and Checkpoint): every parameter and the spec's
+// metadata with `extra` added.
+inline SavedModel saved_classifier(Classifier& model, const ClassifierSpec& spec,
+                                   const std::map<std::string, std::string>& extra = {}) {
+  SavedModel saved{model.parameters(), spec.to_metadata()};
+  for (const auto& [k, v] : extra) saved.metadata[k] = v;
+  return saved;
+}
+
 inline void save_classifier(const std::string& path, Classifier& model, const ClassifierSpec& spec,
                             const std::map<std::string, std::string>& extra_metadata = {},
                             const std::vector<TensorRef>& extra_tensors = {}) {
@@ -136,8 +145,8 @@ struct LoadedClassifier {
 };
 
 // Rebuilds a classifier from a file written by save_classifier, already read (or parsed from
-// memory with parse_safetensors). Extra tensors in the file (such as a checkpoint's optimizer
-// state, names starting with "optimizer/" or "training/") are ignored.
+// memory with parse_safetensors). A training checkpoint (train/checkpoint.hpp) loads too: its
+// optimizer state (tensors named "optimizer/...") is ignored.
 inline LoadedClassifier load_classifier(SafetensorsFile file) {
   const std::string& path = file.path;
   LoadedClassifier out;
@@ -159,7 +168,7 @@ inline LoadedClassifier load_classifier(SafetensorsFile file) {
   SafetensorsFile model_only;
   model_only.path = file.path;
   for (NamedTensor& t : file.tensors)
-    if (t.name.rfind("optimizer/", 0) != 0 && t.name.rfind("training/", 0) != 0) model_only.tensors.push_back(std::move(t));
+    if (t.name.rfind("optimizer/", 0) != 0) model_only.tensors.push_back(std::move(t));
   load_parameters(out.model->parameters(), model_only);
   return out;
 }

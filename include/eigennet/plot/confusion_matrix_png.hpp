@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "../core/error.hpp"
-#include "../metrics.hpp"
+#include "../metrics/classification.hpp"
 #include "canvas.hpp"
 #include "color.hpp"
 

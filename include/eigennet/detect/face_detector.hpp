@@ -1,0 +1,379 @@
+// Face detection with BlazeFace (models/blazeface.hpp): from a picture of any size to the faces
+// in it, each with a box, six keypoints and a score, in the picture's pixels.
+//
+//   FaceDetector detector;                          // weights/blazeface_back_256.safetensors
+//   for (const FaceDetection& face : detector.detect(image)) ...
+//
+// The steps, as MediaPipe's face detection graph does them:
+//   1. letterbox: the picture is scaled to fit the model's square input keeping its aspect ratio,
+//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1);
+//   2. the network gives 896 score logits and 896 x 16 regression values;
+//   3. decode (TensorsToDetectionsCalculator): score = sigmoid(logit); box centre = anchor centre
+//      + (dx, dy) / input_size, box size = (w, h) / input_size, keypoint k = anchor centre +
+//      (kx, ky) / input_size, all in units of the input; anchors scoring below min_score drop out;
+//   4. weighted non-maximum suppression (NonMaxSuppressionCalculator, algorithm WEIGHTED): the best
+//      remaining detection and every other whose IoU with it exceeds nms_iou (0.3) are replaced by
+//      their score-weighted mean box and keypoints, with the best score;
+//   5. the boxes are mapped back through the letterbox to the picture's pixels.
+// Optionally (tiles) a second pass runs the network on overlapping square tiles of the picture,
+// which shows small faces to the network larger; tile detections that touch a tile's inner edge
+// (a face cut by the tile) are dropped, and both passes are merged by step 4 again. Suppressing
+// in picture pixels instead of model units changes nothing: IoU and weighted means are unchanged
+// by the letterbox's shift and (up to the rounding of the scaled size to whole pixels) scaling.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../core/tensor.hpp"
+#include "../data/image.hpp"
+#include "../io/model_io.hpp"
+#include "../io/weights_folders.hpp"
+#include "../models/blazeface.hpp"
+#include "anchors.hpp"
+
+namespace eigennet {
+
+// MediaPipe's keypoint order. "Right" and "left" are the person's: facing the camera, the right
+// eye is on the left of the picture.
+enum class FaceKeypoint { right_eye = 0, left_eye = 1, nose_tip = 2, mouth_center = 3, right_ear = 4, left_ear = 5 };
+
+struct FaceDetection {
+  Box box;                          // in the picture's pixels (or model units before mapping)
+  std::array<Point, 6> keypoints;   // indexed by FaceKeypoint
+  float score = 0;                  // sigmoid of the logit, in (0, 1)
+  float support = 1;                // sum of the scores of the anchor detections merged into this one
+
+  const Point& keypoint(FaceKeypoint k) const { return keypoints[static_cast<size_t>(k)]; }
+};
+
+// Step 3: decodes one image's network outputs (scores [anchors], boxes [anchors, 16]) into the
+// detections scoring at least min_score, in units of the model input (0..1).
+inline std::vector<FaceDetection> decode_blazeface(const float* scores, const float* boxes,
+                                                   const std::vector<Anchor>& anchors, float input_size,
+                                                   float min_score) {
+  std::vector<FaceDetection> out;
+  const float inv = 1.0f / input_size;
+  for (size_t i = 0; i < anchors.size(); ++i) {
+    // MediaPipe clips the logit to +-100 (score_clipping_thresh) before the sigmoid.
+    const float logit = std::min(std::max(scores[i], -100.0f), 100.0f);
+    const float score = 1.0f / (1.0f + std::exp(-logit));
+    if (!(score >= min_score)) continue;  // also drops NaN
+    const float* r = boxes + i * 16;
+    const Anchor& a = anchors[i];
+    FaceDetection d;
+    d.score = score;
+    d.support = score;
+    d.box = Box::from_center(a.x + r[0] * inv, a.y + r[1] * inv, r[2] * inv, r[3] * inv);
+    for (size_t k = 0; k < 6; ++k) d.keypoints[k] = {a.x + r[4 + 2 * k] * inv, a.y + r[5 + 2 * k] * inv};
+    out.push_back(d);
+  }
+  return out;
+}
+
+// Step 4: MediaPipe's weighted non-maximum suppression. Detections in order of decreasing score
+// (ties keep their input order); each round takes the best remaining one, gathers every
+// remaining detection whose IoU with it is above iou_threshold (itself included), and outputs
+// their score-weighted mean box and keypoints with the best one's score.
+inline std::vector<FaceDetection> weighted_non_max_suppression(std::vector<FaceDetection> detections,
+                                                               float iou_threshold) {
+  std::stable_sort(detections.begin(), detections.end(),
+                   [](const FaceDetection& a, const FaceDetection& b) { return a.score > b.score; });
+  std::vector<FaceDetection> out;
+  std::vector<FaceDetection> remaining;
+  while (!detections.empty()) {
+    const FaceDetection top = detections.front();
+    double weight = 0, x = 0, y = 0, w = 0, h = 0, support = 0;
+    std::array<double, 12> kp{};
+    remaining.clear();
+    for (const FaceDetection& d : detections) {
+      if (intersection_over_union(top.box, d.box) > iou_threshold || &d == &detections.front()) {
+        const double s = d.score;
+        weight += s;
+        support += d.support;
+        x += s * d.box.x;
+        y += s * d.box.y;
+        w += s * d.box.width;
+        h += s * d.box.height;
+        for (size_t k = 0; k < 6; ++k) {
+          kp[2 * k] += s * d.keypoints[k].x;
+          kp[2 * k + 1] += s * d.keypoints[k].y;
+        }
+      } else {
+        remaining.push_back(d);
+      }
+    }
+    FaceDetection merged = top;
+    merged.support = static_cast<float>(support);
+    merged.box = {static_cast<float>(x / weight), static_cast<float>(y / weight), static_cast<float>(w / weight),
+                  static_cast<float>(h / weight)};
+    for (size_t k = 0; k < 6; ++k)
+      merged.keypoints[k] = {static_cast<float>(kp[2 * k] / weight), static_cast<float>(kp[2 * k + 1] / weight)};
+    out.push_back(merged);
+    detections.swap(remaining);
+  }
+  return out;
+}
+
+// Step 1's geometry: a region of the picture (in its pixels) scaled by (scale_x, scale_y) and
+// placed at (pad_x, pad_y) in a size x size model input. The two scales differ only by the
+// rounding of the scaled size to whole pixels.
+struct Letterbox {
+  int size = 0;
+  float region_x = 0, region_y = 0;
+  float scale_x = 1, scale_y = 1;
+  float pad_x = 0, pad_y = 0;
+
+  // A point in units of the model input (0..1) -> picture pixels.
+  Point point_to_image(Point p) const {
+    return {region_x + (p.x * static_cast<float>(size) - pad_x) / scale_x,
+            region_y + (p.y * static_cast<float>(size) - pad_y) / scale_y};
+  }
+  FaceDetection to_image(const FaceDetection& d) const {
+    FaceDetection out = d;
+    const Point corner = point_to_image(Point{d.box.x, d.box.y});
+    out.box = {corner.x, corner.y, d.box.width * static_cast<float>(size) / scale_x,
+               d.box.height * static_cast<float>(size) / scale_y};
+    for (size_t k = 0; k < 6; ++k) out.keypoints[k] = point_to_image(d.keypoints[k]);
+    return out;
+  }
+};
+
+// Geometry of letterboxing a region_w x region_h region into a size x size input.
+inline Letterbox make_letterbox(int region_x, int region_y, int region_w, int region_h, int size) {
+  EIGENNET_CHECK(region_w > 0 && region_h > 0 && size > 0, "letterbox: invalid region ", region_w, "x", region_h,
+                 " or size ", size);
+  const double s = static_cast<double>(size) / std::max(region_w, region_h);
+  const int new_w = std::min(size, std::max(1, static_cast<int>(std::lround(region_w * s))));
+  const int new_h = std::min(size, std::max(1, static_cast<int>(std::lround(region_h * s))));
+  Letterbox l;
+  l.size = size;
+  l.region_x = static_cast<float>(region_x);
+  l.region_y = static_cast<float>(region_y);
+  l.scale_x = static_cast<float>(new_w) / static_cast<float>(region_w);
+  l.scale_y = static_cast<float>(new_h) / static_cast<float>(region_h);
+  l.pad_x = static_cast<float>((size - new_w) / 2);
+  l.pad_y = static_cast<float>((size - new_h) / 2);
+  return l;
+}
+
+// Step 1: writes the region (whole pixels inside the picture) letterboxed into `input`
+// (size * size * 3 floats, RGB in [-1, 1], black borders: -1). Grayscale pictures are replicated
+// into the three channels.
+inline Letterbox letterbox_image(const Image& image, int region_x, int region_y, int region_w, int region_h, int size,
+                                 float* input) {
+  EIGENNET_CHECK(image.channels == 1 || image.channels == 3, "letterbox: images must have 1 or 3 channels, got ",
+                 image.channels);
+  EIGENNET_CHECK(static_cast<int64_t>(image.pixels.size()) == image.bytes(), "letterbox: the picture holds ",
+                 image.pixels.size(), " bytes, not ", image.width, "x", image.height, "x", image.channels);
+  EIGENNET_CHECK(region_x >= 0 && region_y >= 0 && region_w > 0 && region_h > 0 &&
+                     region_x + region_w <= image.width && region_y + region_h <= image.height,
+                 "letterbox: region ", region_w, "x", region_h, " at (", region_x, ", ", region_y,
+                 ") is not inside the ", image.width, "x", image.height, " picture");
+  const Letterbox l = make_letterbox(region_x, region_y, region_w, region_h, size);
+  const int new_w = static_cast<int>(std::lround(l.scale_x * static_cast<float>(region_w)));
+  const int new_h = static_cast<int>(std::lround(l.scale_y * static_cast<float>(region_h)));
+  const int c = image.channels;
+  thread_local std::vector<uint8_t> region, scaled;
+  const uint8_t* source = image.pixels.data() + (static_cast<int64_t>(region_y) * image.width + region_x) * c;
+  int stride = image.width * c;
+  if (region_w != image.width || region_h != image.height) {
+    region.resize(static_cast<size_t>(region_w) * region_h * c);
+    for (int y = 0; y < region_h; ++y)
+      std::copy_n(source + static_cast<int64_t>(y) * stride, region_w * c, region.data() + static_cast<size_t>(y) * region_w * c);
+    source = region.data();
+    stride = region_w * c;
+  }
+  scaled.resize(static_cast<size_t>(new_w) * new_h * c);
+  EIGENNET_CHECK(resize_image(source, region_h, region_w, c, scaled.data(), new_h, new_w), "letterbox: resizing ",
+                 region_w, "x", region_h, " to ", new_w, "x", new_h, " failed");
+  std::fill_n(input, static_cast<int64_t>(size) * size * 3, -1.0f);
+  const int px = static_cast<int>(l.pad_x), py = static_cast<int>(l.pad_y);
+  for (int y = 0; y < new_h; ++y)
+    for (int x = 0; x < new_w; ++x) {
+      const uint8_t* p = scaled.data() + (static_cast<size_t>(y) * new_w + x) * c;
+      float* o = input + (static_cast<int64_t>(y + py) * size + x + px) * 3;
+      for (int k = 0; k < 3; ++k) o[k] = static_cast<float>(p[c == 3 ? k : 0]) / 127.5f - 1.0f;
+    }
+  return l;
+}
+
+// Squares (or the whole side, when shorter) of side round(tile_fraction * longest side) covering
+// the picture, overlapping by at least a quarter of a tile, for the second pass.
+inline std::vector<Box> detection_tiles(int width, int height, float tile_fraction) {
+  const int side = std::max(1, static_cast<int>(std::lround(tile_fraction * static_cast<float>(std::max(width, height)))));
+  const auto starts = [&](int length) {
+    std::vector<int> out;
+    if (length <= side) return std::vector<int>{0};
+    const int n = static_cast<int>(std::ceil((length - side) / (0.75 * side))) + 1;
+    for (int i = 0; i < n; ++i) out.push_back(static_cast<int>(std::lround(static_cast<double>(length - side) * i / (n - 1))));
+    return out;
+  };
+  std::vector<Box> tiles;
+  for (int y : starts(height))
+    for (int x : starts(width))
+      tiles.push_back({static_cast<float>(x), static_cast<float>(y), static_cast<float>(std::min(side, width - x)),
+                       static_cast<float>(std::min(side, height - y))});
+  return tiles;
+}
+
+// The defaults are the setting chosen on FER-2013 training faces pasted into photos (the most
+// faces found with at most one false face per ten face-free photos; weights/README.md): the
+// 256x256 model, the tiled second pass, score 0.65 in both passes. fast() leaves out the tiles
+// (one run of the network instead of five on a 640x480 picture) for fewer small faces found.
+struct FaceDetectorOptions {
+  BlazeFaceVariant variant = BlazeFaceVariant::back_256;
+  std::string weights;         // empty: find_blazeface_weights(variant)
+  float min_score = 0.65f;     // MediaPipe's graphs use 0.5 (short range) and 0.6 (full range)
+  float nms_iou = 0.3f;        // MediaPipe's min_suppression_threshold
+  bool tiles = true;           // second pass over overlapping tiles (small faces)
+  float tile_fraction = 0.6f;  // tile side / the picture's longest side
+  float tile_min_score = -1;   // score threshold of tile detections; < 0: min_score
+
+  // One pass of the 256x256 model at score 0.6.
+  static FaceDetectorOptions fast() {
+    FaceDetectorOptions o;
+    o.tiles = false;
+    o.min_score = 0.6f;
+    return o;
+  }
+};
+
+// weights/blazeface_<variant>.safetensors, from the folders io/weights_folders.hpp searches.
+inline std::string find_blazeface_weights(BlazeFaceVariant variant) {
+  return find_weights_file(std::string("blazeface_") + to_string(variant) + ".safetensors", "face detector weights");
+}
+
+// Loads converted BlazeFace weights (tools/convert_blazeface.py) into a network, checking that
+// the file is one and of the same variant.
+inline void load_blazeface_weights(BlazeFace& net, const std::string& path) {
+  const SafetensorsFile file = read_safetensors(path);
+  const auto meta = [&](const std::string& key) -> std::string {
+    auto it = file.metadata.find(key);
+    return it == file.metadata.end() ? std::string() : it->second;
+  };
+  EIGENNET_CHECK(meta("format") == "eigennet-blazeface", "'", path,
+                 "' is not a BlazeFace weight file (metadata format is '", meta("format"),
+                 "', expected 'eigennet-blazeface')");
+  EIGENNET_CHECK(meta("variant") == to_string(net.variant()), "'", path, "' holds the BlazeFace variant '",
+                 meta("variant"), "' but the network is '", to_string(net.variant()), "'");
+  load_parameters(net.parameters(), file);
+}
+
+class FaceDetector {
+ public:
+  explicit FaceDetector(FaceDetectorOptions options = {})
+      : options_(std::move(options)), net_(options_.variant), anchors_(anchors_for(options_.variant)) {
+    EIGENNET_CHECK(options_.min_score > 0 && options_.min_score < 1, "FaceDetector: min_score must be in (0, 1), got ",
+                   options_.min_score);
+    EIGENNET_CHECK(options_.nms_iou > 0 && options_.nms_iou < 1, "FaceDetector: nms_iou must be in (0, 1), got ",
+                   options_.nms_iou);
+    EIGENNET_CHECK(options_.tile_fraction > 0 && options_.tile_fraction <= 1,
+                   "FaceDetector: tile_fraction must be in (0, 1], got ", options_.tile_fraction);
+    if (options_.weights.empty()) options_.weights = find_blazeface_weights(options_.variant);
+    load_blazeface_weights(net_, options_.weights);
+    EIGENNET_CHECK(static_cast<int64_t>(anchors_.size()) == net_.anchor_count(), "FaceDetector: ", anchors_.size(),
+                   " anchors for ", net_.anchor_count(), " outputs");
+  }
+
+  const FaceDetectorOptions& options() const { return options_; }
+  BlazeFace& network() { return net_; }
+  const std::vector<Anchor>& anchors() const { return anchors_; }
+  int input_size() const { return static_cast<int>(net_.input_size()); }
+
+  // The faces in an RGB or grayscale picture, best first, in its pixels.
+  std::vector<FaceDetection> detect(const Image& image) {
+    const float tile_score = options_.tile_min_score < 0 ? options_.min_score : options_.tile_min_score;
+    return select(candidates(image, std::min(options_.min_score, tile_score)), options_.min_score, tile_score,
+                  options_.nms_iou);
+  }
+
+  // The two halves of detect(), for measuring several thresholds on one run of the network:
+  // candidates() gives every anchor's detection scoring at least floor_score, decoded and mapped
+  // to the picture, per pass (the whole picture, then each tile when options().tiles; tile
+  // detections that touch an inner edge of their tile are left out); select() keeps those of the
+  // whole picture scoring at least min_score and those of the tiles at least tile_min_score,
+  // suppresses within each pass and then across the passes.
+  std::vector<std::vector<FaceDetection>> candidates(const Image& image, float floor_score) {
+    EIGENNET_CHECK(image.width > 0 && image.height > 0 && !image.pixels.empty(), "FaceDetector: empty picture");
+    std::vector<std::vector<FaceDetection>> passes;
+    passes.push_back(decode_region(image, 0, 0, image.width, image.height, floor_score));
+    if (!options_.tiles) return passes;
+    for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction)) {
+      if (t.width >= static_cast<float>(image.width) && t.height >= static_cast<float>(image.height)) continue;
+      std::vector<FaceDetection> kept;
+      for (const FaceDetection& d : decode_region(image, static_cast<int>(t.x), static_cast<int>(t.y),
+                                                  static_cast<int>(t.width), static_cast<int>(t.height), floor_score))
+        if (!cut_by_tile(d.box, t, image)) kept.push_back(d);
+      passes.push_back(std::move(kept));
+    }
+    return passes;
+  }
+  static std::vector<FaceDetection> select(const std::vector<std::vector<FaceDetection>>& passes, float min_score,
+                                           float tile_min_score, float nms_iou) {
+    std::vector<FaceDetection> merged;
+    int contributing = 0;
+    for (size_t p = 0; p < passes.size(); ++p) {
+      std::vector<FaceDetection> kept;
+      for (const FaceDetection& d : passes[p])
+        if (d.score >= (p == 0 ? min_score : tile_min_score)) kept.push_back(d);
+      contributing += !kept.empty();
+      for (const FaceDetection& d : weighted_non_max_suppression(std::move(kept), nms_iou)) merged.push_back(d);
+    }
+    return contributing <= 1 ? merged : weighted_non_max_suppression(std::move(merged), nms_iou);
+  }
+
+  // Steps 1-3 and 5 on one region of the picture: the decoded detections of every anchor scoring
+  // at least min_score, before suppression, in the picture's pixels.
+  std::vector<FaceDetection> decode_region(const Image& image, int x, int y, int w, int h, float min_score) {
+    const int size = input_size();
+    input_.resize(Shape{1, size, size, 3});
+    const Letterbox l = letterbox_image(image, x, y, w, h, size, input_.data());
+    net_.forward(input_, scores_, boxes_);
+    std::vector<FaceDetection> found =
+        decode_blazeface(scores_.data(), boxes_.data(), anchors_, static_cast<float>(size), min_score);
+    for (FaceDetection& d : found) d = l.to_image(d);
+    return found;
+  }
+
+ private:
+  static std::vector<Anchor> anchors_for(BlazeFaceVariant v) {
+    return v == BlazeFaceVariant::front_128 ? ssd_anchors(128, {8, 16, 16, 16}) : ssd_anchors(256, {16, 32, 32, 32});
+  }
+  // True when the box reaches an edge of the tile that lies inside the picture.
+  static bool cut_by_tile(const Box& b, const Box& t, const Image& image) {
+    const float margin = 0.01f * std::max(t.width, t.height);
+    return (t.x > 0 && b.x < t.x + margin) || (t.y > 0 && b.y < t.y + margin) ||
+           (t.right() < static_cast<float>(image.width) && b.right() > t.right() - margin) ||
+           (t.bottom() < static_cast<float>(image.height) && b.bottom() > t.bottom() - margin);
+  }
+
+  FaceDetectorOptions options_;
+  BlazeFace net_;
+  std::vector<Anchor> anchors_;
+  Tensor input_, scores_, boxes_;
+};
+
+// Convenience: the faces in a picture with a detector built from `options` (loaded once per
+// thread and set of options, then reused).
+inline std::vector<FaceDetection> detect_faces(const Image& image, const FaceDetectorOptions& options = {}) {
+  thread_local std::unique_ptr<FaceDetector> detector;
+  thread_local std::string key;
+  const std::string wanted = std::string(to_string(options.variant)) + "|" + options.weights + "|" +
+                             std::to_string(options.min_score) + "|" + std::to_string(options.nms_iou) + "|" +
+                             std::to_string(options.tiles) + "|" + std::to_string(options.tile_fraction) + "|" +
+                             std::to_string(options.tile_min_score);
+  if (!detector || key != wanted) {
+    detector = std::make_unique<FaceDetector>(options);
+    key = wanted;
+  }
+  return detector->detect(image);
+}
+
+}  // namespace eigennet
