@@ -2,10 +2,13 @@
 // accuracy, classification report, confusion matrix (text and PNG) and metrics.json.
 // Class folders are matched to the model's classes by name; folders the model does not know
 // are reported and skipped. Several comma-separated model files are evaluated as an ensemble
-// (their class probabilities averaged).
+// (their class probabilities averaged). With --detect, each picture that is not already a face
+// crop is classified by its best face (BlazeFace, include/eigennet/detect/); pictures without a
+// face are skipped and named, as unreadable files are.
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 #include <eigennet/eigennet.hpp>
@@ -20,7 +23,7 @@ int main(int argc, char** argv) {
   return cli::run("evaluate", [&] {
     std::string model_path, data, out = "runs/evaluate";
     int64_t batch_size = 64, threads = 0, max_per_class = 0;
-    bool tta_flip = false;
+    bool tta_flip = false, detect = false;
     cli::Parser p("evaluate", "Evaluates a saved classifier (model.safetensors from train_emotions) on an image folder.");
     p.option("model", model_path,
              "classifier file (safetensors with eigennet metadata); several, comma-separated, are an ensemble",
@@ -30,6 +33,8 @@ int main(int argc, char** argv) {
     p.option("batch-size", batch_size, "images per forward pass", 1, 4096);
     p.option("max-per-class", max_per_class, "use at most N images per class (0 = all)", 0, 1 << 30);
     p.flag("tta-flip", tta_flip, "average predictions with the mirrored image");
+    p.flag("detect", detect,
+           "classify each picture's best face (pictures larger than 64x64; those without a face are skipped)");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
     if (!p.parse(argc, argv)) return 0;
     if (model_path.empty()) throw cli::UsageError("--model is required");
@@ -66,6 +71,25 @@ int main(int argc, char** argv) {
     folder.color = ColorMode::rgb;
     folder.classes = known;
     folder.max_per_class = max_per_class;
+    std::optional<FaceDetector> detector;
+    const FaceCropOptions crop = calibrated_face_crop(FaceDetectorOptions{}.variant);
+    if (detect) {
+      // Stored at the largest input of the members, cut there from the picture.
+      for (const auto& member : ensemble.members) {
+        folder.height = std::max(folder.height, static_cast<int>(member.spec.base.height));
+        folder.width = std::max(folder.width, static_cast<int>(member.spec.base.width));
+      }
+      folder.prepare = [&](const Image& picture, int height, int width, Image& stored, std::string& reason) {
+        if (!is_face_crop(picture) && !detector) detector.emplace();
+        const std::vector<PictureFace> faces = picture_faces(picture, detector ? &*detector : nullptr, crop);
+        if (faces.empty()) {
+          reason = "no face found";
+          return false;
+        }
+        stored = classifier_input(picture, faces.front(), height, width, 3, crop);
+        return true;
+      };
+    }
     ImageSet images = load_image_folder(data, folder);
     // Labels index the folder's classes; map them to the model's class indices.
     std::vector<int32_t> labels;
@@ -91,6 +115,7 @@ int main(int argc, char** argv) {
       j["models"] = models;
       j["data"] = data;
       j["tta_flip"] = tta_flip;
+      j["detect"] = detect;
       j["skipped_files"] = images.skipped_count();
       Json skipped = Json::array();
       for (const auto& f : unknown) skipped.push_back(f);

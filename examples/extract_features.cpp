@@ -1,7 +1,10 @@
 // extract_features: runs the MobileNetV2 base (ImageNet weights and preprocessing, images
 // resized to SxS) and writes pooled features as a float32 .npy [N, C], in the order the images
-// were given; a folder contributes its image files (recursively) sorted by path.
+// were given; a folder contributes its image files (recursively) sorted by path. With --detect,
+// the features are those of each picture's best face (BlazeFace; pictures larger than 64x64),
+// and a picture without a face stops the run (its row would be missing).
 #include <algorithm>
+#include <optional>
 #include <cstdio>
 #include <filesystem>
 
@@ -21,6 +24,7 @@ int main(int argc, char** argv) {
     double alpha = 1.0;
     int64_t size = 224, batch_size = 32, threads = 0;
     std::vector<std::string> inputs;
+    bool detect = false;
     cli::Parser p("extract_features", "Writes MobileNetV2 ImageNet features of images as a float32 .npy [N, C].");
     p.option("weights", weights, "ImageNet weights (safetensors with Keras names)", "FILE");
     p.option("alpha", alpha, "width multiplier of the weights", 0.35, 1.4);
@@ -28,6 +32,7 @@ int main(int argc, char** argv) {
     p.choice("pool", pool, {"avg", "max"}, "global pooling of the last feature map");
     p.option("out", out, "output .npy file", "FEATURES.npy");
     p.option("batch-size", batch_size, "images per forward pass", 1, 4096);
+    p.flag("detect", detect, "the features of each picture's best face (pictures larger than 64x64)");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
     p.positional(inputs, "IMAGE...|FOLDER", "image files, or folders whose images are used in sorted order");
     if (!p.parse(argc, argv)) return 0;
@@ -67,15 +72,25 @@ int main(int argc, char** argv) {
     options.height = options.width = s;
     // A large JPEG is decoded straight to a reduced size (at least s x s) through its DCT.
     DecodeOptions decode;
-    decode.min_height = decode.min_width = s;
+    decode.min_height = decode.min_width = detect ? std::max(s, 640) : s;
+    std::optional<FaceDetector> detector;
+    const FaceCropOptions crop = calibrated_face_crop(FaceDetectorOptions{}.variant);
     const bool on_terminal = isatty(fileno(stderr)) != 0;
     for (int64_t begin = 0; begin < n; begin += batch_size) {
       const int64_t count = std::min(batch_size, n - begin);
       ImageSet set(s, s, 3, {"image"});
       for (int64_t i = begin; i < begin + count; ++i) {
         // Every image must be readable: a silently missing row would shift all later ones.
-        const Image image = load_image(paths[static_cast<size_t>(i)], decode);
-        set.add(resize_image(image, s, s).pixels.data(), 0, paths[static_cast<size_t>(i)]);
+        const std::string& path = paths[static_cast<size_t>(i)];
+        const Image image = load_image(path, decode);
+        if (!detect) {
+          set.add(resize_image(image, s, s).pixels.data(), 0, path);
+          continue;
+        }
+        if (!is_face_crop(image) && !detector) detector.emplace();
+        const std::vector<PictureFace> faces = picture_faces(image, detector ? &*detector : nullptr, crop);
+        EIGENNET_CHECK(!faces.empty(), "'", path, "': no face found (--detect needs one in every picture)");
+        set.add(classifier_input(image, faces.front(), s, s, 3, crop).pixels.data(), 0, path);
       }
       std::vector<int64_t> indices(static_cast<size_t>(count));
       for (int64_t i = 0; i < count; ++i) indices[static_cast<size_t>(i)] = i;

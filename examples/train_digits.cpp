@@ -3,9 +3,11 @@
 // (Debian's python3-sklearn: sklearn/datasets/data/digits.csv.gz; 64 pixel values 0-16 and the
 // digit per line). Best model by validation accuracy, early stopping, a checkpoint every epoch and
 // --resume; the report is on a held-out test split, and the exit status is non-zero unless its
-// accuracy reaches 95%.
+// accuracy reaches 95%. Built with MPI and started by mpirun, it trains data-parallel (each
+// process on its part of every batch; rank 0 writes the files).
 //
 //   train_digits [--data digits.csv.gz] [--out runs/digits] [--epochs 60] [--resume]
+//   mpirun -np 2 train_digits ...
 #include <cstdio>
 #include <filesystem>
 #include <string>
@@ -16,6 +18,7 @@
 #include <eigennet/nn.hpp>
 
 #include "common/cli.hpp"
+#include "common/processes.hpp"
 
 using namespace eigennet;
 
@@ -76,7 +79,7 @@ void add_separable(Sequential& net, const std::string& name, int64_t filters, in
   net.add<ReLU6>(name + "_project_relu");
 }
 
-int run(int argc, char** argv) {
+int run(int argc, char** argv, distributed::Communicator& world) {
   std::string data = default_digits, out = "runs/digits";
   int64_t epochs = 60, threads = 0;
   bool resume = false;
@@ -88,16 +91,18 @@ int run(int argc, char** argv) {
   p.flag("resume", resume, "continue from OUT/checkpoint.safetensors");
   if (!p.parse(argc, argv)) return 0;
   if (threads > 0) set_threads(static_cast<int>(threads));
-  std::filesystem::create_directories(out);
+  else if (world.local_size() > 1) set_threads(std::max(1, max_threads() / world.local_size()));  // shared cores
+  const bool lead = world.rank() == 0;  // writes the files and reports
+  if (lead) std::filesystem::create_directories(out);
 
   Tensor images, train_x, val_x, test_x;
   std::vector<int32_t> labels, train_y, val_y, test_y;
-  load_digits(data, images, labels);
+  distributed::run_together(world, [&] { load_digits(data, images, labels); });  // an error anywhere stops all
   const DatasetSplit split = stratified_split(labels, 10, SplitFractions{0.8, 0.1, 0.1}, /*seed=*/42);
   subset(images, labels, split.train, train_x, train_y);
   subset(images, labels, split.validation, val_x, val_y);
   subset(images, labels, split.test, test_x, test_y);
-  std::printf("digits: %zu training, %zu validation, %zu test images\n", train_y.size(), val_y.size(), test_y.size());
+  if (lead) std::printf("digits: %zu training, %zu validation, %zu test images\n", train_y.size(), val_y.size(), test_y.size());
 
   // ---- The README's "Training your own model" ------------------------------------------------
   Sequential net("digits", Shape{8, 8, 1}, /*seed=*/1);
@@ -122,15 +127,18 @@ int run(int argc, char** argv) {
   FitOptions options;
   options.epochs = epochs;
   options.seed = 1;                                // dropout
-  fit(net, adam, loss, train, &validation, options, {&progress, &best, &early, &checkpoint});
+  // One process, or several under mpirun (each trains on its part of every batch): callbacks that
+  // decide run everywhere, those that write or print on rank 0.
+  distributed::fit(world, net, adam, loss, train, &validation, options, {&early}, {&progress, &best, &checkpoint});
 
-  load_parameters(net.parameters(), out + "/model.safetensors");  // the best epoch
+  distributed::load_parameters(world, net.parameters(), out + "/model.safetensors");  // the best epoch
   TensorSource test(test_x, test_y);
-  const ClassificationMetrics m = evaluate(net, test, {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"});
-  std::printf("%s\ntest accuracy %.4f\n", classification_report(m).c_str(), m.accuracy);
+  const ClassificationMetrics m = distributed::evaluate(world, net, test, {"0", "1", "2", "3", "4", "5", "6", "7", "8", "9"});
+  if (lead) std::printf("%s\ntest accuracy %.4f\n", classification_report(m).c_str(), m.accuracy);
   // --------------------------------------------------------------------------------------------
   if (m.accuracy < 0.95) {
-    std::fprintf(stderr, "train_digits: test accuracy %.4f is below 0.95\n", m.accuracy);
+    if (lead) std::fprintf(stderr, "train_digits: test accuracy %.4f is below 0.95\n", m.accuracy);
+    world.set_failed_together();  // every process alike: the run ends in order
     return 1;
   }
   return 0;
@@ -138,4 +146,7 @@ int run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return cli::run("train_digits", [&] { return run(argc, argv); }); }
+int main(int argc, char** argv) {
+  examples::Processes processes(argc, argv);
+  return processes.finish(cli::run("train_digits", [&] { return run(argc, argv, processes.world()); }));
+}

@@ -5,8 +5,10 @@
 set -eu
 
 # python3-sklearn: only for its 8x8 digits file, the data of the fit() example and its test.
+# libopenmpi-dev, openmpi-bin: data-parallel training over MPI (optional for the library; CI
+# builds and runs its tests).
 packages="build-essential cmake libeigen3-dev libstb-dev doctest-dev libomp-dev clang libclang-rt-14-dev zlib1g-dev
-  python3-sklearn libjpeg62-turbo-dev libpng-dev"
+  python3-sklearn libjpeg62-turbo-dev libpng-dev libopenmpi-dev openmpi-bin"
 if [ "${1:-}" = "--all" ]; then
   # Benchmarks and PyTorch reference fixtures (clang for the fuzzers is in the default set: CI fuzzes);
   # python3-onnx for tools/convert_blazeface.py and the BlazeFace fixtures, python3-sklearn and

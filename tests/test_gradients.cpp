@@ -756,6 +756,121 @@ TEST_CASE("SoftmaxCrossEntropy gradients: plain, class weights, label smoothing,
   CHECK(plain.forward(first, {1}) == 2e4f);
 }
 
+// ---- Distillation loss ---------------------------------------------------------------------------
+
+namespace {
+
+// w T^2 mean_n sum_k p (log p - log softmax(z / T)) + (1 - w) CE_smoothed, by its definition in
+// long double (independent of the kernel).
+long double reference_distillation(const Tensor& logits, const Tensor& teacher, const std::vector<int32_t>& labels,
+                                   const DistillationLoss::Options& o) {
+  const int64_t n = logits.dim(0), k = logits.dim(1);
+  const long double t = o.temperature, w = o.soft_weight;
+  long double soft = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    long double zmax = logits[i * k];
+    for (int64_t c = 1; c < k; ++c) zmax = std::max<long double>(zmax, logits[i * k + c]);
+    long double sum = 0;
+    for (int64_t c = 0; c < k; ++c) sum += std::exp((static_cast<long double>(logits[i * k + c]) - zmax) / t);
+    for (int64_t c = 0; c < k; ++c) {
+      const long double p = teacher[i * k + c];
+      const long double log_q = (logits[i * k + c] - zmax) / t - std::log(sum);
+      if (p > 0) soft += p * (std::log(p) - log_q);
+    }
+  }
+  SoftmaxCrossEntropy::Options ce;
+  ce.label_smoothing = o.label_smoothing;
+  return w * t * t * soft / static_cast<long double>(n) + (1 - w) * reference_cross_entropy(logits, labels, ce);
+}
+
+// Loss against the reference; gradient against fourth-order differences of the kernel's double
+// loss (as for the cross-entropy above).
+void check_distillation(const std::string& label, const Tensor& logits, const Tensor& teacher,
+                        const std::vector<int32_t>& labels, const DistillationLoss::Options& options) {
+  DistillationLoss loss(nullptr, options);
+  const float value = loss.forward(logits, teacher, labels);
+  const long double reference = reference_distillation(logits, teacher, labels, options);
+  CAPTURE(label);
+  CHECK(std::isfinite(value));
+  CHECK(static_cast<double>(value) == doctest::Approx(static_cast<double>(reference)).epsilon(1e-6));
+  const Tensor& gradient = loss.gradient();
+  REQUIRE(gradient.shape() == logits.shape());
+  const double h = 1.0 / 64, atol = 1e-6, rtol = 1e-5;
+  Tensor z;
+  z.copy_from(logits);
+  auto eval = [&](int64_t i, double v) {
+    const float original = z[i];
+    z[i] = static_cast<float>(v);
+    const double l = kernels::distillation_loss(nullptr, z.data(), teacher.data(), labels.data(), z.dim(0), z.dim(1),
+                                                options.temperature, options.soft_weight, options.label_smoothing)
+                         .loss;
+    z[i] = original;
+    return l;
+  };
+  GradientErrors errors;
+  for (int64_t i = 0; i < z.size(); ++i) {
+    const double v = z[i];
+    const double numeric = (8 * (eval(i, v + h) - eval(i, v - h)) - (eval(i, v + 2 * h) - eval(i, v - 2 * h))) / (12 * h);
+    errors.add("dlogits", i, gradient[i], numeric, atol, rtol);
+  }
+  std::printf("gradcheck %-44s h=%-7.2g atol=%-7.1e rtol=%-7.1e n=%-5lld max_abs=%.2e max_rel=%.2e ratio=%.3f\n",
+              label.c_str(), h, atol, rtol, static_cast<long long>(errors.count), errors.max_abs, errors.max_rel,
+              errors.max_ratio);
+  INFO(errors.worst);
+  CHECK(errors.failures == 0);
+  CHECK(errors.count == logits.size());
+}
+
+// Probabilities [N, K] of random logits at temperature t (rows sum to 1 up to float rounding).
+Tensor teacher_probabilities(const Shape& shape, uint64_t seed, float t) {
+  const Tensor logits = random_tensor(shape, seed, -4.0f, 4.0f);
+  Tensor p(shape);
+  softmax_at_temperature(p.data(), logits.data(), shape[0], shape[1], t);
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("DistillationLoss gradients: temperatures, weights, smoothing, one-hot teachers, huge logits") {
+  const Tensor logits = random_tensor(Shape{4, 5}, 83, -3.0f, 3.0f);
+  const std::vector<int32_t> labels = {1, 4, 0, 1};
+  check_distillation("Distillation T=1 w=0.5", logits, teacher_probabilities(Shape{4, 5}, 84, 1), labels, {1, 0.5f, 0});
+  check_distillation("Distillation T=2 w=0.8 smoothing 0.1", logits, teacher_probabilities(Shape{4, 5}, 85, 2), labels,
+                     {2, 0.8f, 0.1f});
+  check_distillation("Distillation T=4 soft only", logits, teacher_probabilities(Shape{4, 5}, 86, 4), labels,
+                     {4, 1.0f, 0});
+  check_distillation("Distillation T=3 hard only", logits, teacher_probabilities(Shape{4, 5}, 87, 3), labels,
+                     {3, 0.0f, 0.2f});
+  // Teacher rows with exact zeros (0 log 0 = 0) and a one-hot row.
+  const Tensor sparse(Shape{4, 5}, {0, 1, 0, 0, 0,  0.5f, 0, 0.5f, 0, 0,  0.2f, 0.2f, 0.2f, 0.2f, 0.2f,  0, 0, 0, 0.25f, 0.75f});
+  check_distillation("Distillation T=2 w=0.7, zeros in the teacher", logits, sparse, labels, {2, 0.7f, 0.1f});
+  // Logits around +-1e4 (see the cross-entropy's case): the shifts keep everything finite.
+  const Tensor huge(Shape{2, 5}, {1e4f, -1e4f, 0.0f, 5e3f, -3e3f, -1e4f, -1e4f + 3, -1e4f + 1, -1e4f, -1e4f - 2});
+  check_distillation("Distillation huge logits", huge, teacher_probabilities(Shape{2, 5}, 88, 2), {1, 2},
+                     {2, 0.8f, 0.1f});
+
+  // A student equal to its teacher at the temperature has soft loss 0 (KL, not cross-entropy).
+  Tensor same(Shape{3, 4}, {1, 2, 3, 4, -1, 0, 1, 0.5f, 2, 2, -2, 0});
+  Tensor p(Shape{3, 4});
+  softmax_at_temperature(p.data(), same.data(), 3, 4, 2.0f);
+  DistillationLoss matched(nullptr, {2, 1.0f, 0});
+  CHECK(std::fabs(matched.forward(same, p, {0, 1, 2})) < 1e-6f);
+  CHECK(std::fabs(matched.soft_loss()) < 1e-7);
+  for (int64_t i = 0; i < same.size(); ++i) CHECK(std::fabs(matched.gradient()[i]) < 1e-7f);
+
+  // Bad input: a clear error, not garbage.
+  DistillationLoss loss(nullptr, {2, 0.5f, 0});
+  CHECK_THROWS_WITH_AS(loss.forward(logits, teacher_probabilities(Shape{4, 6}, 1, 1), labels),
+                       doctest::Contains("must predict the same classes"), Error);
+  Tensor negative = teacher_probabilities(Shape{4, 5}, 2, 1);
+  negative[3] = -0.1f;
+  CHECK_THROWS_WITH_AS(loss.forward(logits, negative, labels), doctest::Contains("outside [0, 1]"), Error);
+  CHECK_THROWS_WITH_AS(DistillationLoss(nullptr, {0, 0.5f, 0}), doctest::Contains("temperature must be positive"), Error);
+  CHECK_THROWS_WITH_AS(DistillationLoss(nullptr, {2, 1.5f, 0}), doctest::Contains("soft_weight must be in [0, 1]"), Error);
+  Batch batch;
+  CHECK_THROWS_WITH_AS(loss.forward(logits, batch), doctest::Contains("no teacher"), Error);
+}
+
 // ---- Frozen parameters and gradient accumulation -------------------------------------------------
 
 namespace {

@@ -327,6 +327,28 @@ TEST_CASE("parity: softmax cross-entropy matches torch.nn.functional.cross_entro
   }
 }
 
+TEST_CASE("parity: distillation loss matches T^2 KL(teacher || student) and cross-entropy in torch") {
+  const Fixture f("distillation.safetensors");
+  // Computed in double on both sides and rounded once.
+  const double tol = 1e-6;
+  check_cases_present(f, {"kd_t1_w05", "kd_t2_w08_smoothing", "kd_t4_soft_only", "kd_zero_probs", "kd_large_logits"});
+  for (const std::string& c : f.cases()) {
+    const Tensor& label_values = f.get(c, "labels");
+    std::vector<int32_t> labels;
+    for (int64_t i = 0; i < label_values.size(); ++i) labels.push_back(static_cast<int32_t>(label_values[i]));
+    DistillationLoss::Options options;
+    options.temperature = static_cast<float>(f.number(c, "temperature"));
+    options.soft_weight = static_cast<float>(f.number(c, "soft_weight"));
+    options.label_smoothing = static_cast<float>(f.number(c, "label_smoothing"));
+    DistillationLoss loss(nullptr, options);
+    const Tensor value(Shape{}, {loss.forward(f.get(c, "logits"), f.get(c, "teacher_probabilities"), labels)});
+    expect_close(c, "loss", value, f.get(c, "loss"), tol);
+    expect_close(c, "soft", Tensor(Shape{}, {static_cast<float>(loss.soft_loss())}), f.get(c, "soft"), tol);
+    expect_close(c, "hard", Tensor(Shape{}, {static_cast<float>(loss.hard_loss())}), f.get(c, "hard"), tol);
+    expect_close(c, "dlogits", loss.gradient(), f.get(c, "dlogits"), tol);
+  }
+}
+
 TEST_CASE("parity: Adam, AdamW and SGD steps match torch.optim") {
   const Fixture f("optimizers.safetensors");
   check_cases_present(f, {"adam", "adamw", "sgd_momentum"});

@@ -217,7 +217,8 @@ struct Spy : Callback {
 
 // A run of `epochs` over the shuffled problem with a cosine schedule and a checkpoint in `dir`.
 FitResult fit_problem(Sequential& net, Adam& adam, const Problem& p, int64_t epochs, const std::string& dir,
-                      bool resume, const RunSettings& settings, std::vector<Callback*> extra = {}) {
+                      bool resume, const RunSettings& settings, std::vector<Callback*> extra = {},
+                      const CheckpointState& checkpoint_state = {}) {
   SoftmaxCrossEntropy loss;
   TensorSource train(p.images, p.labels, {Order::shuffled, 5}), validation(p.images, p.labels);
   LearningRateSchedule schedule;
@@ -226,6 +227,7 @@ FitResult fit_problem(Sequential& net, Adam& adam, const Problem& p, int64_t epo
   schedule.total_steps = 8 * 4;
   LearningRateScheduler learning_rate(schedule);
   Checkpoint checkpoint(dir + "/checkpoint.safetensors", {net.parameters()}, settings, {resume, nullptr});
+  checkpoint.add_state(checkpoint_state);
   BestModel best(dir + "/model.safetensors", {net.parameters()});
   CsvLogger csv(dir + "/log.csv");
   std::vector<Callback*> callbacks = {&learning_rate, &best, &csv, &checkpoint};
@@ -398,31 +400,73 @@ TEST_CASE("fit() stops on a non-finite loss, gradient or parameter, naming the s
   auto net3 = make_fit_network(2);
   Adam adam3(net3->parameters());
   CHECK_NOTHROW(fit(*net3, adam3, loss, bad_train, nullptr, options));
+
+  // A huge but finite gradient overflows Adam's second moment to infinity while the step it
+  // scales stays finite: the parameters are fine, the optimizer state (and so a checkpoint) is not.
+  struct HugeGradient : Callback {
+    void on_gradients(FitContext& ctx) override {
+      if (ctx.state.step == 1) ctx.optimizer.parameters().front()->grad[0] = 1e30f;
+    }
+  } huge;
+  options.stop_on_non_finite = true;
+  auto net4 = make_fit_network(2);
+  Adam adam4(net4->parameters());
+  CHECK_THROWS_WITH_AS(fit(*net4, adam4, loss, train, nullptr, options, {&huge}),
+                       doctest::Contains("training diverged: optimizer state 'optimizer/"), Error);
+  for (const Parameter* param : net4->parameters()) CHECK(detail::all_finite(param->value));
 }
 
 TEST_CASE("fit() clips gradients before the step, and runs callbacks by role") {
   const Problem p = make_problem(1);
   TensorSource train(p.images, p.labels);
-  struct NormProbe : Callback {
-    double largest = 0;
-    void on_gradients(FitContext& ctx) override {
-      largest = std::max(largest, global_grad_norm(ctx.optimizer.parameters()));
-    }
-  } probe;
   std::vector<std::string> log;
   Spy reporter("reporter", log, CallbackRole::reporter), checkpoint("checkpoint", log, CallbackRole::checkpoint),
       ordinary("ordinary", log);
+  // A distributed callback (e.g. distributed::DataParallel averaging gradients across processes)
+  // runs first, before the built-in finite check and clipping: here it scales the gradients up,
+  // and clipping still sees (and bounds) the scaled ones. It sees fit()'s sources.
+  struct Distributed : Spy {
+    using Spy::Spy;
+    DataSource* train = nullptr;
+    void on_train_begin(FitContext& ctx) override {
+      Spy::on_train_begin(ctx);
+      train = ctx.train;
+      CHECK(ctx.validation == nullptr);
+    }
+    void on_batch_begin(FitContext&) override { scaled = false; }
+    void on_gradients(FitContext& ctx) override {
+      for (Parameter* q : ctx.optimizer.parameters())
+        if (q->trainable()) q->grad.flat() *= 1000.0f;
+      scaled = true;
+    }
+    bool scaled = false;
+  } distributed("distributed", log, CallbackRole::distributed);
+  struct NormProbe : Callback {
+    explicit NormProbe(const Distributed& d) : distributed(d) {}
+    const Distributed& distributed;
+    double largest = 0;
+    bool after_distributed = true;
+    void on_gradients(FitContext& ctx) override {
+      largest = std::max(largest, global_grad_norm(ctx.optimizer.parameters()));
+      after_distributed = after_distributed && distributed.scaled;
+    }
+  } probe(distributed);
   auto net = make_fit_network(2);
   Adam adam(net->parameters());
   SoftmaxCrossEntropy loss;
   FitOptions options;
   options.batch_size = 8;
   options.clip_grad_norm = 1e-3;
-  fit(*net, adam, loss, train, nullptr, options, {&reporter, &checkpoint, &probe, &ordinary});
+  fit(*net, adam, loss, train, nullptr, options, {&reporter, &checkpoint, &probe, &ordinary, &distributed});
   CHECK(probe.largest > 0);
   CHECK(probe.largest <= 1e-3 * (1 + 1e-5));
-  const std::vector<std::string> expected = {"checkpoint:train_begin", "ordinary:train_begin", "reporter:train_begin",
-                                             "ordinary:epoch_end", "checkpoint:epoch_end", "reporter:epoch_end"};
+  CHECK(probe.after_distributed);
+  CHECK(distributed.train == &train);
+  // At the start the checkpoint restores first and the distributed callback hands the restored
+  // run to the other processes before anyone else starts; afterwards it comes first.
+  const std::vector<std::string> expected = {"checkpoint:train_begin", "distributed:train_begin", "ordinary:train_begin",
+                                             "reporter:train_begin",   "distributed:epoch_end",   "ordinary:epoch_end",
+                                             "checkpoint:epoch_end",   "reporter:epoch_end"};
   CHECK(log == expected);
 }
 
@@ -533,4 +577,289 @@ TEST_CASE("History survives JSON exactly (NaN included) and writes log.csv") {
         "2,0.100000,0.200000,nan,nan,0.0005,3.25\n");
   CHECK_THROWS_WITH_AS(history_from_json(Json::parse("[{\"train_loss\": 1}]"), "ckpt"),
                        doctest::Contains("ckpt: training history entry 1 has no 'train_accuracy'"), Error);
+}
+
+// ---- Weight averaging and distillation ----------------------------------------------------------
+
+namespace {
+
+std::vector<Tensor> snapshot(const ParameterList& params) {
+  std::vector<Tensor> out;
+  for (const Parameter* p : params) out.push_back(p->value);
+  return out;
+}
+
+bool same_tensors(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].shape() != b[i].shape() || std::memcmp(a[i].data(), b[i].data(), static_cast<size_t>(a[i].size()) * 4) != 0)
+      return false;
+  return true;
+}
+
+// Keeps its own average of the parameters in double, by the definition, from the weights the
+// optimizer produced (it must come before the ExponentialMovingAverage in the callback list, so
+// that it sees them before the average is swapped in), and the trained weights at each epoch's end.
+struct AverageByHand : Callback {
+  AverageByHand(ParameterList p, double decay) : params(std::move(p)), decay(decay) {}
+  void on_train_begin(FitContext&) override {
+    average.clear();
+    for (const Parameter* p : params) average.emplace_back(p->value.data(), p->value.data() + p->value.size());
+  }
+  void on_batch_end(FitContext& ctx) override {
+    const double t = static_cast<double>(ctx.state.step);
+    const double d = std::min(decay, (1 + t) / (10 + t));
+    for (size_t i = 0; i < params.size(); ++i)
+      for (int64_t j = 0; j < params[i]->value.size(); ++j)
+        average[i][static_cast<size_t>(j)] = d * average[i][static_cast<size_t>(j)] + (1 - d) * params[i]->value[j];
+    if (ctx.batch_index == ctx.batches_per_epoch - 1) trained.push_back(snapshot(params));
+  }
+  double largest_difference(const ParameterList& other) const {
+    double largest = 0;
+    for (size_t i = 0; i < params.size(); ++i)
+      for (int64_t j = 0; j < other[i]->value.size(); ++j)
+        largest = std::max(largest, std::fabs(average[i][static_cast<size_t>(j)] - other[i]->value[j]));
+    return largest;
+  }
+  ParameterList params;
+  double decay;
+  std::vector<std::vector<double>> average;
+  std::vector<std::vector<Tensor>> trained;  // per epoch
+};
+
+// What the model holds when epochs begin and end (after the ExponentialMovingAverage's hooks).
+struct ModelProbe : Callback {
+  explicit ModelProbe(ParameterList p) : params(std::move(p)) {}
+  void on_epoch_begin(FitContext&) override { at_begin.push_back(snapshot(params)); }
+  void on_epoch_end(FitContext& ctx) override {
+    at_end.push_back(snapshot(params));
+    SoftmaxCrossEntropy loss;
+    validation_again.push_back(evaluate_loss_accuracy(ctx.model, loss, *validation, 64).accuracy);
+  }
+  ParameterList params;
+  DataSource* validation = nullptr;
+  std::vector<std::vector<Tensor>> at_begin, at_end;
+  std::vector<double> validation_again;
+};
+
+}  // namespace
+
+TEST_CASE("ExponentialMovingAverage: the average of every step, validated and saved, training continues unaveraged") {
+  const Problem p = make_problem(1);
+  const auto dir = fresh_fit_directory("ema");
+  auto net = make_fit_network(2);
+  Adam adam(net->parameters(), {1e-2f});
+  const double decay = 0.9;
+  AverageByHand by_hand(net->parameters(), decay);
+  ExponentialMovingAverage ema(net->parameters(), {decay, true, true});
+  ModelProbe probe(net->parameters());
+  TensorSource validation(p.images, p.labels);
+  probe.validation = &validation;
+  RunSettings settings;
+  settings.add("ema", decay);
+  const FitResult result = fit_problem(*net, adam, p, 4, dir.string(), false, settings, {&by_hand, &ema, &probe});
+  REQUIRE(result.state.history.size() == 4);
+
+  // fit() returns with the model holding the average, equal to the one by hand (float rounding).
+  CHECK(ema.model_holds_average());
+  CHECK(by_hand.largest_difference(net->parameters()) < 1e-5);
+  // The average is not the trained weights (the test would prove nothing otherwise) ...
+  REQUIRE(by_hand.trained.size() == 4);
+  CHECK_FALSE(same_tensors(by_hand.trained.back(), snapshot(net->parameters())));
+  // ... which the average's object keeps meanwhile, exactly.
+  CHECK(same_tensors(ema.kept(), by_hand.trained.back()));
+
+  for (size_t e = 0; e < 4; ++e) {
+    CAPTURE(e);
+    // At an epoch's end the model holds the average, not the trained weights: validation measured it.
+    CHECK(result.state.history[e].val_accuracy == probe.validation_again[e]);
+    CHECK_FALSE(same_tensors(probe.at_end[e], by_hand.trained[e]));
+  }
+  for (size_t e = 1; e < 4; ++e) {
+    CAPTURE(e);
+    // The next epoch trains from the trained weights, exactly, not from the average.
+    CHECK(same_tensors(probe.at_begin[e], by_hand.trained[e - 1]));
+  }
+  // BestModel saved the average of its epoch.
+  const int64_t best = Monitor::max("val_accuracy").best_epoch(result.state.history);
+  REQUIRE(best >= 0);
+  const SafetensorsFile saved = read_safetensors((dir / "model.safetensors").string());
+  const ParameterList params = net->parameters();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor* t = saved.find(params[i]->name);
+    REQUIRE(t != nullptr);
+    CHECK(std::memcmp(t->data(), probe.at_end[static_cast<size_t>(best)][i].data(), t->size() * 4) == 0);
+  }
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("ExponentialMovingAverage in the checkpoint: a resumed run ends bit-identical; a missing average is refused") {
+  const Problem p = make_problem(1);
+  RunSettings settings;
+  settings.add("ema", 0.9);
+  const auto whole_dir = fresh_fit_directory("ema_whole"), parts_dir = fresh_fit_directory("ema_parts");
+  auto whole = make_fit_network(2);
+  Adam whole_adam(whole->parameters(), {1e-2f});
+  ExponentialMovingAverage whole_ema(whole->parameters(), {0.9});
+  const FitResult a = fit_problem(*whole, whole_adam, p, 6, whole_dir.string(), false, settings, {&whole_ema},
+                                  whole_ema.state());
+  {
+    auto first = make_fit_network(2);
+    Adam adam(first->parameters(), {1e-2f});
+    ExponentialMovingAverage ema(first->parameters(), {0.9});
+    fit_problem(*first, adam, p, 2, parts_dir.string(), false, settings, {&ema}, ema.state());
+  }
+  auto resumed = make_fit_network(2);
+  Adam resumed_adam(resumed->parameters(), {1e-2f});
+  ExponentialMovingAverage resumed_ema(resumed->parameters(), {0.9});
+  const FitResult b = fit_problem(*resumed, resumed_adam, p, 6, parts_dir.string(), true, settings, {&resumed_ema},
+                                  resumed_ema.state());
+  CHECK(b.state.epochs_done == 6);
+  CHECK(same_bits(whole->parameters(), resumed->parameters()));  // the averages
+  CHECK(same_tensors(whole_ema.kept(), resumed_ema.kept()));     // the trained weights
+  for (size_t e = 0; e < 6; ++e) CHECK(a.state.history[e].val_accuracy == b.state.history[e].val_accuracy);
+
+  // A checkpoint without the average cannot resume a run that keeps one; nothing changes.
+  const auto plain_dir = fresh_fit_directory("ema_plain");
+  {
+    auto net = make_fit_network(2);
+    Adam adam(net->parameters(), {1e-2f});
+    fit_problem(*net, adam, p, 1, plain_dir.string(), false, settings);
+  }
+  auto other = make_fit_network(5);
+  Adam other_adam(other->parameters(), {1e-2f});
+  ExponentialMovingAverage other_ema(other->parameters(), {0.9});
+  CHECK_THROWS_WITH_AS(fit_problem(*other, other_adam, p, 2, plain_dir.string(), true, settings, {&other_ema},
+                                   other_ema.state()),
+                       doctest::Contains("tensor 'callback/ema/conv/kernel' is missing"), Error);
+  auto untouched = make_fit_network(5);
+  CHECK(same_bits(other->parameters(), untouched->parameters()));
+  // Checkpoint state must be named as such; a checkpoint with an average still loads as a model.
+  Checkpoint checkpoint((plain_dir / "c.safetensors").string(), {other->parameters()}, settings, false);
+  Tensor stray(Shape{1});
+  CHECK_THROWS_WITH_AS(checkpoint.add_state({{"ema/x", &stray}}), doctest::Contains("must start with 'callback/'"), Error);
+  // The checkpoint's model tensors are the average (what the model held when it was written),
+  // the trained weights are the callback's.
+  const SafetensorsFile file = read_safetensors((whole_dir / "checkpoint.safetensors").string());
+  const Tensor* kernel = file.find("conv/kernel");
+  const Tensor* trained_kernel = file.find("callback/ema/conv/kernel");
+  REQUIRE(kernel != nullptr);
+  REQUIRE(trained_kernel != nullptr);
+  CHECK(std::memcmp(kernel->data(), whole->parameters()[0]->value.data(), kernel->size() * 4) == 0);
+  CHECK(std::memcmp(trained_kernel->data(), whole_ema.kept()[0].data(), kernel->size() * 4) == 0);
+  CHECK_THROWS_WITH_AS(ExponentialMovingAverage(other->parameters(), {1.0}), doctest::Contains("decay must be in [0, 1)"),
+                       Error);
+  std::filesystem::remove_all(whole_dir);
+  std::filesystem::remove_all(parts_dir);
+  std::filesystem::remove_all(plain_dir);
+}
+
+TEST_CASE("Distillation: teachers read the same augmented images at their own sizes") {
+  // Six 10x10 gray images of two classes, augmented and rendered at 8x8 for the student and at
+  // 12x12 for a teacher.
+  ImageSet set(10, 10, 1, {"a", "b"});
+  Rng rng(11);
+  std::vector<uint8_t> pixels(100);
+  for (int i = 0; i < 6; ++i) {
+    for (uint8_t& v : pixels) v = static_cast<uint8_t>(rng.below(256));
+    set.add(pixels.data(), i % 2);
+  }
+  BatchOptions options;
+  options.height = options.width = 8;
+  options.augment = true;
+  options.seed = 7;  // AugmentConfig's defaults: flip, shift, rotation, scale, brightness, contrast
+  const std::vector<int64_t> all = {0, 1, 2, 3, 4, 5};
+  ImageSource source(set, all, options, Order::shuffled, 3);
+  source.also_render(12, 12);
+  source.also_render(12, 12);  // once
+  source.also_render(8, 8);    // the source's own size: nothing
+  source.start_epoch(2);
+  Batch batch;
+  source.get(1, 4, batch);
+  REQUIRE(batch.other_sizes.size() == 1);
+  CHECK(batch.inputs_at(8, 8) == &batch.inputs);
+  CHECK(batch.inputs_at(12, 12) == &batch.other_sizes[0]);
+  CHECK(batch.inputs_at(16, 16) == nullptr);
+
+  // Exactly what a source rendering at 12x12 gives for the same epoch: the same items and draws.
+  BatchOptions large = options;
+  large.height = large.width = 12;
+  ImageSource reference(set, all, large, Order::shuffled, 3);
+  reference.start_epoch(2);
+  Batch expected;
+  reference.get(1, 4, expected);
+  CHECK(expected.items == batch.items);
+  REQUIRE(expected.inputs.shape() == batch.other_sizes[0].shape());
+  CHECK(std::memcmp(expected.inputs.data(), batch.other_sizes[0].data(), expected.inputs.size() * 4) == 0);
+  // ... and augmented: another epoch draws other augmentations.
+  reference.start_epoch(3);
+  Batch other_epoch;
+  reference.get(0, 6, other_epoch);
+  source.start_epoch(3);
+  source.get(0, 6, batch);
+  CHECK(std::memcmp(other_epoch.inputs.data(), batch.other_sizes[0].data(), other_epoch.inputs.size() * 4) == 0);
+  reference.start_epoch(2);
+  reference.get(0, 6, expected);
+  CHECK(std::memcmp(expected.inputs.data(), other_epoch.inputs.data(), expected.inputs.size() * 4) != 0);
+  // A mirrored source (test-time flip) renders the other sizes too.
+  std::unique_ptr<DataSource> mirror = source.mirrored();
+  mirror->start_epoch(0);
+  mirror->get(0, 2, batch);
+  CHECK(batch.inputs_at(12, 12) != nullptr);
+
+  // A teacher of two models at 12x12 and 8x8: the mean of their softened probabilities.
+  const auto make = [](const char* name, int64_t size, uint64_t seed) {
+    auto net = std::make_unique<Sequential>(name, Shape{size, size, 3}, seed);
+    net->add<Conv2D>("conv", 4, 3, 2, Padding::same);
+    net->add<ReLU>("relu");
+    net->add<GlobalAvgPool>("pool");
+    net->add<Dense>("dense", 2);
+    return net;
+  };
+  auto large_model = make("large", 12, 1), small_model = make("small", 8, 2);
+  source.start_epoch(2);
+  source.get(0, 4, batch);
+  ModelTeacher teacher({{large_model.get(), 12, 12}, {small_model.get(), 8, 8}});
+  const Tensor probabilities = teacher.probabilities(batch, 2.0f);
+  REQUIRE(probabilities.shape() == Shape{4, 2});
+  Tensor a(Shape{4, 2}), b(Shape{4, 2});
+  softmax_at_temperature(a.data(), large_model->forward(batch.other_sizes[0], Mode::inference).data(), 4, 2, 2.0f);
+  softmax_at_temperature(b.data(), small_model->forward(batch.inputs, Mode::inference).data(), 4, 2, 2.0f);
+  for (int64_t i = 0; i < 8; ++i) CHECK(probabilities[i] == doctest::Approx(0.5f * (a[i] + b[i])).epsilon(1e-6));
+  CHECK(teacher.calls() == 1);
+  CHECK(teacher.seconds() >= 0);
+  // A teacher whose size the batch lacks says how to provide it.
+  auto odd = make("odd", 16, 3);
+  ModelTeacher missing({{odd.get(), 16, 16}});
+  CHECK_THROWS_WITH_AS(missing.probabilities(batch, 1.0f), doctest::Contains("ImageSource::also_render(16, 16)"), Error);
+}
+
+TEST_CASE("Distillation through fit(): a student learns the teacher's classes from soft targets alone") {
+  const Problem p = make_problem(1);
+  // The teacher: trained on the true labels until it classifies the batch.
+  auto teacher_net = make_network(2);
+  Adam::Options adam_options;
+  adam_options.learning_rate = 1e-2f;
+  Adam teacher_adam(teacher_net->trainable_parameters(), adam_options);
+  train(p, *teacher_net, teacher_adam, 100);
+  REQUIRE(accuracy(teacher_net->forward(p.images, Mode::inference), p.labels) == 1.0);
+
+  // The student sees only wrong labels; with soft weight 1 they do not matter.
+  std::vector<int32_t> wrong = p.labels;
+  for (int32_t& label : wrong) label = (label + 1) % static_cast<int32_t>(classes);
+  TensorSource source(p.images, wrong, {Order::shuffled, 4});
+  ModelTeacher teacher({{teacher_net.get(), 0, 0}});
+  DistillationLoss loss(teacher, {2.0f, 1.0f, 0.1f});
+  auto student = make_network(7);
+  Adam adam(student->trainable_parameters(), adam_options);
+  FitOptions options;
+  options.epochs = 120;
+  options.batch_size = 32;
+  const FitResult result = fit(*student, adam, loss, source, nullptr, options);
+  CHECK(teacher.calls() == 120);
+  CHECK(loss.soft_loss() < 0.1);
+  const double learned = accuracy(student->forward(p.images, Mode::inference), p.labels);
+  std::printf("distilled student: accuracy %.3f on the true labels, soft loss %.4f\n", learned, loss.soft_loss());
+  CHECK(learned >= 0.9);
+  CHECK(result.state.history.back().train_accuracy <= 0.1);  // against the wrong labels it saw
 }

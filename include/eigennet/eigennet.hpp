@@ -16,6 +16,7 @@
 #include "detect/annotate.hpp"
 #include "detect/face_crop.hpp"
 #include "detect/face_detector.hpp"
+#include "detect/picture_faces.hpp"
 
 #include "plot/canvas.hpp"
 #include "plot/color.hpp"

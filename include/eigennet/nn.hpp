@@ -49,6 +49,7 @@
 #include "layers/residual.hpp"
 #include "layers/sequential.hpp"
 
+#include "loss/distillation.hpp"
 #include "loss/loss.hpp"
 #include "loss/softmax_cross_entropy.hpp"
 
@@ -68,6 +69,7 @@
 
 #include "train/callbacks.hpp"
 #include "train/checkpoint.hpp"
+#include "train/ema.hpp"
 #include "train/fit.hpp"
 #include "train/history.hpp"
 #include "train/predict.hpp"

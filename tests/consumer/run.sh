@@ -1,6 +1,7 @@
 # The library consumed as a user would: `cmake --install` into a temporary prefix, then a separate
-# project (tests/consumer) finds it with find_package(eigennet), builds the quickstart and the
-# fit() example, and runs them; the same project again through add_subdirectory; and a consumer
+# project (tests/consumer) finds it with find_package(eigennet), builds the quickstart, the
+# fit() example and a JPEG/PNG decoder, and runs them; the same project again through
+# add_subdirectory; and a consumer
 # that asks only for the neural-network part (COMPONENTS nn) configures and builds without stb,
 # while asking for everything without stb fails with a message that names the missing library.
 #   sh run.sh SOURCE_DIR WORK_DIR
@@ -21,10 +22,17 @@ fail() {
 # -O1: these builds prove that the package works, not how fast it runs.
 flags="-DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE=-O1"
 jobs=$(nproc)
+# A 16-bit grayscale PNG decoded as RGB (DecodeOptions' default).
+PICTURE_PNG=$SOURCE/tests/fixtures/images/gray16.png
+PICTURE_PNG_SIZE=23x15x3
 
 # run_programs DIR: the quickstart fits its batch; train_digits reaches 95% (when the data exist).
 run_programs() {
   "$1/quickstart" > "$1/quickstart.out" 2>&1 || fail "$1: quickstart failed: $(tail -3 "$1/quickstart.out")"
+  "$1/decode_picture" "$SOURCE/tests/fixtures/faces/happy_PublicTest_10886374.jpg" "$PICTURE_PNG" \
+    > "$1/decode.out" 2>&1 || fail "$1: decode_picture failed: $(cat "$1/decode.out")"
+  grep -q "happy_PublicTest_10886374.jpg: 48x48x3$" "$1/decode.out" || fail "$1: decode_picture: $(cat "$1/decode.out")"
+  grep -q "$(basename "$PICTURE_PNG"): ${PICTURE_PNG_SIZE}$" "$1/decode.out" || fail "$1: decode_picture: $(cat "$1/decode.out")"
   if [ -f "$DIGITS" ]; then
     (cd "$1" && OMP_NUM_THREADS=2 ./train_digits --epochs 40 --out digits > digits.out 2>&1) ||
       fail "$1: train_digits failed: $(tail -3 "$1/digits.out")"

@@ -43,6 +43,8 @@ check 7class_ensemble "$W/emotions_7class.safetensors,$W/emotions_7class_seed7.s
 check 6class_112 "$W/emotions_6class_112.safetensors" 6
 check 6class_112_seed7 "$W/emotions_6class_112_seed7.safetensors" 6
 check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors,$W/emotions_6class_112.safetensors,$W/emotions_6class_112_seed7.safetensors" 6
+# The distilled 7-class student (issue 16; an extra file, not the default).
+check 7class_distilled "$W/emotions_7class_distilled.safetensors" 7
 
 # predict without --model, from a directory outside the project: the project's 7-class ensemble.
 image=$TEST/happy/$(ls "$TEST/happy" | head -1)

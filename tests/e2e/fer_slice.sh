@@ -46,7 +46,7 @@ done
 image=$(ls "$DATA/test/happy" | head -1)
 "$BIN/predict" --model "$WORK/run/model.safetensors" --json "$DATA/test/happy/$image" >"$WORK/predict.json" 2>&1 ||
   fail "predict failed"
-grep -q '"prediction":"\(angry\|disgust\|fear\|happy\|neutral\|sad\|surprise\)"' "$WORK/predict.json" ||
+grep -q '"label":"\(angry\|disgust\|fear\|happy\|neutral\|sad\|surprise\)"' "$WORK/predict.json" ||
   fail "predict output has no class: $(cat "$WORK/predict.json")"
 [ "$(grep -o '"[a-z]*":[0-9][0-9.e-]*' "$WORK/predict.json" | wc -l)" -eq 7 ] || fail "predict should print 7 probabilities"
 

@@ -190,6 +190,22 @@ else
   echo "skipped the install_deps check: no unprivileged user can read the script"
 fi
 
+# ---- train_emotions: teachers and starting weights ------------------------------------------------
+"$TOOL" dataset data3 a,b,c 3 16 || exit 2
+rejected teacher_missing 2 "train_emotions: --teacher: 'no_such.safetensors' is not a file" \
+  "$TRAIN" --data data --mode finetune --teacher no_such.safetensors $TINY --out t
+rejected teacher_frozen 2 "train_emotions: --teacher needs --mode finetune" \
+  "$TRAIN" --data data --mode frozen --teacher "$MODEL" $TINY --out t
+# shellcheck disable=SC2086
+rejected teacher_classes 1 "--teacher: 'model/model.safetensors' predicts the classes (a, b) but this run trains (a, b, c)" \
+  "$TRAIN" --data data3 --mode finetune --teacher "$MODEL" $TINY --out t
+rejected init_missing 2 "train_emotions: --init-from: 'no_such.safetensors' is not a file" \
+  "$TRAIN" --data data --mode finetune --init-from no_such.safetensors $TINY --out t
+# shellcheck disable=SC2086
+rejected init_size 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, 32x32" \
+  "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --size 40 --out t
+rejected ema_range 2 "train_emotions: --ema-decay: 1 is outside [0, 0.999999]" "$TRAIN" --ema-decay 1
+
 # ---- extract_features ----------------------------------------------------------------------------
 X=$EXTRACT
 rejected extract_no_weights 2 "extract_features: --weights is required" "$X" --out f.npy face.png

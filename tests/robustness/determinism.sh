@@ -53,7 +53,7 @@ compare_threads frozen --mode frozen $RANDOMNESS --epochs 4
 for threads in 1 2; do
   run "predict_$threads" "$PREDICT" --model t1_a/model.safetensors --json --threads "$threads" data/a/img_00*.png
   expect_status "predict_$threads" 0
-  sed 's/.*"probabilities":{//; s/}}$//' "predict_$threads.out" | tr ',' '\n' | sed 's/.*://' > "p_$threads.txt"
+  sed 's/.*"probabilities":{//; s/}}\]}$//' "predict_$threads.out" | tr ',' '\n' | sed 's/.*://' > "p_$threads.txt"
 done
 difference=$(paste p_1.txt p_2.txt | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > m) m = d; n++ }
   END { if (n < 30) print "missing"; else printf "%.3g", m }')

@@ -40,10 +40,16 @@ expect_skipped evaluate_mixed
 expect_in eval_mixed/metrics.json '"skipped_files": 4' "evaluate metrics.json skip count"
 expect_in eval_mixed/report.txt "38" "evaluate: every readable image counted"
 
+# The 1x1 picture is a face crop; the 4000x3000 one (a bar on noise) is searched for faces, holds
+# none (exit status 3), and is classified whole with --no-detect.
 run predict_sizes "$PREDICT" --model "$MODEL" --threads 1 mixed/a/zz_tiny.png mixed/b/zz_large.png
-expect_status predict_sizes 0
+expect_status predict_sizes 3
 expect_in predict_sizes.out "mixed/a/zz_tiny.png: " "predict 1x1"
-expect_in predict_sizes.out "mixed/b/zz_large.png: " "predict 4000x3000"
+expect_in predict_sizes.out "mixed/b/zz_large.png: 0 faces" "predict 4000x3000"
+expect_in predict_sizes.out "no face found" "predict 4000x3000"
+run predict_whole "$PREDICT" --model "$MODEL" --threads 1 --no-detect mixed/a/zz_tiny.png mixed/b/zz_large.png
+expect_status predict_whole 0
+expect_in predict_whole.out "mixed/b/zz_large.png: " "predict --no-detect 4000x3000"
 run predict_bad "$PREDICT" --model "$MODEL" --threads 1 mixed/c/zz_corrupt.png mixed/a/img_001.png \
   mixed/a/zz_truncated.png mixed/b/zz_empty.png
 expect_status predict_bad 1

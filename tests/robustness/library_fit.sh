@@ -12,7 +12,8 @@ fi
 FLAGS="$FIT --threads 1 --epochs 6"
 
 # ---- Crash safety ------------------------------------------------------------------------------
-crash_and_resume fit "$FIT --threads 1 --epochs 10 --items 960" writing startup epoch checkpoint epoch writing epoch checkpoint
+# 30 short epochs (~0.1 s each): enough left to kill eight times on a loaded machine.
+crash_and_resume fit "$FIT --threads 1 --epochs 30 --items 960" writing startup epoch checkpoint epoch writing epoch checkpoint
 
 # ---- Determinism: same seed, same bits; another seed, other weights ---------------------------
 for copy in a b; do

@@ -36,6 +36,51 @@ refused augment "--augment-flip" --augment-flip 0.5
 # A learning rate that differs beyond the 6th significant digit is a different run too.
 refused lr_digits "--lr: 0.001 in the checkpoint, 0.0010000001" --lr 0.0010000001
 
+# Distillation and weight averaging are part of a run's settings: resuming with other teachers
+# (other files, or the same file with other contents), another temperature or weight, or another
+# (or no) average is refused.
+# shellcheck disable=SC2086
+run teacher_big "$TRAIN" $flags --size 40 --out big
+expect_status teacher_big 0
+cp out/model.safetensors teacher.safetensors
+kd_flags="$flags --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2 --ema-decay 0.9"
+# shellcheck disable=SC2086
+run kd "$TRAIN" $kd_flags --out kd
+expect_status kd 0
+expect_in kd.out "  teachers: " "per-epoch teacher cost"
+expect_in kd.out "training without them" "teacher time apart"
+cp kd/checkpoint.safetensors kd_saved.safetensors
+kd_refused() {
+  name=$1
+  text=$2
+  shift 2
+  run "$name" "$TRAIN" "$@" --out kd --resume
+  expect_status "$name" 1
+  expect_in "$name.err" "it was written by a run with different settings" "$name"
+  expect_in "$name.err" "$text" "$name"
+  if cmp -s kd/checkpoint.safetensors kd_saved.safetensors; then pass; else fail "$name: the checkpoint changed"; fi
+}
+# shellcheck disable=SC2086
+kd_refused kd_fewer_teachers "--teacher: teacher.safetensors (fnv1a64 " $flags --teacher teacher.safetensors \
+  --distill-temperature 2 --ema-decay 0.9
+cp big/model.safetensors teacher.safetensors  # same name, other contents
+# shellcheck disable=SC2086
+kd_refused kd_changed_teacher "--teacher: teacher.safetensors (fnv1a64 " $kd_flags
+cp out/model.safetensors teacher.safetensors
+# shellcheck disable=SC2086
+kd_refused kd_temperature "--distill-temperature: 2 in the checkpoint, 3 now" $kd_flags --distill-temperature 3
+# shellcheck disable=SC2086
+kd_refused kd_ema "--ema-decay: 0.9 in the checkpoint, 0.8 now" $kd_flags --ema-decay 0.8
+# shellcheck disable=SC2086
+kd_refused kd_no_ema "--ema-decay: 0.9 in the checkpoint, absent now" $flags \
+  --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2
+# shellcheck disable=SC2086
+kd_refused kd_no_teacher "--teacher: teacher.safetensors" $flags --ema-decay 0.9
+# shellcheck disable=SC2086
+run kd_same "$TRAIN" $kd_flags --out kd --resume
+expect_status kd_same 0
+if cmp -s kd/checkpoint.safetensors kd_saved.safetensors; then pass; else fail "kd_same: the checkpoint changed"; fi
+
 # Same settings: nothing left to train, the run only reports (exit 0), checkpoint unchanged.
 # shellcheck disable=SC2086
 run same "$TRAIN" $flags --out out --resume

@@ -42,6 +42,7 @@ int usage() {
   std::fputs(
       "usage: robustness_tool dataset DIR CLASSES PER_CLASS SIZE [SEED]\n"
       "       robustness_tool image FILE WIDTH HEIGHT [GRAY]\n"
+      "       robustness_tool photo OUT.png FACE X Y SIDE [FACE X Y SIDE]...\n"
       "       robustness_tool weights FILE ALPHA\n"
       "       robustness_tool check FILE\n"
       "       robustness_tool compare A B (--exact | --tolerance X) [--skip NAME]...\n",
@@ -101,6 +102,32 @@ int make_dataset(int argc, char** argv) {
                                 static_cast<int>(classes.size()), rng));
     }
   }
+  return 0;
+}
+
+// photo OUT.png FACE X Y SIDE [FACE X Y SIDE ...]: a 640x480 RGB picture of smooth colour
+// gradients (no face of its own) with each FACE image pasted as a SIDE x SIDE square at X, Y.
+int make_photo(int argc, char** argv) {
+  if (argc < 3 || (argc - 3) % 4 != 0) return usage();
+  const int width = 640, height = 480;
+  std::vector<uint8_t> pixels(static_cast<size_t>(width) * height * 3);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x) {
+      uint8_t* p = &pixels[(static_cast<size_t>(y) * width + x) * 3];
+      p[0] = static_cast<uint8_t>(120 + 80 * std::sin(x * 0.013) * std::cos(y * 0.021));
+      p[1] = static_cast<uint8_t>(100 + 60 * std::sin((x + y) * 0.009));
+      p[2] = static_cast<uint8_t>(140 + 50 * std::cos(x * 0.031 + y * 0.004));
+    }
+  for (int a = 3; a + 3 < argc; a += 4) {
+    const long x0 = parse_long(argv[a + 1], "X"), y0 = parse_long(argv[a + 2], "Y"), side = parse_long(argv[a + 3], "SIDE");
+    EIGENNET_CHECK(side > 0 && x0 >= 0 && y0 >= 0 && x0 + side <= width && y0 + side <= height,
+                   "robustness_tool photo: the face square does not fit in the picture");
+    const Image face = resize_image(load_image(argv[a], ColorMode::rgb), static_cast<int>(side), static_cast<int>(side));
+    for (long y = 0; y < side; ++y)
+      std::copy_n(&face.pixels[static_cast<size_t>(y * side * 3)], side * 3,
+                  &pixels[static_cast<size_t>(((y0 + y) * width + x0) * 3)]);
+  }
+  write_image(argv[2], width, height, 3, pixels);
   return 0;
 }
 
@@ -250,6 +277,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "dataset") return make_dataset(argc, argv);
     if (command == "image") return make_image(argc, argv);
+    if (command == "photo") return make_photo(argc, argv);
     if (command == "weights") return make_weights(argc, argv);
     if (command == "check") return check(argc, argv);
     if (command == "compare") return compare(argc, argv);

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <system_error>
@@ -49,6 +50,12 @@ struct ImageFolderOptions {
   bool apply_exif_orientation = true;  // turn photos upright (see DecodeOptions)
   bool warnings = true;  // print skipped files and a summary to stderr
   int threads = 0;       // decoding threads (0 = OpenMP's default)
+  // When set, makes each decoded picture's stored image (height x width x the color mode's
+  // channels) instead of resizing the whole picture, e.g. the face found in a photo
+  // (detect/picture_faces.hpp); returning false skips the file with `reason`. Called from one
+  // thread at a time: with it, pictures are decoded one after another (a detector is not
+  // thread-safe, and runs its own threads).
+  std::function<bool(const Image& picture, int height, int width, Image& stored, std::string& reason)> prepare;
 
   // Used by load_image_dataset only.
   SplitFractions fractions;          // class-folder layout: stratified train/validation/test
@@ -166,7 +173,7 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
   std::vector<uint8_t> pixels(static_cast<size_t>(file_count * image_bytes));
   std::vector<std::string> failures(static_cast<size_t>(file_count));
   std::vector<std::pair<int, int>> native_sizes(static_cast<size_t>(file_count));  // width, height
-  const int threads = options.threads > 0 ? options.threads : max_threads();
+  const int threads = options.prepare ? 1 : options.threads > 0 ? options.threads : max_threads();
 #pragma omp parallel num_threads(threads)
   {
     Image decoded;  // per thread, reused
@@ -180,8 +187,21 @@ inline ImageSet load_image_folder(const std::string& root, const ImageFolderOpti
           failures[f] = error;
         } else {
           native_sizes[f] = {decoded.width, decoded.height};
-          if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height, width))
+          if (options.prepare) {
+            Image stored;
+            if (!options.prepare(decoded, height, width, stored, error)) {
+              failures[f] = error.empty() ? "refused by the folder's prepare function" : error;
+            } else {
+              EIGENNET_CHECK(stored.height == height && stored.width == width && stored.channels == channels &&
+                                 static_cast<int64_t>(stored.pixels.size()) == image_bytes,
+                             "image folder: prepare gave a ", stored.width, "x", stored.height, "x", stored.channels,
+                             " image for the stored size ", width, "x", height, "x", channels);
+              std::memcpy(slot, stored.pixels.data(), static_cast<size_t>(image_bytes));
+            }
+          } else if (!resize_image(decoded.pixels.data(), decoded.height, decoded.width, channels, slot, height,
+                                   width)) {
             failures[f] = "stb_image_resize failed (out of memory?)";
+          }
         }
       } catch (const std::exception& e) {  // nothing may leave an OpenMP region
         failures[f] = e.what();

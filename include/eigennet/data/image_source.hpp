@@ -7,6 +7,7 @@
 #pragma once
 
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "batch.hpp"
@@ -44,11 +45,33 @@ class ImageSource : public DataSource {
     for (int64_t i = 0; i < count; ++i)
       images_[static_cast<size_t>(i)] = indices_[static_cast<size_t>(batch.items[static_cast<size_t>(i)])];
     assemble_batch(set_, images_.data(), count, epoch_, options_, batch.inputs, batch.labels);
+    batch.other_sizes.resize(other_sizes_.size());
+    for (size_t s = 0; s < other_sizes_.size(); ++s) {
+      BatchOptions options = options_;
+      options.height = other_sizes_[s].first;
+      options.width = other_sizes_[s].second;
+      assemble_batch(set_, images_.data(), count, epoch_, options, batch.other_sizes[s], other_labels_);
+    }
   }
   std::unique_ptr<DataSource> mirrored() const override {
     BatchOptions options = options_;
     options.flip = !options.flip;
-    return std::make_unique<ImageSource>(set_, indices_, options, order_kind_, seed_);
+    auto mirror = std::make_unique<ImageSource>(set_, indices_, options, order_kind_, seed_);
+    for (const auto& [height, width] : other_sizes_) mirror->also_render(height, width);
+    return mirror;
+  }
+
+  // Every batch also holds its images at height x width in Batch::other_sizes, rendered from the
+  // stored image with the same augmentation draws (which depend only on the seed, the epoch and
+  // the image, not on the output size): the same augmented view, not a resize of the rendered
+  // one. For models that read another input size, e.g. distillation teachers. The model's own
+  // size, or one already added, adds nothing.
+  void also_render(int height, int width) {
+    EIGENNET_CHECK(height > 0 && width > 0, "ImageSource::also_render: invalid size ", width, "x", height);
+    if (height == options_.height && width == options_.width) return;
+    for (const auto& size : other_sizes_)
+      if (size.first == height && size.second == width) return;
+    other_sizes_.emplace_back(height, width);
   }
 
   const ImageSet& images() const { return set_; }
@@ -70,6 +93,8 @@ class ImageSource : public DataSource {
   uint64_t seed_;
   int64_t epoch_ = 0;
   std::vector<int64_t> order_, images_;
+  std::vector<std::pair<int, int>> other_sizes_;  // (height, width)
+  std::vector<int32_t> other_labels_;
 };
 
 }  // namespace eigennet

@@ -28,7 +28,20 @@ struct Batch {
   Tensor inputs;
   std::vector<int32_t> labels;
   std::vector<int64_t> items;
+  // The same inputs at other sizes, with the same augmentation draws, for models that read the
+  // batch at another input size (e.g. distillation teachers; ImageSource::also_render).
+  std::vector<Tensor> other_sizes;
+
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
+  // The images [N, height, width, C] of this batch: `inputs` or one of `other_sizes`; null when
+  // the batch has none of that size.
+  const Tensor* inputs_at(int64_t height, int64_t width) const {
+    const auto fits = [&](const Tensor& t) { return t.rank() == 4 && t.dim(1) == height && t.dim(2) == width; };
+    if (fits(inputs)) return &inputs;
+    for (const Tensor& t : other_sizes)
+      if (fits(t)) return &t;
+    return nullptr;
+  }
 };
 
 // The order in which an epoch visits the items.
@@ -113,6 +126,7 @@ class TensorSource : public DataSource {
                    " items");
     batch.items.assign(order_.begin() + begin, order_.begin() + begin + count);
     gather_rows(inputs_, batch.items.data(), count, batch.inputs);
+    batch.other_sizes.clear();
     batch.labels.resize(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) batch.labels[static_cast<size_t>(i)] = labels_[static_cast<size_t>(batch.items[static_cast<size_t>(i)])];
   }

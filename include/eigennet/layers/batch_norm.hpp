@@ -9,14 +9,33 @@
 // Besides forward/backward, the layer exposes its per-channel coefficients (prepare_forward,
 // prepare_backward) so that fused layers (InvertedResidual) can run the normalization inside
 // their own sweeps while this class keeps the parameters, statistics and rules in one place.
+//
+// In data-parallel training each process holds a part of the batch. By default each normalizes
+// with its own part's statistics; with a BatchStatisticsSync (distributed/sync_batch_norm.hpp)
+// the statistics, and the sums of the backward, are those of the whole batch.
 #pragma once
 
 #include <cmath>
+#include <cstring>
 
 #include "../kernels/batch_norm_act.hpp"
 #include "layer.hpp"
 
 namespace eigennet {
+
+// Combines a BatchNorm's per-process batch statistics with those of the other processes of a
+// data-parallel run (every process calls it for the same layers in the same order).
+class BatchStatisticsSync {
+ public:
+  virtual ~BatchStatisticsSync() = default;
+  // In: per-channel mean and biased variance of this process's m rows. Out: those of the rows of
+  // all processes. Returns the number of rows of all processes.
+  virtual int64_t combine_statistics(float* mean, float* variance, int64_t m, int64_t c) = 0;
+  // In: s1 = sum dz and s2 = sum dz * x_hat over this process's m rows. Out: the sums over the
+  // rows of all processes, in this process's gradient units (each process's loss is the mean
+  // over its own items, so its gradients carry a factor 1 / its items).
+  virtual void combine_gradient_sums(double* s1, double* s2, int64_t m, int64_t c) = 0;
+};
 
 class BatchNorm : public Layer {
  public:
@@ -42,6 +61,11 @@ class BatchNorm : public Layer {
   // mean 0, variance 1 - eps, beta = folded bias) that is gamma = sqrt(v + eps), beta = m + bias.
   // The forward that performs it runs in inference mode and its output is unchanged.
   void recalibrate_on_next_forward() { recalibrate_ = true; }
+
+  // Normalizes with the statistics of the batch of all processes (null: this process's only).
+  // The sync must outlive its use.
+  void set_statistics_sync(BatchStatisticsSync* sync) { sync_ = sync; }
+  BatchStatisticsSync* statistics_sync() const { return sync_; }
 
   // Whether forward in `mode` normalizes with batch statistics.
   bool uses_batch_statistics(Mode mode) const { return mode == Mode::train && !(gamma_.frozen && beta_.frozen); }
@@ -105,6 +129,15 @@ class BatchNorm : public Layer {
     float* sh = mu + 3 * c;
     if (trained_) {
       EIGENNET_CHECK(batch_mean && batch_variance, "BatchNorm '", name(), "': training mode needs batch statistics");
+      rows_ = m;
+      if (sync_) {
+        float* global = batch_stats_.data() + 2 * c;
+        std::memcpy(global, batch_mean, static_cast<size_t>(c) * sizeof(float));
+        std::memcpy(global + c, batch_variance, static_cast<size_t>(c) * sizeof(float));
+        m = rows_ = sync_->combine_statistics(global, global + c, m, c);
+        batch_mean = global;
+        batch_variance = global + c;
+      }
       const float unbiased = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
       for (int64_t j = 0; j < c; ++j) {
         mu[j] = batch_mean[j];
@@ -143,13 +176,27 @@ class BatchNorm : public Layer {
     float* aa = kk + c;
     float* bb = kk + 2 * c;
     const float* inv = inv_std();
+    // The parameter gradients take this process's sums (the optimizer's gradients are averaged
+    // across processes elsewhere); the gradient through the batch statistics needs the sums of
+    // the rows those statistics came from.
+    const double* g1 = s1;
+    const double* g2 = s2;
+    if (trained_ && sync_) {
+      double* global = global_sums_.data();
+      std::memcpy(global, s1, static_cast<size_t>(c) * sizeof(double));
+      std::memcpy(global + c, s2, static_cast<size_t>(c) * sizeof(double));
+      sync_->combine_gradient_sums(global, global + c, m, c);
+      g1 = global;
+      g2 = global + c;
+      m = rows_;
+    }
     for (int64_t j = 0; j < c; ++j) {
       if (s1 && beta_.trainable()) beta_.grad[j] += static_cast<float>(s1[j]);
       if (s2 && gamma_.trainable()) gamma_.grad[j] += static_cast<float>(s2[j]);
       kk[j] = gamma_.value[j] * inv[j];
       if (trained_) {
-        aa[j] = static_cast<float>(s1[j] / static_cast<double>(m));
-        bb[j] = static_cast<float>(inv[j] * s2[j] / static_cast<double>(m));
+        aa[j] = static_cast<float>(g1[j] / static_cast<double>(m));
+        bb[j] = static_cast<float>(inv[j] * g2[j] / static_cast<double>(m));
       } else {
         aa[j] = 0.0f;
         bb[j] = 0.0f;
@@ -175,7 +222,8 @@ class BatchNorm : public Layer {
     register_parameter(moving_mean_);
     register_parameter(moving_variance_);
     coefficients_ = Tensor(Shape{7 * c});
-    batch_stats_ = Tensor(Shape{2 * c});
+    batch_stats_ = Tensor(Shape{4 * c});
+    global_sums_.assign(static_cast<size_t>(2 * c), 0.0);
     return in;
   }
 
@@ -196,9 +244,12 @@ class BatchNorm : public Layer {
   float momentum_, epsilon_;
   Parameter gamma_, beta_, moving_mean_, moving_variance_;
   Tensor coefficients_;  // mean, inv_std, scale, shift (forward); k, a, b (backward)
-  Tensor batch_stats_;   // batch mean and biased variance (when computed here)
+  Tensor batch_stats_;   // batch mean and biased variance (when computed here), then those of all processes
+  std::vector<double> global_sums_;  // the backward's sums over all processes
+  int64_t rows_ = 0;                 // rows behind the statistics of the latest training forward
   bool trained_ = false;
   bool recalibrate_ = false;
+  BatchStatisticsSync* sync_ = nullptr;
 };
 
 }  // namespace eigennet

@@ -17,6 +17,14 @@ class Dropout : public Layer {
   const char* type() const override { return "Dropout"; }
   float rate() const { return rate_; }
   void reseed(uint64_t seed) override { rng_.reseed(seed); }
+  // In data-parallel training a process holds rows [before, n - after) of a batch of n rows (the
+  // other processes hold the rest). With this, each forward draws the masks of the other rows
+  // too and discards them, so that every item gets the mask one process would draw for it.
+  void set_rows_elsewhere(int64_t before, int64_t after) {
+    EIGENNET_CHECK(before >= 0 && after >= 0, "Dropout '", name(), "': negative row counts ", before, ", ", after);
+    rows_before_ = before;
+    rows_after_ = after;
+  }
 
   void forward(const Tensor& x, Tensor& y, Mode mode) override {
     ProfileScope scope("dropout");
@@ -28,7 +36,10 @@ class Dropout : public Layer {
       return;
     }
     mask_.resize(x.shape());
+    const int64_t row = x.size() / x.dim(0);
+    for (int64_t i = 0; i < rows_before_ * row; ++i) rng_.next_u64();  // one draw per element
     kernels::dropout_make_mask(mask_.data(), x.size(), rate_, rng_);
+    for (int64_t i = 0; i < rows_after_ * row; ++i) rng_.next_u64();
     kernels::multiply(y.data(), x.data(), mask_.data(), x.size());
   }
   void backward(const Tensor& x, const Tensor& y, const Tensor& dy, Tensor* dx) override {
@@ -49,6 +60,7 @@ class Dropout : public Layer {
   Rng rng_;
   Tensor mask_;
   bool active_ = false;
+  int64_t rows_before_ = 0, rows_after_ = 0;
 };
 
 }  // namespace eigennet

@@ -83,6 +83,9 @@ class Sequential : public Layer, public Model {
     fn(*this);
     for (auto& l : layers_) l->for_each_layer(fn);
   }
+  // Reports each of this container's own layers as its backward ends (Model::set_backward_hook);
+  // also when the container runs inside another (a Classifier's head).
+  void set_backward_hook(std::function<void(Layer&)> hook) override { backward_hook_ = std::move(hook); }
   bool has_trainable_parameters() const override {
     for (const auto& l : layers_)
       if (l->has_trainable_parameters()) return true;
@@ -139,6 +142,7 @@ class Sequential : public Layer, public Model {
       if (i > lowest) grad_in = &grads_[i % 2];
       else if (i == 0) grad_in = dx;
       layers_[i]->backward(in, out, *grad, grad_in);
+      if (backward_hook_) backward_hook_(*layers_[i]);
       grad = grad_in;
     }
   }
@@ -183,6 +187,7 @@ class Sequential : public Layer, public Model {
   std::optional<Shape> model_input_;
   Shape current_shape_;
   Tensor input_, output_;
+  std::function<void(Layer&)> backward_hook_;
 };
 
 }  // namespace eigennet

@@ -75,6 +75,15 @@ class Classifier : public Model {
     all.insert(all.end(), h.begin(), h.end());
     return all;
   }
+  void for_each_layer(const std::function<void(Layer&)>& fn) override {
+    base_->for_each_layer(fn);
+    head_->for_each_layer(fn);
+  }
+  // The head's layers are reported first, then the base's (the order of backward).
+  void set_backward_hook(std::function<void(Layer&)> hook) override {
+    head_->set_backward_hook(hook);
+    base_->set_backward_hook(std::move(hook));
+  }
   // The head gets `seed` itself, so that training the head alone on cached features (frozen
   // base) draws the same dropout masks as training the whole classifier.
   void reseed(uint64_t seed) override {

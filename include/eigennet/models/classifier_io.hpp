@@ -146,7 +146,7 @@ struct LoadedClassifier {
 
 // Rebuilds a classifier from a file written by save_classifier, already read (or parsed from
 // memory with parse_safetensors). A training checkpoint (train/checkpoint.hpp) loads too: its
-// optimizer state (tensors named "optimizer/...") is ignored.
+// optimizer and callback state (tensors named "optimizer/..." and "callback/...") is ignored.
 inline LoadedClassifier load_classifier(SafetensorsFile file) {
   const std::string& path = file.path;
   LoadedClassifier out;
@@ -168,7 +168,7 @@ inline LoadedClassifier load_classifier(SafetensorsFile file) {
   SafetensorsFile model_only;
   model_only.path = file.path;
   for (NamedTensor& t : file.tensors)
-    if (t.name.rfind("optimizer/", 0) != 0) model_only.tensors.push_back(std::move(t));
+    if (t.name.rfind("optimizer/", 0) != 0 && t.name.rfind("callback/", 0) != 0) model_only.tensors.push_back(std::move(t));
   load_parameters(out.model->parameters(), model_only);
   return out;
 }

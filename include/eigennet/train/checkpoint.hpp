@@ -3,7 +3,9 @@
 // and restores it (resume). The format is defined here, once:
 //
 //   tensors   the saved model's parameters by name (weights and BatchNorm statistics), then the
-//             optimizer's state ("optimizer/<parameter>/m", ...)
+//             optimizer's state ("optimizer/<parameter>/m", ...), then the state of callbacks
+//             that have one ("callback/<name>/...", e.g. the weight average of
+//             ExponentialMovingAverage; Checkpoint::add_state)
 //   metadata  the saved model's own metadata (so a checkpoint also loads as a model file), plus
 //             checkpoint       "eigennet-fit-1"
 //             settings         JSON object: the run's settings (RunSettings), compared on resume
@@ -127,11 +129,17 @@ inline CheckpointInfo read_checkpoint_info(const SafetensorsFile& file) {
   return info;
 }
 
+// Tensors a checkpoint saves and restores besides the model and the optimizer, by name (each
+// starting with "callback/").
+using CheckpointState = std::vector<std::pair<std::string, Tensor*>>;
+
 // Writes a checkpoint atomically (see the top of this file).
 inline void save_checkpoint(const std::string& path, const SavedModel& model, Optimizer& optimizer,
-                            const TrainingState& state, const RunSettings& settings) {
+                            const TrainingState& state, const RunSettings& settings,
+                            const CheckpointState& callback_state = {}) {
   std::vector<TensorRef> extra;
   for (auto& [name, tensor] : optimizer.state()) extra.push_back({name, tensor});
+  for (const auto& [name, tensor] : callback_state) extra.push_back({name, tensor});
   std::map<std::string, std::string> metadata = model.metadata;
   metadata["checkpoint"] = checkpoint_format;
   metadata["settings"] = settings.to_json().dump(-1);
@@ -146,7 +154,7 @@ inline void save_checkpoint(const std::string& path, const SavedModel& model, Op
 // the same settings. Everything is checked before anything changes: a refused or damaged file
 // leaves model and optimizer as they were.
 inline TrainingState load_checkpoint(const std::string& path, const SavedModel& model, Optimizer& optimizer,
-                                     const RunSettings& settings) {
+                                     const RunSettings& settings, const CheckpointState& callback_state = {}) {
   SafetensorsFile file = read_safetensors(path);
   if (!file.metadata.count("checkpoint"))
     fail("cannot resume from '", path, "': it is not a training checkpoint (no 'checkpoint' metadata)");
@@ -163,10 +171,18 @@ inline TrainingState load_checkpoint(const std::string& path, const SavedModel& 
                    saved->shape(), ", expected ", tensor->shape());
     optimizer_plan.emplace_back(tensor, saved);
   }
+  for (const auto& [name, tensor] : callback_state) {
+    const Tensor* saved = file.find(name);
+    EIGENNET_CHECK(saved != nullptr, "'", path, "': tensor '", name,
+                   "' is missing (the run that wrote it did not keep this callback's state)");
+    EIGENNET_CHECK(saved->shape() == tensor->shape(), "'", path, "': tensor '", name, "' has shape ", saved->shape(),
+                   ", expected ", tensor->shape());
+    optimizer_plan.emplace_back(tensor, saved);
+  }
   SafetensorsFile parameters;
   parameters.path = path;
   for (const NamedTensor& t : file.tensors)
-    if (t.name.rfind("optimizer/", 0) != 0) parameters.tensors.push_back(t);
+    if (t.name.rfind("optimizer/", 0) != 0 && t.name.rfind("callback/", 0) != 0) parameters.tensors.push_back(t);
   load_parameters(model.parameters, parameters);
   for (auto& [tensor, saved] : optimizer_plan) tensor->copy_from(*saved);
   optimizer.set_steps(info.optimizer_steps);
@@ -220,11 +236,25 @@ class Checkpoint : public Callback {
       say("no checkpoint at %s yet: starting from scratch\n", path_.c_str());
       return;
     }
-    ctx.state = load_checkpoint(path_, model_, ctx.optimizer, settings_);
+    ctx.state = load_checkpoint(path_, model_, ctx.optimizer, settings_, state_);
     resumed_ = true;
     say("resumed from %s after epoch %lld\n", path_.c_str(), static_cast<long long>(ctx.state.epochs_done));
   }
-  void on_epoch_end(FitContext& ctx) override { save_checkpoint(path_, model_, ctx.optimizer, ctx.state, settings_); }
+  void on_epoch_end(FitContext& ctx) override {
+    save_checkpoint(path_, model_, ctx.optimizer, ctx.state, settings_, state_);
+  }
+
+  // Also saves and restores these tensors of another callback (names starting with "callback/"),
+  // e.g. ExponentialMovingAverage::state(): a resumed run then continues it too.
+  void add_state(const CheckpointState& tensors) {
+    for (const auto& [name, tensor] : tensors) {
+      EIGENNET_CHECK(name.rfind("callback/", 0) == 0, "Checkpoint::add_state: tensor name '", name,
+                     "' must start with 'callback/'");
+      EIGENNET_CHECK(tensor != nullptr, "Checkpoint::add_state: tensor '", name, "' is null");
+      for (const auto& [n, t] : state_) EIGENNET_CHECK(n != name, "Checkpoint::add_state: tensor '", name, "' added twice");
+      state_.emplace_back(name, tensor);
+    }
+  }
 
   bool resumed() const { return resumed_; }
   const std::string& path() const { return path_; }
@@ -241,6 +271,7 @@ class Checkpoint : public Callback {
   SavedModel model_;
   RunSettings settings_;
   Options options_;
+  CheckpointState state_;
   bool resumed_ = false;
 };
 

@@ -62,6 +62,8 @@ struct FitContext {
   Optimizer& optimizer;
   const FitOptions& options;
   TrainingState& state;
+  DataSource* train = nullptr;       // the sources fit() was given (validation: null when none)
+  DataSource* validation = nullptr;
   int64_t epoch = 0;              // 0-based, the epoch being run or just finished
   int64_t batches_per_epoch = 0;
   // During a batch:
@@ -81,8 +83,11 @@ struct FitContext {
 // When a callback runs relative to the others. A checkpoint restores the run before the others
 // start (they see the restored state) and saves it after they have written their files (the best
 // model, the log), so a crash in between redoes the epoch; a reporter (the epoch line) comes
-// last, so that what it reports is on disk.
-enum class CallbackRole { ordinary, checkpoint, reporter };
+// last, so that what it reports is on disk. A distributed callback (distributed/: it keeps the
+// processes of a data-parallel run in step) runs before everything else, so that the others see
+// averaged gradients and metrics of the whole batch, except at the start, where it runs right
+// after the checkpoint, so that it can hand the restored run to the other processes.
+enum class CallbackRole { ordinary, checkpoint, reporter, distributed };
 
 // A hook into fit(). Override what you need; every hook may throw to stop the run with an error.
 class Callback {
@@ -186,11 +191,17 @@ class TerminateOnNonFinite : public Callback {
         fail("training diverged: the gradient of '", p->name, "' is not finite at step ", ctx.state.step, " (epoch ",
              ctx.epoch + 1, "); ", advice_);
   }
-  // After the optimizer step: a parameter that became non-finite would poison the checkpoint.
+  // After the optimizer step: a parameter, or optimizer state, that became non-finite would poison
+  // the checkpoint. (Adam's second moment overflows to infinity while the parameters it scales
+  // still move by finite steps, so the parameters alone do not tell.)
   void on_batch_end(FitContext& ctx) override {
     for (const Parameter* p : ctx.model.parameters())
       if (!detail::all_finite(p->value))
         fail("training diverged: parameter '", p->name, "' is not finite after step ", ctx.state.step, " (epoch ",
+             ctx.epoch + 1, "); ", advice_);
+    for (const auto& [name, tensor] : ctx.optimizer.state())
+      if (tensor != nullptr && !detail::all_finite(*tensor))
+        fail("training diverged: optimizer state '", name, "' is not finite after step ", ctx.state.step, " (epoch ",
              ctx.epoch + 1, "); ", advice_);
   }
 
@@ -227,24 +238,30 @@ inline FitResult fit(Model& model, Optimizer& optimizer, Loss& loss, DataSource&
   TerminateOnNonFinite non_finite;
   std::unique_ptr<GradientClipping> clipping;
   if (options.clip_grad_norm > 0) clipping = std::make_unique<GradientClipping>(options.clip_grad_norm);
-  std::vector<Callback*> ordinary, checkpoints, reporters;
+  std::vector<Callback*> distributed, ordinary, checkpoints, reporters;
   if (options.stop_on_non_finite) ordinary.push_back(&non_finite);
   if (clipping) ordinary.push_back(clipping.get());
   for (Callback* c : callbacks) {
     const CallbackRole role = c->role();
-    (role == CallbackRole::checkpoint ? checkpoints : role == CallbackRole::reporter ? reporters : ordinary).push_back(c);
+    (role == CallbackRole::checkpoint    ? checkpoints
+     : role == CallbackRole::reporter    ? reporters
+     : role == CallbackRole::distributed ? distributed
+                                         : ordinary)
+        .push_back(c);
   }
-  const auto joined = [](std::vector<Callback*> a, const std::vector<Callback*>& b, const std::vector<Callback*>& c) {
-    a.insert(a.end(), b.begin(), b.end());
-    a.insert(a.end(), c.begin(), c.end());
-    return a;
+  const auto joined = [](const std::vector<std::vector<Callback*>*>& groups) {
+    std::vector<Callback*> all;
+    for (const auto* g : groups) all.insert(all.end(), g->begin(), g->end());
+    return all;
   };
-  const std::vector<Callback*> at_start = joined(checkpoints, ordinary, reporters);
-  const std::vector<Callback*> all = joined(ordinary, checkpoints, reporters);
+  const std::vector<Callback*> at_start = joined({&checkpoints, &distributed, &ordinary, &reporters});
+  const std::vector<Callback*> all = joined({&distributed, &ordinary, &checkpoints, &reporters});
   const std::vector<Callback*>& at_end = all;
 
   FitResult result;
   FitContext ctx(model, optimizer, options, result.state);
+  ctx.train = &train;
+  ctx.validation = validation;
   ctx.batches_per_epoch = (n + options.batch_size - 1) / options.batch_size;
   Loss& validation_loss = options.validation_loss ? *options.validation_loss : loss;
   Batch batch;
