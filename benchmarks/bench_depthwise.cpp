@@ -33,6 +33,7 @@ const char* usage =
     "  --dram-mib N                    total size of the DRAM triad's three arrays (768)\n"
     "  --no-bandwidth                  skip the triad (no bandwidth fractions)\n"
     "  --jsonl                         one JSON object per line instead of a table\n"
+    "  --cpu-time                      time the thread's CPU time, not wall time (with --threads 1, busy machine)\n"
     "  --list-shapes                   print the shapes as JSON lines and exit\n"
     "  --serve                         read commands from stdin, answer each with one JSON line:\n"
     "                                    bandwidth | run BATCH H W C STRIDE DIRECTION | quit\n";
@@ -270,6 +271,7 @@ int main(int argc, char** argv) {
   const int threads = static_cast<int>(args.number("threads", 0));
   const int64_t dram_mib = static_cast<int64_t>(args.number("dram-mib", 768));
   const bool no_bandwidth = args.flag("no-bandwidth"), jsonl = args.flag("jsonl");
+  bench::use_cpu_time() = args.flag("cpu-time");
   const bool list = args.flag("list-shapes"), serve_mode = args.flag("serve");
   args.done();
   if (config != "all" && config != "train" && config != "infer") args.fail("--config must be train, infer or all");

@@ -1,9 +1,13 @@
 // bench_mobilenet: end-to-end MobileNetV2 with eigennet. Configurations:
 //   train_a1.00_96_b32  one training step at 96x96, batch 32: forward (train mode), softmax
 //                       cross-entropy over 7 classes, backward, Adam step
-//   infer_a1.00_96_b32  one inference batch (BatchNorm with moving statistics)
+//   infer_a1.00_96_b32  one inference batch through the model compiled for inference
+//                       (compile_for_inference: BatchNorm folded, blocks fused, weights packed)
 //   train_a0.35_96_b32, infer_a0.35_96_b32   the same with width multiplier 0.35
+//   infer_a1.00_96_b1   one 96x96 image (a face, a camera frame)
 //   infer_a1.00_224_b1  one 224x224 image
+// With --plain-inference, inference runs the model itself in Mode::inference instead (the path
+// before compile_for_inference existed), for before/after comparisons in one build.
 // The model is make_mobilenet_v2 (average pooling) followed by Dense(7), as an
 // eigennet::Classifier with a head of just the Dense layer. bench_mobilenet_torch.py builds the
 // same network in PyTorch; compare_mobilenet.py drives both through --serve.
@@ -17,6 +21,7 @@
 #include "bench_util.hpp"
 #include "eigennet/core/parallel.hpp"
 #include "eigennet/core/profile.hpp"
+#include "eigennet/inference/inference_net.hpp"
 #include "eigennet/loss/softmax_cross_entropy.hpp"
 #include "eigennet/models/classifier.hpp"
 #include "eigennet/optim/adam.hpp"
@@ -26,7 +31,8 @@ namespace {
 const char* usage =
     "usage: bench_mobilenet [options]\n"
     "  --config NAME|all       train_a1.00_96_b32, infer_a1.00_96_b32, train_a0.35_96_b32, infer_a0.35_96_b32,\n"
-    "                          infer_a1.00_224_b1, or all (all)\n"
+    "                          infer_a1.00_96_b1, infer_a1.00_224_b1, or all (all)\n"
+    "  --plain-inference       inference through model.forward(Mode::inference), not the compiled net\n"
     "  --warmup N              untimed steps first (2)\n"
     "  --steps N               timed steps, median reported (5)\n"
     "  --threads N             OpenMP threads (default: OpenMP's default)\n"
@@ -49,7 +55,7 @@ const std::vector<Config>& configs() {
   static const std::vector<Config> all = {
       {"train_a1.00_96_b32", true, 1.0f, 96, 32},  {"infer_a1.00_96_b32", false, 1.0f, 96, 32},
       {"train_a0.35_96_b32", true, 0.35f, 96, 32}, {"infer_a0.35_96_b32", false, 0.35f, 96, 32},
-      {"infer_a1.00_224_b1", false, 1.0f, 224, 1},
+      {"infer_a1.00_96_b1", false, 1.0f, 96, 1},   {"infer_a1.00_224_b1", false, 1.0f, 224, 1},
   };
   return all;
 }
@@ -64,6 +70,7 @@ constexpr int64_t kClasses = 7;
 
 // Resident memory before any model exists (program, libraries, OpenMP), for reading the peak.
 double base_rss_mib = -1;
+bool plain_inference = false;
 
 // A model, its optimizer and one fixed batch; step() is one timed unit of work.
 class Workload {
@@ -78,7 +85,8 @@ class Workload {
     head.dropout = 0.0f;
     head.classes = kClasses;
     model_ = std::make_unique<eigennet::Classifier>(eigennet::make_mobilenet_v2(mc, 1), head, 2);
-    optimizer_ = std::make_unique<eigennet::Adam>(model_->parameters());
+    if (c.train) optimizer_ = std::make_unique<eigennet::Adam>(model_->parameters());
+    else if (!plain_inference) net_ = std::make_unique<eigennet::InferenceNet>(eigennet::compile_for_inference(*model_));
     images_ = eigennet::Tensor(eigennet::Shape{c.batch, c.size, c.size, 3});
     eigennet::Rng rng(3);
     for (int64_t i = 0; i < images_.size(); ++i) images_[i] = rng.uniform(-1.0f, 1.0f);
@@ -93,20 +101,26 @@ class Workload {
       model_->backward(loss_.gradient());
       optimizer_->step();
     } else {
-      const eigennet::Tensor& logits = model_->forward(images_, eigennet::Mode::inference);
+      const eigennet::Tensor& logits = net_ ? net_->forward(images_) : model_->forward(images_, eigennet::Mode::inference);
       last_loss_ = logits[0];
     }
   }
   // Seconds of each of `steps` consecutive steps.
   std::vector<double> run(int steps) {
     std::vector<double> seconds;
+    cpu_seconds_.clear();
     for (int i = 0; i < steps; ++i) {
       const auto start = bench::Clock::now();
+      const double cpu_start = bench::thread_cpu_seconds();
       step();
+      cpu_seconds_.push_back(bench::thread_cpu_seconds() - cpu_start);
       seconds.push_back(bench::seconds_since(start));
     }
     return seconds;
   }
+  // CPU time of the calling thread in each step of the latest run(): with one thread, the
+  // step's work without the time other processes took from it.
+  const std::vector<double>& cpu_seconds() const { return cpu_seconds_; }
   int64_t trainable_parameters() { return eigennet::count_elements(model_->parameters(), eigennet::ParameterCount::weights); }
   const Config& config() const { return config_; }
   float last_loss() const { return last_loss_; }
@@ -115,10 +129,12 @@ class Workload {
   Config config_;
   std::unique_ptr<eigennet::Classifier> model_;
   std::unique_ptr<eigennet::Adam> optimizer_;
+  std::unique_ptr<eigennet::InferenceNet> net_;  // inference configurations, unless --plain-inference
   eigennet::SoftmaxCrossEntropy loss_;
   eigennet::Tensor images_;
   std::vector<int32_t> labels_;
   float last_loss_ = 0;
+  std::vector<double> cpu_seconds_;
 };
 
 std::string result_json(const Workload& w, const std::vector<double>& seconds, int64_t params) {
@@ -127,9 +143,13 @@ std::string result_json(const Workload& w, const std::vector<double>& seconds, i
   const double median_ms = bench::median(ms);
   bench::JsonLine j;
   j.add("tool", "eigennet").add("config", w.config().name).add("train", w.config().train);
+  j.add("inference_path", w.config().train ? "-" : plain_inference ? "plain model" : "compiled");
   j.add("alpha", static_cast<double>(w.config().alpha)).add("size", w.config().size).add("batch", w.config().batch);
   j.add("threads", eigennet::max_threads()).add("params", params);
   j.add("ms", median_ms).add("ms_min", *std::min_element(ms.begin(), ms.end())).add("times_ms", ms);
+  std::vector<double> cpu_ms;
+  for (double c : w.cpu_seconds()) cpu_ms.push_back(1e3 * c);
+  j.add("cpu_times_ms", cpu_ms);
   j.add("images_per_s", static_cast<double>(w.config().batch) / (median_ms / 1e3));
   j.add("loss_or_logit", static_cast<double>(w.last_loss()));
   j.add("peak_rss_mib", bench::peak_rss_mib()).add("base_rss_mib", base_rss_mib);
@@ -199,6 +219,7 @@ int main(int argc, char** argv) {
   const int threads = static_cast<int>(args.number("threads", 0));
   const bool profile = args.flag("profile"), jsonl = args.flag("jsonl");
   const bool list = args.flag("list-configs"), serve_mode = args.flag("serve");
+  plain_inference = args.flag("plain-inference");
   args.done();
   if (steps < 1 || warmup < 0) args.fail("--steps must be >= 1 and --warmup >= 0");
   if (threads > 0) eigennet::set_threads(threads);

@@ -34,6 +34,7 @@ CONFIGS = {  # name: (train, alpha, size, batch), as in bench_mobilenet.cpp
     "infer_a1.00_96_b32": (False, 1.0, 96, 32),
     "train_a0.35_96_b32": (True, 0.35, 96, 32),
     "infer_a0.35_96_b32": (False, 0.35, 96, 32),
+    "infer_a1.00_96_b1": (False, 1.0, 96, 1),
     "infer_a1.00_224_b1": (False, 1.0, 224, 1),
 }
 
@@ -110,9 +111,11 @@ class Workload:
 
     def run(self, steps):
         seconds = []
+        self.cpu_seconds = []  # CPU time of this thread per step (see bench_mobilenet.cpp)
         for _ in range(steps):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.thread_time()
             self.step()
+            self.cpu_seconds.append(time.thread_time() - cpu_start)
             seconds.append(time.perf_counter() - start)
         return seconds
 
@@ -123,6 +126,7 @@ def result(w, seconds, base_rss):
     return dict(tool="pytorch", variant=w.variant, config=w.name, train=w.train, alpha=w.alpha, size=w.size,
                 batch=w.batch,
                 threads=torch.get_num_threads(), params=w.params, ms=med, ms_min=min(ms), times_ms=ms,
+                cpu_times_ms=[1e3 * c for c in getattr(w, "cpu_seconds", [])],
                 images_per_s=w.batch / (med / 1e3), loss_or_logit=w.last, peak_rss_mib=peak_rss_mib(),
                 base_rss_mib=base_rss)
 

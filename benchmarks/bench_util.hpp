@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -25,6 +26,13 @@ inline double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// CPU time consumed so far by the calling thread (excludes time other processes took from it).
+inline double thread_cpu_seconds() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
 inline double median(std::vector<double> v) {
   if (v.empty()) return NAN;
   std::sort(v.begin(), v.end());
@@ -37,6 +45,17 @@ struct Timing {
   int samples = 0, calls_per_sample = 0;
 };
 
+// When set (--cpu-time, with one thread), time_calls measures the calling thread's CPU time
+// instead of wall time: on a busy machine that excludes the time other processes take.
+inline bool& use_cpu_time() {
+  static bool flag = false;
+  return flag;
+}
+inline double timer_seconds() {
+  return use_cpu_time() ? thread_cpu_seconds()
+                        : std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
 // Times fn(): `warmup` untimed calls, then a calls-per-sample count chosen so that one sample
 // lasts at least min_sample_s (short kernels would otherwise be dominated by clock
 // resolution), then `samples` samples. Reports the median and the minimum time per call.
@@ -44,18 +63,18 @@ inline Timing time_calls(const std::function<void()>& fn, int samples, double mi
   for (int i = 0; i < warmup; ++i) fn();
   int calls = 1;
   for (;;) {
-    const auto start = Clock::now();
+    const double start = timer_seconds();
     for (int i = 0; i < calls; ++i) fn();
-    const double t = seconds_since(start);
+    const double t = (timer_seconds() - start);
     if (t >= min_sample_s || calls >= (1 << 20)) break;
     const double grow = t > 0 ? 1.2 * min_sample_s / t : 16.0;
     calls = std::max(calls * 2, static_cast<int>(std::ceil(calls * std::min(grow, 64.0))));
   }
   std::vector<double> per_call;
   for (int s = 0; s < samples; ++s) {
-    const auto start = Clock::now();
+    const double start = timer_seconds();
     for (int i = 0; i < calls; ++i) fn();
-    per_call.push_back(seconds_since(start) / calls);
+    per_call.push_back((timer_seconds() - start) / calls);
   }
   Timing t;
   t.median_s = median(per_call);

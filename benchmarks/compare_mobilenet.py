@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Compares eigennet with PyTorch end to end on MobileNetV2 + Dense(7): training steps at 96x96
-batch 32 (alpha 1.0 and 0.35), inference batches at the same sizes, and one 224x224 image.
+batch 32 (alpha 1.0 and 0.35), inference batches at the same sizes, and one 96x96 and one 224x224
+image. eigennet's inference runs the model compiled for inference (compile_for_inference).
 
 Timing: both sides run as persistent processes in --serve mode (bench_mobilenet and
 bench_mobilenet_torch.py). For each configuration both build the model and run the warm-up
@@ -9,6 +10,9 @@ steps of ours, then one of PyTorch's, for `--rounds` rounds, and reports the med
 of each and the ratio torch / ours (> 1: eigennet is faster). Inference configurations also
 run PyTorch "frozen" (torch.jit.optimize_for_inference: BatchNorm folded, oneDNN weights
 prepacked), PyTorch's CPU inference fast path, as a third tool in the alternation (A B C).
+With --before-build-dir, a second eigennet build (e.g. of an earlier commit) joins the
+alternation as "before", so that before / after ratios come from the same run; a configuration
+that build does not know is left out for it.
 
 Memory: peak resident memory (VmHWM) of a fresh process per configuration and tool, running
 one warm-up and one timed step, so that peaks of different configurations do not mix. The
@@ -28,7 +32,7 @@ import sys
 from bench_common import BENCH_DIR, Server, find_binary, settle
 
 CONFIGS = ("train_a1.00_96_b32", "infer_a1.00_96_b32", "train_a0.35_96_b32", "infer_a0.35_96_b32",
-           "infer_a1.00_224_b1")
+           "infer_a1.00_96_b1", "infer_a1.00_224_b1")
 
 
 def memory_run(argv, env):
@@ -48,6 +52,12 @@ def main():
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory processes")
     parser.add_argument("--no-frozen", action="store_true", help="skip PyTorch's frozen inference variant")
     parser.add_argument("--save", metavar="FILE", help="also write every raw JSON reply to FILE")
+    parser.add_argument("--before-build-dir", metavar="DIR",
+                        help="also run DIR's bench_mobilenet, interleaved, as 'before' (e.g. a build of main)")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="compare the CPU time of the timing thread instead of wall time; meaningful with "
+                             "--threads 1 only, where it excludes the time other processes take on a busy machine")
+    parser.add_argument("--ours-args", default="", help="extra arguments for our bench_mobilenet (e.g. --plain-inference)")
     args = parser.parse_args()
     configs = CONFIGS if args.configs == "all" else tuple(args.configs.split(","))
     for c in configs:
@@ -63,16 +73,29 @@ def main():
     saved = []
     times = {}  # (config, tool) -> list of step times in ms
     params = {}
-    servers = {"ours": Server("bench_mobilenet", [ours_bin, "--serve"] + threads, env),
+    servers = {"ours": Server("bench_mobilenet", [ours_bin, "--serve"] + threads + args.ours_args.split(), env),
                "torch": Server("bench_mobilenet_torch.py", [sys.executable, torch_script, "--serve"] + threads, env)}
+    if args.before_build_dir:
+        before_bin = find_binary(args.before_build_dir, "bench_mobilenet")
+        if before_bin is None:
+            sys.exit(f"compare_mobilenet: bench_mobilenet not found in {args.before_build_dir}")
+        servers["before"] = Server("bench_mobilenet (before)", [before_bin, "--serve"] + threads, env)
     try:
         for c in configs:
             # (tool, server, command suffix): ours, PyTorch eager, and for inference PyTorch frozen.
             tools = [("ours", servers["ours"], ""), ("torch", servers["torch"], "")]
             if c.startswith("infer") and not args.no_frozen:
                 tools.append(("frozen", servers["torch"], " frozen"))
-            for tool, server, suffix in tools:
-                reply = server.ask(f"setup {c} {args.warmup}{suffix}")
+            if "before" in servers:
+                tools.insert(1, ("before", servers["before"], ""))
+            for tool, server, suffix in list(tools):
+                try:
+                    reply = server.ask(f"setup {c} {args.warmup}{suffix}")
+                except RuntimeError:
+                    if tool != "before":
+                        raise
+                    tools.remove((tool, server, suffix))  # an older build without this configuration
+                    continue
                 params[(c, tool)] = reply["params"]
                 settle(0.1)
             for r in range(args.rounds):
@@ -80,7 +103,7 @@ def main():
                     reply = server.ask(f"run {c} {args.steps}{suffix}")
                     reply["round"] = r
                     saved.append(reply)
-                    times.setdefault((c, tool), []).extend(reply["times_ms"])
+                    times.setdefault((c, tool), []).extend(reply["cpu_times_ms" if args.cpu_time else "times_ms"])
                     settle(0.1)
             for tool, server, suffix in tools:
                 server.ask(f"free {c}{suffix}")
@@ -101,13 +124,18 @@ def main():
             for reply in saved:
                 f.write(json.dumps(reply) + "\n")
 
-    print(f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
+    if args.cpu_time and args.threads != 1:
+        print("compare_mobilenet: --cpu-time with more than one thread counts only the timing thread's time")
+    print(f"{'CPU time of the timing thread' if args.cpu_time else 'wall time'}: "
+          f"MobileNetV2 + Dense(7), eigennet vs PyTorch (channels_last), {args.threads} threads; median of "
           f"{args.rounds} x {args.steps} steps each, interleaved A B A B after {args.warmup} warm-up steps; "
           f"torch = PyTorch eager, speedup = torch ms / our ms (> 1: eigennet faster); min = fastest single step; "
-          f"frozen = PyTorch inference through torch.jit.optimize_for_inference, vs frozen = frozen ms / our ms")
+          f"frozen = PyTorch inference through torch.jit.optimize_for_inference, vs frozen = frozen ms / our ms"
+          + ("; before = the --before-build-dir build, interleaved too, vs before = before ms / our ms"
+             if "before" in servers else ""))
     print(f"{'config':20s} {'params':>9s} {'ours ms':>9s} {'torch ms':>9s} {'speedup':>8s} {'ours min':>9s} "
           f"{'torch min':>9s} {'frozen ms':>9s} {'vs frozen':>9s} {'ours img/s':>10s} {'torch img/s':>11s} "
-          f"{'ours peak MiB':>13s} {'torch peak MiB':>14s}")
+          f"{'ours peak MiB':>13s} {'torch peak MiB':>14s}" + (f" {'before ms':>9s} {'vs before':>9s}" if "before" in servers else ""))
     for c in configs:
         batch = 1 if c.endswith("_b1") else 32
         ours, theirs = statistics.median(times[(c, "ours")]), statistics.median(times[(c, "torch")])
@@ -122,7 +150,9 @@ def main():
               f"{min(times[(c, 'ours')]):9.1f} {min(times[(c, 'torch')]):9.1f} {frozen_cols} "
               f"{1e3 * batch / ours:10.1f} "
               f"{1e3 * batch / theirs:11.1f} {mem['ours']:>13s} {mem['torch']:>14s}"
-              f"{note}")
+              + (f" {statistics.median(times[(c, 'before')]):9.1f} {statistics.median(times[(c, 'before')]) / ours:9.2f}"
+                 if (c, "before") in times else (f" {'-':>9s} {'-':>9s}" if "before" in servers else ""))
+              + f"{note}")
         if note:
             print(f"  eigennet {params[(c, 'ours')]} vs PyTorch {params[(c, 'torch')]} trainable parameters")
     return 0

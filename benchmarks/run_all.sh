@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the benchmarks (Release) and runs every one of them, writing all output to stdout.
 #   benchmarks/run_all.sh [build-dir]        (default build dir: <repo>/build-bench)
-# Environment: PYTHON (default /usr/bin/python3, which has torch), THREADS (default 2).
+# Environment: PYTHON (default /usr/bin/python3, which has torch), THREADS (default 2), BEFORE (a
+# build directory of an earlier eigennet, e.g. of main, whose bench_mobilenet then joins the
+# end-to-end alternation as "before").
 # About a minute on a quiet 2-core machine plus the build; see benchmarks/README.md for each tool.
 set -euo pipefail
 
@@ -10,6 +12,8 @@ repo="$(dirname "$here")"
 build="${1:-$repo/build-bench}"
 python="${PYTHON:-/usr/bin/python3}"
 threads="${THREADS:-2}"
+before=()
+[[ -n "${BEFORE:-}" ]] && before=(--before-build-dir "$BEFORE")
 
 section() { printf '\n==== %s ====\n' "$*"; }
 run() {  # prints the command, runs it, prints how long it took
@@ -36,6 +40,9 @@ bin="$build/benchmarks"
 
 export OMP_NUM_THREADS="$threads" PYTHONDONTWRITEBYTECODE=1
 
+section "eigennet 1x1 convolutions next to the FMA peak (bench_pointwise)"
+run "$bin/bench_pointwise" --threads "$threads"
+
 section "eigennet depthwise kernels (bench_depthwise)"
 run "$bin/bench_depthwise" --threads "$threads"
 
@@ -48,13 +55,16 @@ section "depthwise: eigennet vs PyTorch vs XNNPACK, interleaved (compare_depthwi
 run "$python" "$here/compare_depthwise.py" --build-dir "$build" --threads "$threads"
 
 section "MobileNetV2 end to end: eigennet vs PyTorch, interleaved, and peak memory (compare_mobilenet.py)"
-run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads"
+run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads" --rounds 9 "${before[@]}"
 
 section "image decoding: eigennet (libjpeg-turbo, libpng) vs stb_image, interleaved (bench_decode)"
 run "$bin/bench_decode"
 
 section "where a training step goes (bench_mobilenet --profile)"
 run "$bin/bench_mobilenet" --config train_a1.00_96_b32 --warmup 1 --steps 1 --profile --threads "$threads"
+
+section "where an inference batch goes, step by step of the compiled net (bench_mobilenet --profile)"
+run "$bin/bench_mobilenet" --config infer_a1.00_96_b32 --warmup 2 --steps 1 --profile --threads "$threads"
 
 section "done"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"

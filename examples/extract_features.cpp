@@ -63,6 +63,7 @@ int main(int argc, char** argv) {
     config.pooling = pool == "max" ? GlobalPooling::max : GlobalPooling::avg;
     auto base = make_mobilenet_v2(config);
     load_imagenet_weights(*base, weights);
+    InferenceNet net = compile_for_inference(*base);  // BatchNorm folded, blocks fused
     const int s = static_cast<int>(size);
     const int64_t channels = base->model_output_shape()[0], n = static_cast<int64_t>(paths.size());
     Tensor features(Shape{n, channels}), batch;
@@ -94,7 +95,7 @@ int main(int argc, char** argv) {
       std::vector<int64_t> indices(static_cast<size_t>(count));
       for (int64_t i = 0; i < count; ++i) indices[static_cast<size_t>(i)] = i;
       assemble_batch(set, indices.data(), count, 0, options, batch, labels);
-      const Tensor& f = base->forward(batch, Mode::inference);
+      const Tensor& f = net.forward(batch);
       std::copy(f.data(), f.data() + count * channels, features.data() + begin * channels);
       // Redrawn in place on a terminal; in a log file only the final count.
       if (on_terminal || begin + count == n)

@@ -123,3 +123,26 @@ TEST_CASE("a MobileNetV2 training step and an inference batch allocate nothing o
   // The counter works: a vector allocates.
   CHECK(allocations_during([] { std::vector<float> v(1000); }) >= 1);
 }
+
+TEST_CASE("an inference batch through the compiled net (InferenceNet) allocates nothing once warmed up") {
+#ifdef EIGENNET_TEST_UNDER_ASAN
+  MESSAGE("skipped under AddressSanitizer, which owns malloc");
+  return;
+#endif
+  MobileNetV2Config config;
+  config.alpha = 0.35f;
+  config.height = config.width = 64;
+  config.pooling = GlobalPooling::max;
+  Classifier model(make_mobilenet_v2(config, 1), HeadConfig{32, 0.4f, 7}, 2);
+  InferenceNet net = compile_for_inference(model);
+  Tensor batch(Shape{8, 64, 64, 3}), one(Shape{1, 64, 64, 3});
+  Rng rng(3);
+  for (int64_t i = 0; i < batch.size(); ++i) batch[i] = rng.uniform(-1, 1);
+  for (int64_t i = 0; i < one.size(); ++i) one[i] = rng.uniform(-1, 1);
+  auto both = [&] {  // a batch, then a single image (a smaller batch reuses the buffers)
+    net.forward(batch);
+    net.forward(one);
+  };
+  for (int i = 0; i < 2; ++i) both();
+  CHECK(allocations_during(both) == 0);
+}

@@ -248,6 +248,34 @@ TEST_CASE("MobileNetV2 inference matches PyTorch with both ImageNet weight files
   print_summary();
 }
 
+TEST_CASE("MobileNetV2 compiled for inference (InferenceNet) matches PyTorch and the plain model") {
+  // The compiled net folds every BatchNorm into the convolution weights and fuses each block, so
+  // its float32 rounding differs from the plain model's; both are compared with the float64
+  // reference, and with each other.
+  if (!weights_available()) return;
+  const SafetensorsFile f = read_safetensors(std::string(EIGENNET_FIXTURES_DIR) + "/mobilenet_inference.safetensors");
+  print_header("MobileNetV2 compiled for inference vs PyTorch (float64) and vs the plain model");
+  const std::pair<const char*, const std::string*> files[] = {{"a035", &file_a035}, {"a100", &file_a100}};
+  const float alphas[] = {0.35f, 1.0f};
+  for (int k = 0; k < 2; ++k) {
+    for (const int64_t size : {96, 97, 224}) {
+      const std::string c = std::string(files[k].first) + "_" + std::to_string(size);
+      CAPTURE(c);
+      const int64_t batch = std::stoll(f.metadata_at(c + "/batch"));
+      const Tensor x = make_images(0, batch, size);
+      auto base = make_base(alphas[k], size, true, GlobalPooling::none);
+      load_imagenet_weights(*base, *files[k].second);
+      InferenceNet net = compile_for_inference(*base);
+      const Tensor compiled = net.forward(x);
+      const Tensor& plain = base->forward(x, Mode::inference);
+      const std::string group = std::string(files[k].first) + " inference compiled";
+      expect_close(group, std::to_string(size) + " out_relu", compiled, f.at(c + "/features"), inference_tol);
+      expect_close(group, std::to_string(size) + " vs plain model", compiled, plain, 1e-5);
+    }
+  }
+  print_summary();
+}
+
 TEST_CASE("MobileNetV2 training step (batch statistics, head, loss, gradients) matches PyTorch") {
   if (!weights_available()) return;
   const SafetensorsFile f = read_safetensors(std::string(EIGENNET_FIXTURES_DIR) + "/mobilenet_training.safetensors");

@@ -27,6 +27,7 @@
 #include "data/source.hpp"
 #include "data/split.hpp"
 
+#include "inference/inference_net.hpp"
 #include "io/atomic_file.hpp"
 #include "io/json.hpp"
 #include "io/model_io.hpp"

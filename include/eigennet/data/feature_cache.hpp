@@ -7,6 +7,8 @@
 //
 // Flip augmentation survives caching: with `mirrored`, the features of the mirrored images are
 // cached too, and each item of an epoch picks one of the two (draws from (seed, epoch)).
+// A base that compile_for_inference knows (a Sequential built with an input shape) runs through
+// the net compiled for inference, compiled once per call (`compiled = false`: its own forward).
 #pragma once
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <functional>
 #include <vector>
 
+#include "../inference/inference_net.hpp"
 #include "../layers/model.hpp"
 #include "source.hpp"
 
@@ -30,10 +33,11 @@ struct FeatureCacheOptions {
   bool mirrored = false;  // also cache the mirrored images' features (needs a source that mirrors)
   // Called after each batch with (items done, items in all), e.g. for a progress line.
   std::function<void(int64_t, int64_t)> progress;
+  bool compiled = true;  // through compile_for_inference where the base supports it
 };
 
 namespace detail {
-inline Tensor features_of(Model& base, DataSource& images, const FeatureCacheOptions& options,
+inline Tensor features_of(Model& base, InferenceNet* net, DataSource& images, const FeatureCacheOptions& options,
                           std::vector<int32_t>* labels) {
   const int64_t n = images.size();
   EIGENNET_CHECK(n > 0, "cache_features: no images");
@@ -44,7 +48,7 @@ inline Tensor features_of(Model& base, DataSource& images, const FeatureCacheOpt
   for (int64_t begin = 0; begin < n; begin += options.batch_size) {
     const int64_t count = std::min(options.batch_size, n - begin);
     images.get(begin, count, batch);
-    const Tensor& f = base.forward(batch.inputs, Mode::inference);
+    const Tensor& f = net ? net->forward(batch.inputs) : base.forward(batch.inputs, Mode::inference);
     EIGENNET_CHECK(f.rank() == 2 && f.dim(0) == count, "cache_features: the base must output [batch, features], got ",
                    f.shape());
     if (begin == 0) features.resize(Shape{n, f.dim(1)});
@@ -60,11 +64,12 @@ inline Tensor features_of(Model& base, DataSource& images, const FeatureCacheOpt
 // inference mode.
 inline FeatureCache cache_features(Model& base, DataSource& images, const FeatureCacheOptions& options = {}) {
   FeatureCache cache;
-  cache.features = detail::features_of(base, images, options, &cache.labels);
+  const std::unique_ptr<InferenceNet> net = options.compiled ? compile_for_inference_if_supported(base) : nullptr;
+  cache.features = detail::features_of(base, net.get(), images, options, &cache.labels);
   if (options.mirrored) {
     std::unique_ptr<DataSource> mirrored = images.mirrored();
     EIGENNET_CHECK(mirrored != nullptr, "cache_features: mirrored features need a source that can mirror its images");
-    cache.mirrored = detail::features_of(base, *mirrored, options, nullptr);
+    cache.mirrored = detail::features_of(base, net.get(), *mirrored, options, nullptr);
   }
   return cache;
 }

@@ -129,10 +129,15 @@ inline std::string json_quote(std::string_view text) {
   return out;
 }
 
-// A double as a JSON number; NaN and infinities (which JSON cannot represent) as null.
+// A double as a JSON number; NaN and infinities (which JSON cannot represent) as null. A whole
+// number beyond the 64-bit integers (std::to_chars may write 2.2858260921667761e20 as
+// 228582609216677609472) gets a ".0", so that it reads back as a double, not as an integer out of
+// range.
 inline std::string json_number(double value) {
   if (!std::isfinite(value)) return "null";
-  return detail::shortest_decimal(value);
+  std::string s = detail::shortest_decimal(value);
+  if (std::fabs(value) >= 9.2e18 && s.find_first_of(".eE") == std::string::npos) s += ".0";
+  return s;
 }
 
 struct JsonParseOptions;

@@ -63,36 +63,33 @@ class ChannelSums {
   double* data_;
 };
 
+namespace detail {
+// total[j] += x[j] - shift[j], squares[j] += (x[j] - shift[j])^2 over one row, in double.
+__attribute__((noinline)) inline void accumulate_shifted_row(double* __restrict total, double* __restrict squares,
+                                                             const float* __restrict x, const float* __restrict shift,
+                                                             int64_t c) {
+  for (int64_t j = 0; j < c; ++j) {
+    const double d = static_cast<double>(x[j]) - shift[j];
+    total[j] += d;
+    squares[j] += d * d;
+  }
+}
+}  // namespace detail
+
 // Mean and biased variance per channel of x [M, C]. Sums are taken around `shift`, a sample of
 // each channel (any value near the mean keeps E[d^2] - E[d]^2 free of cancellation when
-// |mean| >> std); null means the first row of x.
+// |mean| >> std); null means the first row of x. Every value is added in double, so the result
+// is the same, up to double rounding, however the rows are split (the fused kernels that
+// accumulate these statistics inside other sweeps do the same and agree with this pass).
 inline void channel_statistics(float* mean, float* variance, const float* x, int64_t m, int64_t c,
                                const float* shift = nullptr) {
-  constexpr int64_t chunk = 32;  // rows summed in float before flushing to double
   if (!shift) shift = x;
   const int blocks = blocks_for(m, c);
   ChannelSums sums(blocks, 2, c);
   parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
     double* s = sums.block(t, 0);
     double* ss = sums.block(t, 1);
-    float* fs = scratch<float, 2>(static_cast<size_t>(2 * c));
-    float* fss = fs + c;
-    for (int64_t r0 = begin; r0 < end; r0 += chunk) {
-      const int64_t r1 = std::min(end, r0 + chunk);
-      std::fill_n(fs, 2 * c, 0.0f);
-      for (int64_t r = r0; r < r1; ++r) {
-        const float* row = x + r * c;
-        for (int64_t j = 0; j < c; ++j) {
-          const float d = row[j] - shift[j];
-          fs[j] += d;
-          fss[j] += d * d;
-        }
-      }
-      for (int64_t j = 0; j < c; ++j) {
-        s[j] += fs[j];
-        ss[j] += fss[j];
-      }
-    }
+    for (int64_t r = begin; r < end; ++r) detail::accumulate_shifted_row(s, ss, x + r * c, shift, c);
   });
   double* total = scratch<double, 3>(static_cast<size_t>(2 * c));
   sums.reduce(0, total);

@@ -81,7 +81,7 @@ class TransformedRows {
 // stored. With an output_transform, out receives relu6(depthwise * scale + shift) (inference:
 // the depthwise BatchNorm + ReLU6 in the same sweep). When mean/variance are given (training, no
 // output transform), also the output's per-channel mean and biased variance, accumulated around
-// the first output pixel (see channel_statistics for why a shift).
+// the first output pixel (see channel_statistics for why a shift) in double, value by value.
 inline void depthwise_conv2d_forward_fused(float* out, const float* in, const float* weight, const WindowGeometry& g,
                                            const Relu6Affine* input_transform, const Relu6Affine* output_transform,
                                            float* mean, float* variance) {
@@ -111,8 +111,6 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
   const int blocks = blocks_for(rows, work);
   ChannelSums sums(blocks, 2, stats ? C : 0);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
-    float* fs = scratch<float, 2>(static_cast<size_t>(2 * C));
-    float* fss = fs + C;
     double* s = stats ? sums.block(t, 0) : nullptr;
     double* ss = stats ? sums.block(t, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
@@ -147,19 +145,8 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
       if (output_transform)
         detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
       if (!stats) continue;
-      std::fill_n(fs, 2 * C, 0.0f);
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const float* o = orow + ow * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const float d = o[c] - shift[c];
-          fs[c] += d;
-          fss[c] += d * d;
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) {
-        s[c] += fs[c];
-        ss[c] += fss[c];
-      }
+      // In double value by value, as channel_statistics: the same statistics as a separate pass.
+      for (int64_t ow = 0; ow < g.out_w; ++ow) detail::accumulate_shifted_row(s, ss, orow + ow * C, shift, C);
     }
   });
   if (!stats) return;
@@ -173,6 +160,66 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
     variance[c] = static_cast<float>(std::max(0.0, total[C + c] / count - mu * mu));
   }
 }
+
+// The BatchNorm after the depthwise convolution, for the fused backward: the output gradient the
+// sweep receives is that BatchNorm's dz, and the sweep applies its backward row by row,
+// dD = k * (dz - a - (x - mean) * b) (see batch_norm_act.hpp), instead of a separate pass.
+struct AboveBatchNorm {
+  const float* x = nullptr;  // that BatchNorm's input (the depthwise output D)
+  const float* mean = nullptr;
+  const float* k = nullptr;
+  const float* a = nullptr;
+  const float* b = nullptr;
+};
+
+namespace detail {
+// dst = k * (dz - a - (x - mean) * b) over one row. Out of line so that the restrict qualifiers
+// hold and the loop vectorizes.
+__attribute__((noinline)) inline void batch_norm_backward_row(float* __restrict dst, const float* __restrict dz,
+                                                              const float* __restrict x, const AboveBatchNorm& bn,
+                                                              int64_t pixels, int64_t channels) {
+  const float* __restrict mean = bn.mean;
+  const float* __restrict k = bn.k;
+  const float* __restrict a = bn.a;
+  const float* __restrict b = bn.b;
+  for (int64_t p = 0; p < pixels; ++p)
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t i = p * channels + c;
+      dst[i] = k[c] * (dz[i] - a[c] - (x[i] - mean[c]) * b[c]);
+    }
+}
+
+// The output-gradient rows of one thread, transformed by an AboveBatchNorm when there is one;
+// the last few are kept, so each row is transformed about once per thread.
+class DoutRows {
+ public:
+  DoutRows(const float* dout, const AboveBatchNorm* above, const WindowGeometry& g)
+      : dout_(dout), above_(above), row_len_(g.out_w * g.in_c), out_h_(g.out_h), pixels_(g.out_w), c_(g.in_c) {
+    if (above_) buffer_ = scratch<float, 9>(static_cast<size_t>(slots * row_len_));
+    for (int k = 0; k < slots; ++k) tag_[k] = -1;
+  }
+  const float* row(int64_t n, int64_t oh) {
+    const int64_t index = n * out_h_ + oh;
+    const float* src = dout_ + index * row_len_;
+    if (!above_) return src;
+    const int slot = static_cast<int>(index % slots);
+    float* dst = buffer_ + slot * row_len_;
+    if (tag_[slot] != index) {
+      batch_norm_backward_row(dst, src, above_->x + index * row_len_, *above_, pixels_, c_);
+      tag_[slot] = index;
+    }
+    return dst;
+  }
+
+ private:
+  static constexpr int slots = 4;
+  const float* dout_;
+  const AboveBatchNorm* above_;
+  int64_t row_len_, out_h_, pixels_, c_;
+  float* buffer_ = nullptr;
+  int64_t tag_[slots];
+};
+}  // namespace detail
 
 // The BatchNorm + ReLU6 that produced the depthwise input, for the fused backward.
 struct BelowBatchNormRelu6 {
@@ -207,7 +254,8 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate(float* __restric
 // dz = din * relu6'(input) and below's sums are accumulated.
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
-                                            const Relu6Affine* input_transform, const BelowBatchNormRelu6* below) {
+                                            const Relu6Affine* input_transform, const BelowBatchNormRelu6* below,
+                                            const AboveBatchNorm* above = nullptr) {
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
   const int64_t work = row_len * taps;
   const int blocks = blocks_for(rows, work);
@@ -226,12 +274,13 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     double* sa = below ? sums.block(thread, 0) : nullptr;
     double* sb = below ? sums.block(thread, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
+    detail::DoutRows output_gradient(dout, above, g);
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
       const float* irow = input.row(n, ih);
       if (stride1) {
-        stride1->row(drow, n, ih);
+        stride1->row(drow, n, ih, [&](int64_t oh) { return output_gradient.row(n, oh); });
       } else {
         std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       }
@@ -241,7 +290,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         if (oh_s < 0 || oh_s % g.stride_h) continue;
         const int64_t oh = oh_s / g.stride_h;
         if (oh >= g.out_h) continue;
-        const float* orow = dout + (n * g.out_h + oh) * g.out_w * C;
+        const float* orow = output_gradient.row(n, oh);
         if (pw) detail::depthwise_weight_grad_row(pw + kh * g.kernel_w * C, orow, irow, g);
         if (stride1) continue;
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {

@@ -25,6 +25,16 @@ class Conv2D : public Layer {
   Parameter& kernel() { return kernel_param_; }
   Parameter& bias() { return bias_param_; }
   bool use_bias() const { return use_bias_; }
+  // Window geometry for a batch of this layer's input (after build).
+  WindowGeometry geometry(int64_t batch) const {
+    const Shape& in = input_shape();
+    WindowGeometry g = cached_;
+    if (g.batch != batch) {
+      g = geometry_for(batch, in);
+      cached_ = g;
+    }
+    return g;
+  }
 
   void forward(const Tensor& x, Tensor& y, Mode) override {
     ProfileScope scope(is_pointwise() ? "conv1x1 forward" : "conv2d forward");
@@ -79,15 +89,6 @@ class Conv2D : public Layer {
   WindowGeometry geometry_for(int64_t batch, const Shape& in) const {
     return make_window_geometry(batch, in[0], in[1], in[2], filters_, kernel_.h, kernel_.w, stride_, stride_, padding_,
                                 ("Conv2D '" + name() + "'").c_str());
-  }
-  WindowGeometry geometry(int64_t batch) const {
-    const Shape& in = input_shape();
-    WindowGeometry g = cached_;
-    if (g.batch != batch) {
-      g = geometry_for(batch, in);
-      cached_ = g;
-    }
-    return g;
   }
 
   int64_t filters_;

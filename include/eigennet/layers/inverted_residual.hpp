@@ -8,9 +8,10 @@
 //   forward:  E = X We;  A = relu6(bn(E)) is computed row by row inside the depthwise sweep and
 //             never stored;  D = depthwise(A) (+ its statistics in the same sweep);
 //             B = relu6(bn(D)) (inference: in the same sweep);  P = B Wp;  Y = bn(P) (+ X)
-//   backward: dP = bn'(dY);  dB = dP Wp^T;  dD = bn'(relu6'(dB));  one depthwise sweep
-//             recomputes A row by row and gives dA, dWdw and, masked by relu6', the sums of the
-//             expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
+//   backward: dP = bn'(dY);  dB = dP Wp^T with relu6' and the depthwise BatchNorm's sums in its
+//             epilogue;  one depthwise sweep applies that BatchNorm's backward to each row of
+//             dz (dD = bn'(dz)), recomputes A row by row and gives dA, dWdw and, masked by
+//             relu6', the sums of the expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
 // Activations E, D, B, P are kept for backward; the gradient buffers are shared by all blocks
 // (blocks run one after another).
 #pragma once
@@ -106,9 +107,12 @@ class InvertedResidual : public Layer {
     if (expand_) {
       ProfileScope scope("block expand (1x1 + bn statistics)");
       e_.resize(Shape{n, g.in_h, g.in_w, e});
-      kernels::pointwise_conv2d_forward(e_.data(), x.data(), expand_->kernel().value.data(), nullptr, m_in, in_c(), e);
       const bool need_stats = expand_bn_->needs_input_statistics(mode);
-      if (need_stats) kernels::channel_statistics(stats, stats + e, e_.data(), m_in, e);
+      if (need_stats)  // the statistics come from the product's epilogue, not a separate pass
+        kernels::pointwise_conv2d_forward_statistics(e_.data(), x.data(), expand_->kernel().value.data(), m_in, in_c(),
+                                                     e, stats, stats + e);
+      else
+        kernels::pointwise_conv2d_forward(e_.data(), x.data(), expand_->kernel().value.data(), nullptr, m_in, in_c(), e);
       expand_bn_->prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + e : nullptr, m_in);
       expand_transform_ = {expand_bn_->scale(), expand_bn_->shift()};
     }
@@ -149,11 +153,13 @@ class InvertedResidual : public Layer {
     {
       ProfileScope scope("block project (1x1 + bn [+ add])");
       p_.resize(Shape{n, g.out_h, g.out_w, out_channels_});
-      kernels::pointwise_conv2d_forward(p_.data(), b_.data(), project_.kernel().value.data(), nullptr, m_out, e,
-                                        out_channels_);
       const bool need_stats = project_bn_.needs_input_statistics(mode);
       if (need_stats)
-        kernels::channel_statistics(stats, stats + out_channels_, p_.data(), m_out, out_channels_);
+        kernels::pointwise_conv2d_forward_statistics(p_.data(), b_.data(), project_.kernel().value.data(), m_out, e,
+                                                     out_channels_, stats, stats + out_channels_);
+      else
+        kernels::pointwise_conv2d_forward(p_.data(), b_.data(), project_.kernel().value.data(), nullptr, m_out, e,
+                                          out_channels_);
       project_bn_.prepare_forward(mode, need_stats ? stats : nullptr, need_stats ? stats + out_channels_ : nullptr,
                                   m_out);
       y.resize(p_.shape());
@@ -176,7 +182,8 @@ class InvertedResidual : public Layer {
                                                             expand_bn_->has_trainable_parameters()));
     Tensor& grad_p = shared_buffer(0);
     Tensor& grad_b = shared_buffer(1);
-    Tensor& grad_a = shared_buffer(2);
+    // Without an expansion the depthwise input gradient is dx itself: written there directly.
+    Tensor& grad_a = !expand_ && dx ? *dx : shared_buffer(2);
     double* sums = sums_.data();
     if (!d_valid_) {
       // The latest forward ran in inference mode, which does not keep D: recompute it.
@@ -192,11 +199,24 @@ class InvertedResidual : public Layer {
       bn_backward<kernels::Activation::none>(project_bn_, dy.data(), dy.data(), p_.data(), grad_p.data(), sums, m_out,
                                              out_channels_);
       grad_b.resize(b_.shape());
-      kernels::pointwise_conv2d_backward(grad_b.data(), grad_or_null(project_.kernel()), nullptr, grad_p.data(),
-                                         b_.data(), project_.kernel().value.data(), m_out, e, out_channels_);
-      // dD = bn'(relu6'(dB)), in place.
-      bn_backward<kernels::Activation::relu6>(depthwise_bn_, grad_b.data(), b_.data(), d_.data(), grad_b.data(), sums,
-                                              m_out, e);
+      kernels::pointwise_conv2d_backward(nullptr, grad_or_null(project_.kernel()), nullptr, grad_p.data(), b_.data(),
+                                         project_.kernel().value.data(), m_out, e, out_channels_);
+      // dz = relu6'(dB) and the depthwise BatchNorm's backward sums in the input gradient's
+      // epilogue, then dD = bn'(dz) in place.
+      kernels::pointwise::Epilogue mask;
+      mask.relu6_mask = b_.data();
+      mask.ld_mask = e;
+      const kernels::pointwise::Packed wp =
+          kernels::pointwise::pack_to_scratch<27>(project_.kernel().value.data(), out_channels_, e, true);
+      const bool need_sums = depthwise_bn_.needs_backward_sums();
+      if (need_sums)
+        kernels::pointwise::multiply_with_batch_norm_sums(grad_b.data(), e, grad_p.data(), out_channels_, m_out, wp, mask,
+                                                          d_.data(), e, depthwise_bn_.mean(), depthwise_bn_.inv_std(),
+                                                          sums, sums + e);
+      else
+        kernels::pointwise::multiply(grad_b.data(), e, grad_p.data(), out_channels_, m_out, wp, mask);
+      depthwise_bn_.prepare_backward(need_sums ? sums : nullptr, need_sums ? sums + e : nullptr, m_out);
+      // dD = bn'(dz) is applied row by row inside the depthwise backward sweep (AboveBatchNorm).
     }
     if (!below_needed && !depthwise_.has_trainable_parameters()) return;
     {
@@ -213,9 +233,12 @@ class InvertedResidual : public Layer {
         below.s1 = sums;
         below.s2 = sums + e;
       }
+      const kernels::AboveBatchNorm above{d_.data(), depthwise_bn_.mean(), depthwise_bn_.k(), depthwise_bn_.a(),
+                                          depthwise_bn_.b()};
       kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
                                                expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
-                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr);
+                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr,
+                                               &above);
       if (!below_needed) return;
       if (expand_) {
         // dE = bn'(dz), dz = relu6'(dA) already applied.
@@ -228,13 +251,22 @@ class InvertedResidual : public Layer {
     }
     ProfileScope scope("block expand backward");
     if (expand_) {
-      if (dx) dx->resize(x.shape());
-      kernels::pointwise_conv2d_backward(dx ? dx->data() : nullptr, grad_or_null(expand_->kernel()), nullptr,
-                                         grad_a.data(), x.data(), expand_->kernel().value.data(), m_in, in_c(), e);
-    } else if (dx) {
-      dx->copy_from(grad_a);
+      kernels::pointwise_conv2d_backward(nullptr, grad_or_null(expand_->kernel()), nullptr, grad_a.data(), x.data(),
+                                         expand_->kernel().value.data(), m_in, in_c(), e);
+      if (dx) {
+        // dX = dE We^T, plus dY through the skip connection in the same epilogue.
+        dx->resize(x.shape());
+        kernels::pointwise::Epilogue skip;
+        if (skip_) {
+          skip.residual = dy.data();
+          skip.ld_residual = in_c();
+        }
+        kernels::pointwise_conv2d_backward_input(dx->data(), grad_a.data(), expand_->kernel().value.data(), m_in,
+                                                 in_c(), e, skip);
+      }
+    } else if (dx && skip_) {
+      kernels::add_forward(dx->data(), dx->data(), dy.data(), dy.size());
     }
-    if (dx && skip_) kernels::add_forward(dx->data(), dx->data(), dy.data(), dy.size());
   }
 
   void reseed(uint64_t) override {}

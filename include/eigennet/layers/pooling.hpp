@@ -19,12 +19,15 @@ class WindowPool : public Layer {
     EIGENNET_CHECK(stride >= 0, "pooling '", this->name(), "': stride must be positive, got ", stride);
   }
 
- protected:
+ public:
+  // Window geometry for a batch of this layer's input (after build).
   WindowGeometry geometry(int64_t batch) const {
     const Shape& in = input_shape();
     const int64_t sh = stride_ ? stride_ : pool_.h, sw = stride_ ? stride_ : pool_.w;
     return make_window_geometry(batch, in[0], in[1], in[2], in[2], pool_.h, pool_.w, sh, sw, padding_, type());
   }
+
+ protected:
   Shape do_build(const Shape& in, Rng&) override {
     EIGENNET_CHECK(in.rank() == 3, type(), " '", name(), "': expects [height, width, channels] input, got ", in);
     const int64_t sh = stride_ ? stride_ : pool_.h, sw = stride_ ? stride_ : pool_.w;

@@ -6,6 +6,11 @@
 // Test-time flip averages each item's class probabilities with those of its mirror image
 // (sources that can mirror: ImageSource). Several models (an ensemble, models/ensemble.hpp)
 // average their probabilities the same way.
+//
+// Models that compile_for_inference knows (a Classifier, a Sequential built with an input shape)
+// run through the net compiled for inference (BatchNorm folded, blocks fused; equal to the
+// model's own inference forward to float rounding), compiled once per call; others, or
+// `compiled = false`, run the model's own forward in inference mode.
 #pragma once
 
 #include <algorithm>
@@ -14,6 +19,7 @@
 #include <vector>
 
 #include "../data/source.hpp"
+#include "../inference/inference_net.hpp"
 #include "../kernels/softmax.hpp"
 #include "../layers/model.hpp"
 #include "../metrics/classification.hpp"
@@ -23,6 +29,7 @@ namespace eigennet {
 struct PredictOptions {
   int64_t batch_size = 64;
   bool tta_flip = false;  // average with the mirrored inputs
+  bool compiled = true;   // through compile_for_inference where the model supports it
 };
 
 struct Predictions {
@@ -41,6 +48,7 @@ inline Predictions predict(Model& model, DataSource& source, const PredictOption
     mirrored->start_epoch(0);
   }
   source.start_epoch(0);
+  const std::unique_ptr<InferenceNet> net = options.compiled ? compile_for_inference_if_supported(model) : nullptr;
   Predictions out;
   out.labels.reserve(static_cast<size_t>(n));
   Batch batch;
@@ -49,7 +57,7 @@ inline Predictions predict(Model& model, DataSource& source, const PredictOption
     const int64_t count = std::min(options.batch_size, n - begin);
     for (int pass = 0; pass < (mirrored ? 2 : 1); ++pass) {
       (pass == 0 ? source : *mirrored).get(begin, count, batch);
-      const Tensor& logits = model.forward(batch.inputs, Mode::inference);
+      const Tensor& logits = net ? net->forward(batch.inputs) : model.forward(batch.inputs, Mode::inference);
       EIGENNET_CHECK(logits.rank() == 2 && logits.dim(0) == count, "predict: the model must output [batch, classes], got ",
                      logits.shape());
       const int64_t k = logits.dim(1);

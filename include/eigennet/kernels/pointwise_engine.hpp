@@ -1,0 +1,527 @@
+// The 1x1-convolution engine: register-blocked matrix products for NHWC activations, where one
+// operand is tall (rows = batch x pixels, read in place, never packed) and the other is a
+// weight matrix packed once into column panels.
+//
+// Forward / input gradient:  out[m, :] = epilogue(A[m, :] B)     A: [M, K] rows in place
+//   B is packed in panels of `panel_width` columns: panel p holds B[:, p*w .. p*w + w) as K
+//   consecutive rows of w floats (zero past the last column), so the micro-kernel reads one
+//   cache line pair per k. A micro-tile is `tile_rows` rows x one panel: its sums stay in
+//   registers for the whole K loop (each k: `tile_rows` broadcasts of A, two packet loads of B,
+//   2 x tile_rows FMAs), then the epilogue adds the bias, the residual, clamps (ReLU / ReLU6),
+//   optionally accumulates the output's per-channel statistics, and stores: one write of the
+//   output, no separate passes.
+// Weight gradient:  C[K, N] (+)= A^T B  with A [M, K] and B [M, N] both tall: the same
+//   micro-kernel with A's roles of rows and k exchanged (a tile is `tile_rows` input channels
+//   x one panel of output channels, summed over pixels), rows split between threads and the
+//   per-thread partial sums added in thread order (deterministic for a thread count).
+//
+// Sizes that are not multiples of the blocking: the last tile of rows overlaps the previous
+// one (recomputed, stored once) when there are at least `tile_rows` rows, and otherwise runs on
+// a zero-padded copy; the last panel stores only its valid columns.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "../core/parallel.hpp"
+#include "simd.hpp"
+
+namespace eigennet::kernels::pointwise {
+
+using simd::Packet;
+
+constexpr int vectors = 2;                                  // packets per panel row
+constexpr int panel_width = vectors * simd::width;          // output columns per panel
+constexpr int tile_rows = simd::registers >= 32 ? 12 : 6;   // rows per micro-tile
+
+inline int64_t panel_count(int64_t n) { return (n + panel_width - 1) / panel_width; }
+// Floats of a packed [k, n] matrix.
+inline int64_t packed_size(int64_t k, int64_t n) { return panel_count(n) * panel_width * k; }
+
+// Packs B [k, n] into panels (see the top of this file). B is stored row-major [k, n], or, when
+// transposed, as its transpose [n, k] (e.g. W [in, out] packed as W^T for the input gradient).
+inline void pack_panels(float* packed, const float* b, int64_t k, int64_t n, bool transposed) {
+  const int64_t panels = panel_count(n);
+  for (int64_t p = 0; p < panels; ++p) {
+    const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
+    float* dst = packed + p * k * panel_width;
+    for (int64_t kk = 0; kk < k; ++kk, dst += panel_width) {
+      if (transposed) {
+        for (int64_t j = 0; j < valid; ++j) dst[j] = b[(n0 + j) * k + kk];
+      } else {
+        std::memcpy(dst, b + kk * n + n0, static_cast<size_t>(valid) * sizeof(float));
+      }
+      for (int64_t j = valid; j < panel_width; ++j) dst[j] = 0.0f;
+    }
+  }
+}
+
+// A packed matrix as the kernels see it.
+struct Packed {
+  const float* data = nullptr;
+  int64_t k = 0, n = 0;
+  const float* panel(int64_t p) const { return data + p * k * panel_width; }
+};
+
+// What happens to a tile of products before it is stored: out = clamp(sum + bias + residual).
+// With a mask (the backward of a ReLU6: mask = its output), out = 0 where mask is not in (0, 6).
+struct Epilogue {
+  const float* bias = nullptr;      // [n], or null
+  const float* residual = nullptr;  // [rows, ld_residual], added after the bias; may alias out
+  int64_t ld_residual = 0;
+  float lo = -std::numeric_limits<float>::infinity();  // clamp: ReLU lo = 0, ReLU6 lo = 0, hi = 6
+  float hi = std::numeric_limits<float>::infinity();
+  const float* relu6_mask = nullptr;  // [rows, ld_mask], applied last
+  int64_t ld_mask = 0;
+
+  static Epilogue relu6(const float* bias) {
+    Epilogue e;
+    e.bias = bias;
+    e.lo = 0.0f;
+    e.hi = 6.0f;
+    return e;
+  }
+  bool clamps() const { return lo > -std::numeric_limits<float>::infinity() || hi < std::numeric_limits<float>::infinity(); }
+};
+
+// Per-thread sums of the stored outputs v per column, in double, value by value (so that the
+// result does not depend on how rows are split into tiles, chunks and threads beyond double
+// rounding: the same statistics as a separate pass, see channel_statistics). Each tile sums its
+// rows in double registers (TileSums) and adds them to these totals. Without `other`:
+// sum (v - shift) and sum (v - shift)^2 (BatchNorm statistics around a shift); with `other`
+// [rows, ld_other]: sum v and sum v * (other - shift) (the sums of a BatchNorm backward: v = the
+// gradient at its output, other = its input, shift = its mean).
+struct ColumnSums {
+  const float* shift = nullptr;  // [n]
+  const float* other = nullptr;
+  int64_t ld_other = 0;
+  double* total = nullptr;  // [n]
+  double* total_squares = nullptr;
+};
+
+namespace detail {
+
+// One run of a tile's sum: k terms from a and b (see multiply_segments).
+struct Segment {
+  const float* a;
+  const float* b;
+  int64_t k;
+};
+
+// acc[i][v] += sum over the segments, over kk < k, of A(i, kk) * b[kk * ldb + v * width], with
+//   A(i, kk) = a[i * lda + kk]   (rows of the tall operand in place), or, when transposed,
+//   A(i, kk) = a[kk * lda + i]   (the weight gradient: i runs over input channels, kk over pixels).
+// Several segments (a convolution's kernel rows) share one pass of the sums through registers.
+// Out of line: the tile's sums then own the vector registers, whatever the caller keeps live.
+// c[i][v] += sum over kk < k of A(i, kk) * b[kk * ldb + v * width]: the micro-kernel's loop,
+// inlined into its callers so that c stays in registers.
+template <bool transposed>
+__attribute__((always_inline)) inline void multiply_loop(Packet (&c)[tile_rows][vectors], const float* __restrict a,
+                                                         int64_t lda, const float* __restrict b, int64_t ldb,
+                                                         int64_t k) {
+  static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
+  for (int64_t kk = 0; kk < k; ++kk) {
+    const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
+    b += ldb;
+    for (int i = 0; i < tile_rows; ++i) {
+      const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
+      c[i][0] = simd::fmadd(ai, b0, c[i][0]);
+      c[i][1] = simd::fmadd(ai, b1, c[i][1]);
+    }
+  }
+}
+
+template <bool transposed>
+__attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vectors], const Segment* segments,
+                                                 int count, int64_t lda, int64_t ldb) {
+  Packet c[tile_rows][vectors];
+  for (int i = 0; i < tile_rows; ++i) {
+    c[i][0] = acc[i][0];
+    c[i][1] = acc[i][1];
+  }
+  for (int s = 0; s < count; ++s) multiply_loop<transposed>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
+  for (int i = 0; i < tile_rows; ++i) {
+    acc[i][0] = c[i][0];
+    acc[i][1] = c[i][1];
+  }
+}
+
+template <bool transposed>
+inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b, int64_t ldb,
+                          int64_t k) {
+  const Segment segment{a, b, k};
+  multiply_segments<transposed>(acc, &segment, 1, lda, ldb);
+}
+
+// Terms summed in one run of registers: longer sums are split into blocks of this many terms
+// whose (zero-started) partial sums are then added, so that float rounding grows with the block
+// length plus the number of blocks instead of with k (Eigen's GEMM blocks its depth the same way).
+constexpr int64_t sum_block = 128;
+
+// acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
+// sum_block terms. With acc_is_zero the first block accumulates straight into acc.
+template <bool transposed>
+inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b,
+                            int64_t ldb, int64_t k, bool acc_is_zero) {
+  for (int64_t k0 = 0; k0 < k; k0 += sum_block) {
+    const int64_t len = std::min(sum_block, k - k0);
+    const float* ak = transposed ? a + k0 * lda : a + k0;
+    const float* bk = b + k0 * ldb;
+    if (k0 == 0 && acc_is_zero) {
+      multiply_tile<transposed>(acc, ak, lda, bk, ldb, len);
+      continue;
+    }
+    Packet part[tile_rows][vectors];
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) part[i][v] = simd::zero();
+    multiply_tile<transposed>(part, ak, lda, bk, ldb, len);
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
+  }
+}
+
+// A tile's share of ColumnSums, in double registers: one pair of sums per double packet of
+// the panel's columns, added to the thread's totals once per tile.
+struct TileSums {
+  static constexpr int parts = vectors * simd::double_parts;
+  simd::PacketD shift[parts], s[parts], ss[parts];
+
+  void start(const ColumnSums& sums, int64_t n0, const int (&count)[vectors]) {
+    for (int v = 0; v < vectors; ++v) {
+      const Packet sh = count[v] ? simd::load_partial(sums.shift + n0 + v * simd::width, count[v]) : simd::zero();
+      simd::to_double(sh, shift + v * simd::double_parts);
+    }
+    for (int q = 0; q < parts; ++q) s[q] = ss[q] = simd::zero_d();
+  }
+  // v: the stored packet of vector `vi`; other: the BatchNorm input's packet (backward sums) or null.
+  void add(int vi, const Packet& v, const Packet* other) {
+    simd::PacketD x[simd::double_parts], o[simd::double_parts];
+    simd::to_double(v, x);
+    if (other) simd::to_double(*other, o);
+    for (int j = 0; j < simd::double_parts; ++j) {
+      const int q = vi * simd::double_parts + j;
+      if (other) {
+        s[q] = simd::add_d(s[q], x[j]);
+        ss[q] = simd::fmadd_d(x[j], simd::sub_d(o[j], shift[q]), ss[q]);
+      } else {
+        const simd::PacketD d = simd::sub_d(x[j], shift[q]);
+        s[q] = simd::add_d(s[q], d);
+        ss[q] = simd::fmadd_d(d, d, ss[q]);
+      }
+    }
+  }
+  // Adds the valid columns to the thread's totals.
+  void finish(const ColumnSums& sums, int64_t n0, int columns) const {
+    alignas(64) double a[parts * simd::width_d], b[parts * simd::width_d];
+    for (int q = 0; q < parts; ++q) {
+      simd::store_d(a + q * simd::width_d, s[q]);
+      simd::store_d(b + q * simd::width_d, ss[q]);
+    }
+    for (int j = 0; j < columns; ++j) {
+      sums.total[n0 + j] += a[j];
+      sums.total_squares[n0 + j] += b[j];
+    }
+  }
+};
+
+// Applies the epilogue to tile rows [first, tile_rows) (tile row i is output row `row + i`) and
+// stores them; `columns` valid columns from n0.
+inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo, int64_t row,
+                        int64_t n0, int columns, const Epilogue& e, ColumnSums* sums) {
+  int count[vectors];
+  for (int v = 0; v < vectors; ++v) count[v] = std::max(0, std::min(simd::width, columns - v * simd::width));
+  Packet bias[vectors];
+  for (int v = 0; v < vectors; ++v)
+    bias[v] = e.bias && count[v] ? simd::load_partial(e.bias + n0 + v * simd::width, count[v]) : simd::zero();
+  const bool clamps = e.clamps();
+  const Packet lo = simd::set1(e.lo), hi = simd::set1(e.hi);
+  const Packet zero = simd::zero(), six = simd::set1(6.0f);
+  TileSums tile_sums;
+  if (sums) tile_sums.start(*sums, n0, count);
+  for (int i = first; i < last; ++i) {
+    float* o = out + (row + i) * ldo + n0;
+    const float* r = e.residual ? e.residual + (row + i) * e.ld_residual + n0 : nullptr;
+    const float* mk = e.relu6_mask ? e.relu6_mask + (row + i) * e.ld_mask + n0 : nullptr;
+    const float* ot = sums && sums->other ? sums->other + (row + i) * sums->ld_other + n0 : nullptr;
+    for (int v = 0; v < vectors; ++v) {
+      if (!count[v]) continue;
+      Packet x = simd::add(acc[i][v], bias[v]);
+      if (r) x = simd::add(x, simd::load_partial(r + v * simd::width, count[v]));
+      if (clamps) x = simd::min(simd::max(x, lo), hi);
+      if (mk) {
+        // Keep x where 0 < mask < 6.
+        const Packet y = simd::load_partial(mk + v * simd::width, count[v]);
+        x = simd::select(simd::both(simd::less(zero, y), simd::less(y, six)), x, zero);
+      }
+      simd::store_partial(o + v * simd::width, x, count[v]);
+      if (sums) {
+        // Lanes past the last column may hold anything; finish() does not add them.
+        if (ot) {
+          const Packet other = simd::load_partial(ot + v * simd::width, count[v]);
+          tile_sums.add(v, x, &other);
+        } else {
+          tile_sums.add(v, x, nullptr);
+        }
+      }
+    }
+  }
+  if (sums) tile_sums.finish(*sums, n0, columns);
+}
+
+inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {
+  for (int i = 0; i < tile_rows; ++i)
+    for (int v = 0; v < vectors; ++v) acc[i][v] = simd::zero();
+}
+
+// A whole forward tile in one out-of-line function: rows a[0 .. tile_rows) x one panel, summed
+// in blocks of sum_block terms, then finish_tile: the sums go from registers to the epilogue
+// without a round trip through memory (for k <= sum_block).
+__attribute__((noinline)) inline void product_tile(const float* a, int64_t lda, const float* b, int64_t k, int first,
+                                                   int last, float* out, int64_t ldo, int64_t row, int64_t n0,
+                                                   int columns, const Epilogue& e, ColumnSums* sums) {
+  Packet acc[tile_rows][vectors];
+  zero_tile(acc);
+  multiply_loop<false>(acc, a, lda, b, panel_width, std::min(k, sum_block));
+  for (int64_t k0 = sum_block; k0 < k; k0 += sum_block) {
+    Packet part[tile_rows][vectors];
+    zero_tile(part);
+    multiply_loop<false>(part, a + k0, lda, b + k0 * panel_width, panel_width, std::min(sum_block, k - k0));
+    for (int i = 0; i < tile_rows; ++i)
+      for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
+  }
+  finish_tile(acc, first, last, out, ldo, row, n0, columns, e, sums);
+}
+
+}  // namespace detail
+
+// Rows per chunk: the chunk's rows of A are reused by every panel, so they should stay in the
+// core's L1/L2 while the panels go by.
+inline int64_t chunk_rows(int64_t k) {
+  const int64_t tiles = std::clamp<int64_t>((96 * 1024) / std::max<int64_t>(1, k * 4 * tile_rows), 2, 8);
+  return tiles * tile_rows;
+}
+
+// One thread's share of out = epilogue(A B): output rows [row_begin, row_end) and panels
+// [panel_begin, panel_end) of an [m, n] product. A: rows in place with leading dimension lda;
+// B packed. `sums` (optional) accumulates the statistics of the stored values. Needs no
+// scratch unless m < tile_rows.
+inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, int64_t row_begin,
+                          int64_t row_end, const Packed& b, int64_t panel_begin, int64_t panel_end,
+                          const Epilogue& e, ColumnSums* sums = nullptr) {
+  if (row_begin >= row_end || panel_begin >= panel_end) return;
+  const int64_t k = b.k;
+  if (m < tile_rows) {
+    // Fewer rows than a tile: run on a zero-padded copy of A.
+    float* padded = aligned_scratch<20>(static_cast<size_t>(tile_rows * std::max<int64_t>(k, 1)));
+    std::fill_n(padded, tile_rows * k, 0.0f);
+    for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * k, a + r * lda, static_cast<size_t>(k) * sizeof(float));
+    for (int64_t p = panel_begin; p < panel_end; ++p) {
+      const int64_t n0 = p * panel_width;
+      detail::product_tile(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
+                           0, n0, static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
+    }
+    return;
+  }
+  const int64_t chunk = chunk_rows(k);
+  for (int64_t c0 = row_begin; c0 < row_end; c0 += chunk) {
+    const int64_t c1 = std::min(row_end, c0 + chunk);
+    for (int64_t p = panel_begin; p < panel_end; ++p) {
+      const float* bp = b.panel(p);
+      const int64_t n0 = p * panel_width;
+      const int columns = static_cast<int>(std::min<int64_t>(panel_width, b.n - n0));
+      for (int64_t r = c0; r < c1; r += tile_rows) {
+        // The tile starts at r, or earlier when fewer than tile_rows rows are left: it then
+        // overlaps rows already stored, which it recomputes but does not store again.
+        const int64_t start = std::min(r, m - tile_rows);
+        detail::product_tile(a + start * lda, lda, bp, k, static_cast<int>(r - start),
+                             static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)), out, ldo, start, n0, columns,
+                             e, sums);
+      }
+    }
+  }
+}
+
+// Splits the [m, n] output between threads: by rows when there are enough, otherwise by panels
+// (a few rows and many columns: a late layer at batch 1).
+template <typename Body>
+void for_each_share(int64_t m, int64_t n, int64_t k, Body&& body) {
+  const int64_t panels = panel_count(n), tiles = (m + tile_rows - 1) / tile_rows;
+  const int threads = blocks_for(tiles * panels, k * tile_rows * panel_width);
+  if (threads <= 1) {
+    body(int64_t{0}, m, int64_t{0}, panels, 0);
+    return;
+  }
+  const bool by_rows = tiles >= 4 * threads || tiles >= panels;
+  parallel_blocks(by_rows ? tiles : panels, k * panel_width * (by_rows ? panels * tile_rows : m),
+                  [&](int64_t begin, int64_t end, int t) {
+                    if (by_rows)
+                      body(begin * tile_rows, std::min(m, end * tile_rows), int64_t{0}, panels, t);
+                    else
+                      body(int64_t{0}, m, begin, end, t);
+                  });
+}
+
+namespace detail {
+// multiply() on all threads; with `shift`, every thread accumulates ColumnSums (with `other` if
+// given) into totals[2 * n * thread ...] (n sums, then n sums of squares), which the caller reduces.
+inline void multiply_threads(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, const Packed& b,
+                             const Epilogue& e, const float* shift, const float* other, int64_t ld_other,
+                             double* totals) {
+  const int64_t n = b.n;
+  for_each_share(m, n, b.k, [&](int64_t r0, int64_t r1, int64_t p0, int64_t p1, int t) {
+    ColumnSums sums;
+    if (shift) {
+      sums.shift = shift;
+      sums.other = other;
+      sums.ld_other = ld_other;
+      sums.total = totals + 2 * t * n;
+      sums.total_squares = sums.total + n;
+    }
+    multiply_rows(out, ldo, a, lda, m, r0, r1, b, p0, p1, e, shift ? &sums : nullptr);
+  });
+}
+
+inline int share_count(int64_t m, const Packed& b) {
+  return blocks_for(((m + tile_rows - 1) / tile_rows) * panel_count(b.n), b.k * tile_rows * panel_width);
+}
+}  // namespace detail
+
+// out [m, n] (ldo) = epilogue(a [m, k] (lda) x b), on all threads. With mean and variance,
+// also the per-column mean and biased variance of the stored outputs (for a BatchNorm that
+// follows), accumulated in the epilogue around the first output row.
+inline void multiply(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, const Packed& b,
+                     const Epilogue& e = {}, float* mean = nullptr, float* variance = nullptr) {
+  const int64_t n = b.n;
+  if (m <= 0 || n <= 0) return;
+  if (!mean) return detail::multiply_threads(out, ldo, a, lda, m, b, e, nullptr, nullptr, 0, nullptr);
+  // The first output row, computed on its own: the shift that keeps E[d^2] - E[d]^2 accurate.
+  const int64_t width = panel_count(n) * panel_width;
+  float* shift = aligned_scratch<21>(static_cast<size_t>(width));
+  std::fill_n(shift, width, 0.0f);
+  multiply_rows(shift, 0, a, lda, 1, 0, 1, b, 0, panel_count(n), e, nullptr);
+  const int blocks = detail::share_count(m, b);
+  double* totals = scratch<double, 22>(static_cast<size_t>(2 * blocks * n));
+  std::fill_n(totals, 2 * blocks * n, 0.0);
+  detail::multiply_threads(out, ldo, a, lda, m, b, e, shift, nullptr, 0, totals);
+  for (int64_t j = 0; j < n; ++j) {
+    double s = 0, ss = 0;
+    for (int t = 0; t < blocks; ++t) {
+      s += totals[2 * t * n + j];
+      ss += totals[2 * t * n + n + j];
+    }
+    const double mu = s / static_cast<double>(m);
+    mean[j] = static_cast<float>(mu + shift[j]);
+    variance[j] = static_cast<float>(std::max(0.0, ss / static_cast<double>(m) - mu * mu));
+  }
+}
+
+// out = epilogue(a x b) as multiply(), and the sums a BatchNorm backward needs of the stored
+// values v (the gradient at the BatchNorm's output, after any mask): s1[j] = sum v,
+// s2[j] = inv_std[j] * sum v * (x - mean[j]), where x [m, ld_x] is the BatchNorm's input.
+inline void multiply_with_batch_norm_sums(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m,
+                                          const Packed& b, const Epilogue& e, const float* x, int64_t ld_x,
+                                          const float* mean, const float* inv_std, double* s1, double* s2) {
+  const int64_t n = b.n;
+  if (m <= 0 || n <= 0) return;
+  const int64_t width = panel_count(n) * panel_width;
+  float* shift = aligned_scratch<21>(static_cast<size_t>(width));  // the mean, zero-extended to whole panels
+  std::fill_n(shift, width, 0.0f);
+  std::copy(mean, mean + n, shift);
+  const int blocks = detail::share_count(m, b);
+  double* totals = scratch<double, 22>(static_cast<size_t>(2 * blocks * n));
+  std::fill_n(totals, 2 * blocks * n, 0.0);
+  detail::multiply_threads(out, ldo, a, lda, m, b, e, shift, x, ld_x, totals);
+  for (int64_t j = 0; j < n; ++j) {
+    double t1 = 0, t2 = 0;
+    for (int t = 0; t < blocks; ++t) {
+      t1 += totals[2 * t * n + j];
+      t2 += totals[2 * t * n + n + j];
+    }
+    s1[j] = t1;
+    s2[j] = t2 * inv_std[j];
+  }
+}
+
+// c [k, n] (+)= a^T b, where a is [m, k] (lda) and b is [m, n] (ldb): the weight gradient of a
+// 1x1 convolution (a: its input, b: its output gradient). Rows (pixels) are split between
+// threads; each sums its share into its own partial [k, n] in chunks of rows that stay in cache,
+// and the partials are added in thread order.
+inline void multiply_transposed(float* c, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t m,
+                                int64_t k, int64_t n, bool accumulate) {
+  if (k <= 0 || n <= 0) return;
+  if (m <= 0) {
+    if (!accumulate) std::fill_n(c, k * n, 0.0f);
+    return;
+  }
+  // Fewer input channels than a tile's rows: each chunk of a goes through a zero-padded copy.
+  const bool narrow = k < tile_rows;
+  const int64_t kp = narrow ? tile_rows : k;
+  const int64_t panels = panel_count(n), width = panels * panel_width;
+  const int blocks = blocks_for(m, k * n);
+  float* partial = aligned_scratch<24>(static_cast<size_t>(blocks * kp * width));
+  // Chunk of rows whose a and b rows stay in L2 while every tile of c passes over them.
+  const int64_t chunk = std::clamp<int64_t>((512 * 1024) / (4 * (kp + width)), 16, 1024);
+  parallel_blocks(m, k * n, [&](int64_t begin, int64_t end, int t) {
+    float* cp = partial + t * kp * width;
+    std::fill_n(cp, kp * width, 0.0f);
+    // b's last panel, when partial, goes through a zero-padded copy (the kernel reads whole panels).
+    float* padded = aligned_scratch<25>(static_cast<size_t>(chunk * panel_width));
+    float* a_padded = narrow ? aligned_scratch<35>(static_cast<size_t>(chunk * tile_rows)) : nullptr;
+    Packet acc[pointwise::tile_rows][vectors];
+    for (int64_t c0 = begin; c0 < end; c0 += chunk) {
+      const int64_t rows = std::min(end, c0 + chunk) - c0;
+      const float* ac = a + c0 * lda;
+      int64_t ldac = lda;
+      if (narrow) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(a_padded + r * tile_rows, ac + r * lda, static_cast<size_t>(k) * sizeof(float));
+          std::fill(a_padded + r * tile_rows + k, a_padded + (r + 1) * tile_rows, 0.0f);
+        }
+        ac = a_padded;
+        ldac = tile_rows;
+      }
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
+        const float* bp = b + c0 * ldb + n0;
+        int64_t ldbp = ldb;
+        if (valid < panel_width) {
+          for (int64_t r = 0; r < rows; ++r) {
+            std::memcpy(padded + r * panel_width, bp + r * ldb, static_cast<size_t>(valid) * sizeof(float));
+            std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
+          }
+          bp = padded;
+          ldbp = panel_width;
+        }
+        for (int64_t i = 0; i < kp; i += tile_rows) {
+          const int64_t start = std::min(i, kp - tile_rows);  // overlapping last tile, as in multiply_rows
+          float* ct = cp + start * width + n0;
+          for (int r = 0; r < tile_rows; ++r)
+            for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * width + v * simd::width);
+          detail::accumulate_tile<true>(acc, ac + start, ldac, bp, ldbp, rows, false);
+          for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
+            for (int v = 0; v < vectors; ++v) simd::store(ct + r * width + v * simd::width, acc[r][v]);
+        }
+      }
+    }
+  });
+  parallel_for(k, k * n * blocks, [&](int64_t i) {
+    float* row = c + i * n;
+    for (int64_t j = 0; j < n; ++j) {
+      float s = accumulate ? row[j] : 0.0f;
+      for (int t = 0; t < blocks; ++t) s += partial[(t * kp + i) * width + j];
+      row[j] = s;
+    }
+  });
+}
+
+// Packs into thread-local scratch `Slot` of the calling thread (valid until its next use there).
+template <int Slot>
+Packed pack_to_scratch(const float* b, int64_t k, int64_t n, bool transposed) {
+  float* data = aligned_scratch<Slot>(static_cast<size_t>(packed_size(k, n)));
+  pack_panels(data, b, k, n, transposed);
+  return Packed{data, k, n};
+}
+
+}  // namespace eigennet::kernels::pointwise

@@ -1,0 +1,440 @@
+// The fast paths against their references: the pointwise engine (kernels/pointwise_engine.hpp)
+// against Eigen's GEMM, forward with every epilogue and both backward products; the 3x3
+// depthwise row kernel against a direct loop; the chunked im2col convolution against the
+// whole-matrix GEMM; and InferenceNet (inference/inference_net.hpp) against the plain model it
+// was compiled from (random weights and BatchNorm statistics; the ImageNet weights are compared
+// with PyTorch's float64 results and with the plain model in test_mobilenet_parity.cpp). Odd
+// shapes, channel counts that are not multiples of the vector width, single rows and images, one
+// and two threads.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include <eigennet/eigennet.hpp>
+
+using namespace eigennet;
+
+namespace {
+
+std::vector<float> random_vector(int64_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(static_cast<size_t>(n));
+  Rng rng(seed);
+  for (float& x : v) x = rng.uniform(lo, hi);
+  return v;
+}
+
+// max |a - b| / max(1, max |b|): the error relative to the size of the reference's values.
+double relative_error(const float* a, const float* b, int64_t n) {
+  double diff = 0, scale = 1;
+  for (int64_t i = 0; i < n; ++i) {
+    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
+  }
+  return diff / scale;
+}
+double relative_error(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  return relative_error(a.data(), b.data(), static_cast<int64_t>(a.size()));
+}
+
+struct ProductShape {
+  int64_t m, k, n;
+};
+
+// Shapes around every blocking edge: fewer rows than a tile, rows not a multiple of the tile,
+// k below a tile (weight gradient), partial panels, many panels with few rows (split by panels).
+const ProductShape product_shapes[] = {
+    {1, 1, 1},    {3, 5, 7},     {11, 16, 24},  {12, 12, 32},  {13, 17, 33},   {25, 24, 16},
+    {100, 24, 144}, {37, 160, 96}, {288, 96, 17}, {9, 320, 1280}, {700, 32, 192}, {64, 7, 5},
+};
+
+class ThreadCount {
+ public:
+  explicit ThreadCount(int n) : saved_(max_threads()) { set_threads(n); }
+  ~ThreadCount() { set_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+}  // namespace
+
+TEST_CASE("pointwise engine: forward with bias equals Eigen's GEMM") {
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    for (const ProductShape& s : product_shapes) {
+      CAPTURE(threads);
+      CAPTURE(s.m);
+      CAPTURE(s.k);
+      CAPTURE(s.n);
+      const auto x = random_vector(s.m * s.k, 1), w = random_vector(s.k * s.n, 2), b = random_vector(s.n, 3);
+      for (const float* bias : {static_cast<const float*>(nullptr), b.data()}) {
+        std::vector<float> out(static_cast<size_t>(s.m * s.n), NAN), ref(out.size(), NAN);
+        kernels::pointwise_conv2d_forward(out.data(), x.data(), w.data(), bias, s.m, s.k, s.n);
+        kernels::pointwise_conv2d_forward_reference(ref.data(), x.data(), w.data(), bias, s.m, s.k, s.n);
+        CHECK(relative_error(out, ref) < 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("pointwise engine: both backward products equal Eigen's GEMM") {
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    for (const ProductShape& s : product_shapes) {
+      CAPTURE(threads);
+      CAPTURE(s.m);
+      CAPTURE(s.k);
+      CAPTURE(s.n);
+      const auto x = random_vector(s.m * s.k, 4), w = random_vector(s.k * s.n, 5), dy = random_vector(s.m * s.n, 6);
+      // Weight gradients accumulate: start both from the same non-zero values.
+      std::vector<float> dw = random_vector(s.k * s.n, 7), dw_ref = dw;
+      std::vector<float> db = random_vector(s.n, 8), db_ref = db;
+      std::vector<float> dx(static_cast<size_t>(s.m * s.k), NAN), dx_ref(dx.size(), NAN);
+      kernels::pointwise_conv2d_backward(dx.data(), dw.data(), db.data(), dy.data(), x.data(), w.data(), s.m, s.k, s.n);
+      kernels::pointwise_conv2d_backward_reference(dx_ref.data(), dw_ref.data(), db_ref.data(), dy.data(), x.data(),
+                                                    w.data(), s.m, s.k, s.n);
+      CHECK(relative_error(dx, dx_ref) < 1e-5);
+      CHECK(relative_error(dw, dw_ref) < 1e-5);
+      CHECK(relative_error(db, db_ref) < 1e-6);
+    }
+  }
+}
+
+TEST_CASE("pointwise engine: ReLU6, residual (also in place) and output statistics in the epilogue") {
+  namespace pw = kernels::pointwise;
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    for (const ProductShape& s : product_shapes) {
+      CAPTURE(threads);
+      CAPTURE(s.m);
+      CAPTURE(s.k);
+      CAPTURE(s.n);
+      // Inputs scaled so that a good share of the outputs falls outside [0, 6].
+      const auto x = random_vector(s.m * s.k, 9, -2, 2), w = random_vector(s.k * s.n, 10, -2, 2);
+      const auto bias = random_vector(s.n, 11, 0, 4), residual = random_vector(s.m * s.n, 12, -3, 3);
+      std::vector<float> packed(static_cast<size_t>(pw::packed_size(s.k, s.n)));
+      pw::pack_panels(packed.data(), w.data(), s.k, s.n, false);
+      const pw::Packed b{packed.data(), s.k, s.n};
+
+      std::vector<float> plain(static_cast<size_t>(s.m * s.n));
+      kernels::pointwise_conv2d_forward_reference(plain.data(), x.data(), w.data(), bias.data(), s.m, s.k, s.n);
+
+      // bias + ReLU6
+      std::vector<float> out(plain.size(), NAN), expected(plain.size());
+      pw::multiply(out.data(), s.n, x.data(), s.k, s.m, b, pw::Epilogue::relu6(bias.data()));
+      for (size_t i = 0; i < plain.size(); ++i) expected[i] = std::min(std::max(plain[i], 0.0f), 6.0f);
+      CHECK(relative_error(out, expected) < 1e-5);
+
+      // bias + residual, into another buffer and in place (residual aliasing the output).
+      pw::Epilogue add;
+      add.bias = bias.data();
+      add.residual = residual.data();
+      add.ld_residual = s.n;
+      for (size_t i = 0; i < plain.size(); ++i) expected[i] = plain[i] + residual[i];
+      pw::multiply(out.data(), s.n, x.data(), s.k, s.m, b, add);
+      CHECK(relative_error(out, expected) < 1e-5);
+      std::vector<float> in_place = residual;
+      add.residual = in_place.data();
+      pw::multiply(in_place.data(), s.n, x.data(), s.k, s.m, b, add);
+      CHECK(relative_error(in_place, expected) < 1e-5);
+
+      // Statistics of the stored output (here with the residual) against a separate pass.
+      std::vector<float> mean(static_cast<size_t>(s.n)), variance(mean.size()), ref_mean(mean.size()),
+          ref_variance(mean.size());
+      add.residual = residual.data();
+      pw::multiply(out.data(), s.n, x.data(), s.k, s.m, b, add, mean.data(), variance.data());
+      kernels::channel_statistics(ref_mean.data(), ref_variance.data(), out.data(), s.m, s.n);
+      CHECK(relative_error(mean, ref_mean) < 1e-5);
+      CHECK(relative_error(variance, ref_variance) < 1e-5);
+    }
+  }
+}
+
+TEST_CASE("pointwise engine: statistics stay accurate when the mean is far larger than the spread") {
+  namespace pw = kernels::pointwise;
+  const int64_t m = 5000, k = 8, n = 19;
+  auto x = random_vector(m * k, 13, -1e-3f, 1e-3f);
+  std::vector<float> w(static_cast<size_t>(k * n), 0.5f), bias(static_cast<size_t>(n), 1000.0f);
+  std::vector<float> packed(static_cast<size_t>(pw::packed_size(k, n)));
+  pw::pack_panels(packed.data(), w.data(), k, n, false);
+  std::vector<float> out(static_cast<size_t>(m * n)), mean(static_cast<size_t>(n)), variance(mean.size());
+  pw::Epilogue e;
+  e.bias = bias.data();
+  pw::multiply(out.data(), n, x.data(), k, m, pw::Packed{packed.data(), k, n}, e, mean.data(), variance.data());
+  for (int64_t j = 0; j < n; ++j) {
+    double s = 0, ss = 0;
+    for (int64_t r = 0; r < m; ++r) s += out[static_cast<size_t>(r * n + j)];
+    const double mu = s / m;
+    for (int64_t r = 0; r < m; ++r) ss += (out[static_cast<size_t>(r * n + j)] - mu) * (out[static_cast<size_t>(r * n + j)] - mu);
+    CHECK(std::fabs(mean[static_cast<size_t>(j)] - mu) < 1e-3);
+    CHECK(std::fabs(variance[static_cast<size_t>(j)] - ss / m) < 1e-3 * ss / m + 1e-12);
+  }
+}
+
+// ---- Depthwise and chunked convolution ----------------------------------------------------------
+
+namespace {
+// Direct depthwise convolution in double: the reference for the row kernels.
+std::vector<float> depthwise_direct(const std::vector<float>& in, const std::vector<float>& w,
+                                    const std::vector<float>& bias, const WindowGeometry& g, float lo, float hi) {
+  std::vector<float> out(static_cast<size_t>(g.out_pixels() * g.in_c));
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t oh = 0; oh < g.out_h; ++oh)
+      for (int64_t ow = 0; ow < g.out_w; ++ow)
+        for (int64_t c = 0; c < g.in_c; ++c) {
+          double s = bias[static_cast<size_t>(c)];
+          for (int64_t kh = 0; kh < g.kernel_h; ++kh)
+            for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
+              const int64_t ih = oh * g.stride_h - g.pad_top + kh, iw = ow * g.stride_w - g.pad_left + kw;
+              if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+              s += static_cast<double>(in[static_cast<size_t>(((n * g.in_h + ih) * g.in_w + iw) * g.in_c + c)]) *
+                   w[static_cast<size_t>((kh * g.kernel_w + kw) * g.in_c + c)];
+            }
+          out[static_cast<size_t>(((n * g.out_h + oh) * g.out_w + ow) * g.in_c + c)] =
+              static_cast<float>(std::min<double>(std::max<double>(s, lo), hi));
+        }
+  return out;
+}
+}  // namespace
+
+TEST_CASE("depthwise 3x3 rows (register-blocked interior) equal a direct loop, with and without a clamp") {
+  struct Case {
+    int64_t batch, h, w, c, stride;
+    Padding padding;
+  };
+  const Case cases[] = {{1, 1, 1, 1, 1, Padding::same},   {2, 5, 7, 3, 1, Padding::same},
+                        {1, 9, 13, 17, 1, Padding::same}, {1, 9, 13, 17, 2, Padding::same},
+                        {3, 8, 8, 32, 2, Padding::same},  {1, 6, 11, 40, 1, Padding::valid},
+                        {1, 7, 10, 16, 2, Padding::valid}, {2, 12, 12, 144, 1, Padding::same},
+                        {1, 4, 3, 24, 3, Padding::same}};
+  for (const Case& k : cases)
+    for (bool clamp : {false, true}) {
+      CAPTURE(k.h);
+      CAPTURE(k.w);
+      CAPTURE(k.c);
+      CAPTURE(k.stride);
+      CAPTURE(clamp);
+      const WindowGeometry g =
+          make_window_geometry(k.batch, k.h, k.w, k.c, k.c, 3, 3, k.stride, k.stride, k.padding, "test");
+      const auto in = random_vector(g.in_pixels() * k.c, 21, -3, 3), w = random_vector(9 * k.c, 22, -2, 2);
+      const auto bias = random_vector(k.c, 23);
+      kernels::Clamp c;
+      if (clamp) c = kernels::Clamp{0.0f, 6.0f};
+      std::vector<float> out(static_cast<size_t>(g.out_pixels() * k.c), NAN);
+      kernels::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bias.data(), g, c);
+      CHECK(relative_error(out, depthwise_direct(in, w, bias, g, c.lo, c.hi)) < 1e-5);
+    }
+}
+
+TEST_CASE("chunked im2col convolution equals the whole-matrix GEMM reference, forward and backward") {
+  struct Case {
+    int64_t batch, h, w, in_c, out_c, k, stride;
+  };
+  for (const Case& k : {Case{2, 9, 11, 3, 32, 3, 2}, Case{1, 5, 5, 7, 5, 3, 1}, Case{3, 16, 12, 3, 16, 1, 2},
+                        Case{1, 30, 30, 3, 24, 3, 2}, Case{2, 6, 20, 5, 40, 3, 1}, Case{1, 4, 31, 2, 8, 5, 1}}) {
+    CAPTURE(k.h);
+    CAPTURE(k.in_c);
+    CAPTURE(k.out_c);
+    const WindowGeometry g =
+        make_window_geometry(k.batch, k.h, k.w, k.in_c, k.out_c, k.k, k.k, k.stride, k.stride, Padding::same, "test");
+    const int64_t patch = kernels::conv2d_patch_size(g);
+    const auto in = random_vector(g.in_pixels() * k.in_c, 31), w = random_vector(patch * k.out_c, 32);
+    const auto bias = random_vector(k.out_c, 33), dout = random_vector(g.out_pixels() * k.out_c, 34);
+    std::vector<float> workspace(static_cast<size_t>(kernels::conv2d_workspace_size(g)));
+    std::vector<float> out(static_cast<size_t>(g.out_pixels() * k.out_c)), ref(out.size());
+    kernels::conv2d_forward(out.data(), in.data(), w.data(), bias.data(), g, workspace.data());
+    kernels::conv2d_forward_reference(ref.data(), in.data(), w.data(), bias.data(), g, workspace.data());
+    CHECK(relative_error(out, ref) < 1e-5);
+    // Backward against im2col + GEMM done here.
+    std::vector<float> dw(w.size(), 0.0f), din(in.size(), NAN), col(workspace.size()), dcol(col.size());
+    kernels::conv2d_backward(din.data(), dw.data(), nullptr, dout.data(), in.data(), w.data(), g, workspace.data());
+    kernels::im2col(col.data(), in.data(), g);
+    std::vector<float> dw_ref(w.size(), 0.0f), din_ref(in.size());
+    kernels::gemm(dw_ref.data(), col.data(), dout.data(), patch, k.out_c, g.out_pixels(), true, false, true);
+    kernels::gemm(dcol.data(), dout.data(), w.data(), g.out_pixels(), patch, k.out_c, false, true, false);
+    kernels::col2im(din_ref.data(), dcol.data(), g);
+    CHECK(relative_error(dw, dw_ref) < 1e-5);
+    CHECK(relative_error(din, din_ref) < 1e-5);
+  }
+}
+
+// ---- InferenceNet ---------------------------------------------------------------------------------
+
+namespace {
+
+// Gives every BatchNorm non-trivial statistics and affine parameters, so that folding matters.
+void randomize_batch_norms(Layer& model, uint64_t seed) {
+  Rng rng(seed);
+  model.for_each_layer([&](Layer& l) {
+    if (auto* bn = dynamic_cast<BatchNorm*>(&l)) {
+      for (int64_t j = 0; j < bn->gamma().value.size(); ++j) {
+        bn->gamma().value[j] = rng.uniform(0.5f, 1.5f);
+        bn->beta().value[j] = rng.uniform(-0.5f, 0.5f);
+        bn->moving_mean().value[j] = rng.uniform(-0.5f, 0.5f);
+        bn->moving_variance().value[j] = rng.uniform(0.5f, 2.0f);
+      }
+    }
+  });
+}
+
+Tensor random_tensor(const Shape& shape, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
+  Tensor t(shape);
+  Rng rng(seed);
+  for (int64_t i = 0; i < t.size(); ++i) t[i] = rng.uniform(lo, hi);
+  return t;
+}
+
+double relative_error(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  return relative_error(a.data(), b.data(), a.size());
+}
+
+// A layer compile_for_inference does not know (it falls back to the layer's own forward).
+class Doubling : public Layer {
+ public:
+  explicit Doubling(std::string name) : Layer(std::move(name)) {}
+  const char* type() const override { return "Doubling"; }
+  void forward(const Tensor& x, Tensor& y, Mode) override {
+    y.resize(x.shape());
+    for (int64_t i = 0; i < x.size(); ++i) y[i] = 2.0f * x[i];
+  }
+  void backward(const Tensor&, const Tensor&, const Tensor&, Tensor*) override {}
+
+ protected:
+  Shape do_build(const Shape& in, Rng&) override { return in; }
+};
+
+}  // namespace
+
+TEST_CASE("InferenceNet equals MobileNetV2 in inference mode: fused and plain-layer blocks, batch 1 and 3") {
+  for (bool fused : {true, false})
+    for (int64_t size : {32, 45}) {
+      CAPTURE(fused);
+      CAPTURE(size);
+      MobileNetV2Config c;
+      c.alpha = 0.35f;
+      c.height = c.width = size;
+      c.fused_blocks = fused;
+      c.pooling = GlobalPooling::max;
+      Classifier model(make_mobilenet_v2(c, 5), HeadConfig{16, 0.3f, 7}, 6);
+      randomize_batch_norms(model.base(), 7);
+      InferenceNet net = compile_for_inference(model);
+      // Every block became one fused step: Conv1, 17 blocks, Conv_1, pooling, dense + relu, dense.
+      CHECK(net.steps() == 22);
+      CHECK(net.summary().find("fallback") == std::string::npos);
+      for (int64_t batch : {1, 3}) {
+        CAPTURE(batch);
+        const Tensor images = random_tensor(Shape{batch, size, size, 3}, 8 + static_cast<uint64_t>(batch));
+        const Tensor expected = model.forward(images, Mode::inference);
+        CHECK(relative_error(net.forward(images), expected) < 1e-5);
+      }
+    }
+}
+
+TEST_CASE("InferenceNet compiles any Sequential: folds, fuses, and falls back to unknown layers") {
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    Sequential model("mixed", Shape{13, 11, 5}, 3);
+    model.add<Conv2D>("conv", 24, 3, 2);  // with bias, then BN + ReLU6 folded
+    model.add<BatchNorm>("bn");
+    model.add<ReLU6>("relu6");
+    model.add<DepthwiseConv2D>("dw5", 5, 1);  // 5x5: not a fused block
+    model.add<BatchNorm>("dw5_bn");
+    model.add<ReLU>("dw5_relu");
+    auto body = std::make_unique<Sequential>("body");
+    body->add<Conv2D>("body_conv", 24, 3);
+    body->add<BatchNorm>("body_bn");
+    model.add<Residual>("res", std::move(body));  // not a block: body steps + add
+    auto block = std::make_unique<Sequential>("block");
+    block->add<Conv2D>("expand", 48, 1, 1, Padding::same, false);
+    block->add<BatchNorm>("expand_bn");
+    block->add<ReLU6>("expand_relu");
+    block->add<DepthwiseConv2D>("dw", 3, 1, Padding::same, false);
+    block->add<BatchNorm>("dw_bn");
+    block->add<ReLU6>("dw_relu");
+    block->add<Conv2D>("project", 24, 1, 1, Padding::same, false);
+    block->add<BatchNorm>("project_bn");
+    model.add<Residual>("block_res", std::move(block));  // a block with a skip connection
+    model.add<Doubling>("doubling");
+    model.add<MaxPool2D>("maxpool", 2);
+    model.add<BatchNorm>("lone_bn");
+    model.add<ReLU>("lone_relu");
+    model.add<AvgPool2D>("avgpool", 2, 1, Padding::same);
+    model.add<Flatten>("flatten");
+    model.add<Dense>("dense", 10);
+    model.add<BatchNorm>("dense_bn");
+    model.add<ReLU>("dense_relu");
+    model.add<Dropout>("dropout", 0.5f);
+    model.add<Dense>("logits", 4);
+    model.add<Softmax>("softmax");
+    randomize_batch_norms(model, 9);
+    InferenceNet net = compile_for_inference(model);
+    const std::string summary = net.summary();
+    CAPTURE(summary);
+    CHECK(summary.find("fallback: Doubling 'doubling'") != std::string::npos);
+    CHECK(summary.find("inverted residual block [expand + expand_bn + expand_relu") != std::string::npos);
+    CHECK(summary.find("residual res {") != std::string::npos);
+    CHECK(summary.find("dropout") == std::string::npos);
+    CHECK(net.output_shape() == Shape{4});
+    for (int64_t batch : {1, 4}) {
+      const Tensor x = random_tensor(Shape{batch, 13, 11, 5}, 10);
+      const Tensor expected = model.forward(x, Mode::inference);
+      CHECK(relative_error(net.forward(x), expected) < 1e-5);
+    }
+    CHECK_THROWS_WITH_AS(net.forward(Tensor(Shape{1, 11, 13, 5})),
+                         "InferenceNet 'mixed': expected input of shape [batch, 13, 11, 5], got [1, 11, 13, 5]", Error);
+  }
+}
+
+TEST_CASE("predict(), evaluate() and cache_features() run through the compiled net and equal the plain model") {
+  MobileNetV2Config c;
+  c.alpha = 0.35f;
+  c.height = c.width = 32;
+  c.pooling = GlobalPooling::avg;
+  Classifier model(make_mobilenet_v2(c, 21), HeadConfig{16, 0.3f, 7}, 22);
+  randomize_batch_norms(model.base(), 23);
+  const Tensor images = random_tensor(Shape{7, 32, 32, 3}, 24);
+  const std::vector<int32_t> labels{0, 1, 2, 3, 4, 5, 6};
+  TensorSource source(images, labels);
+  PredictOptions plain;
+  plain.batch_size = 3;  // a partial last batch
+  plain.compiled = false;
+  PredictOptions compiled = plain;
+  compiled.compiled = true;
+  REQUIRE(compile_for_inference_if_supported(model) != nullptr);
+  const Predictions expected = predict(model, source, plain);
+  const Predictions got = predict(model, source, compiled);
+  CHECK(got.labels == expected.labels);
+  CHECK(relative_error(got.probabilities, expected.probabilities) < 1e-5);
+  const ClassificationMetrics m = evaluate(model, source, {}, compiled);
+  CHECK(m.accuracy == evaluate(model, source, {}, plain).accuracy);
+
+  FeatureCacheOptions cache_plain;
+  cache_plain.batch_size = 4;
+  cache_plain.compiled = false;
+  FeatureCacheOptions cache_compiled = cache_plain;
+  cache_compiled.compiled = true;
+  REQUIRE(compile_for_inference_if_supported(model.base()) != nullptr);
+  const FeatureCache f_plain = cache_features(model.base(), source, cache_plain);
+  const FeatureCache f_compiled = cache_features(model.base(), source, cache_compiled);
+  CHECK(f_compiled.labels == f_plain.labels);
+  CHECK(relative_error(f_compiled.features, f_plain.features) < 1e-5);
+}
+
+TEST_CASE("InferenceNet is a snapshot: later weight changes need a recompile") {
+  Sequential model("snap", Shape{4, 4, 3}, 1);
+  model.add<Conv2D>("conv", 8, 1);
+  model.add<GlobalAvgPool>("pool");
+  InferenceNet net = compile_for_inference(model);
+  const Tensor x = random_tensor(Shape{2, 4, 4, 3}, 11);
+  const Tensor before = net.forward(x);
+  model.parameters()[0]->value.fill(0.5f);
+  CHECK(relative_error(net.forward(x), before) == 0.0);
+  InferenceNet again = compile_for_inference(model);
+  CHECK(relative_error(again.forward(x), model.forward(x, Mode::inference)) < 1e-6);
+  CHECK(relative_error(again.forward(x), before) > 1e-3);
+}
