@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "test_util.hpp"
 #include <eigennet/data/image.hpp>
 #include <eigennet/data/image_folder.hpp>
 
@@ -31,35 +32,10 @@ namespace {
 const std::string images_dir = std::string(EIGENNET_FIXTURES_DIR) + "/images/";
 const std::string pillow_dir = std::string(EIGENNET_FIXTURES_DIR) + "/images_pillow/";
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "cannot open ", path);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void write_bytes(const fs::path& path, const std::vector<uint8_t>& bytes) {
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("eigennet_test_image_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+using testing::contains;
+using testing::read_bytes;
+using testing::TempDir;
+using testing::write_bytes;
 
 DecodeOptions options_for(ColorMode color, AlphaMode alpha = AlphaMode::composite_black, bool exif = true) {
   DecodeOptions o;
