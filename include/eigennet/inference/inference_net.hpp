@@ -56,7 +56,8 @@ namespace eigennet {
 
 namespace inference {
 
-using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
+// Packed weights: aligned, and not zero-filled twice (pack_panels writes every float).
+using AlignedFloats = std::vector<float, ZeroedAllocator<float>>;
 
 // One step of a compiled net: y = step(x) on a batch.
 class Step {
@@ -98,15 +99,19 @@ inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
   const int64_t c = static_cast<int64_t>(f.bias.size());
   EIGENNET_CHECK(bn.gamma().value.size() == c, "compile_for_inference: BatchNorm '", bn.name(), "' has ",
                  bn.gamma().value.size(), " channels but the layer before it has ", c);
+  std::vector<double> scale(static_cast<size_t>(c));
   for (int64_t o = 0; o < c; ++o) {
     const double s = static_cast<double>(bn.gamma().value[o]) /
                      std::sqrt(static_cast<double>(bn.moving_variance().value[o]) + static_cast<double>(bn.epsilon()));
-    for (size_t i = static_cast<size_t>(o); i < f.weight.size(); i += static_cast<size_t>(c))
-      f.weight[i] = static_cast<float>(static_cast<double>(f.weight[i]) * s);
+    scale[static_cast<size_t>(o)] = s;
     f.bias[static_cast<size_t>(o)] =
         static_cast<float>(static_cast<double>(f.bias[static_cast<size_t>(o)]) * s + bn.beta().value[o] -
                            static_cast<double>(bn.moving_mean().value[o]) * s);
   }
+  // Row by row (the channel is the last axis), so the pass over the weights is sequential.
+  for (size_t row = 0; row < f.weight.size(); row += static_cast<size_t>(c))
+    for (size_t o = 0; o < static_cast<size_t>(c); ++o)
+      f.weight[row + o] = static_cast<float>(static_cast<double>(f.weight[row + o]) * scale[o]);
   f.names += " + " + bn.name();
 }
 
