@@ -30,6 +30,25 @@ using ConstTensorView = Eigen::TensorMap<const Eigen::Tensor<float, Rank, Eigen:
 class Tensor {
  public:
   Tensor() = default;
+  Tensor(const Tensor&) = default;
+  Tensor& operator=(const Tensor&) = default;
+  // A moved-from tensor is empty (size 0, no data), not a shape without memory.
+  Tensor(Tensor&& other) noexcept
+      : shape_(std::move(other.shape_)), size_(other.size_), data_(std::move(other.data_)) {
+    other.shape_ = Shape{};
+    other.size_ = 0;
+  }
+  Tensor& operator=(Tensor&& other) noexcept {
+    if (this != &other) {
+      shape_ = std::move(other.shape_);
+      size_ = other.size_;
+      data_ = std::move(other.data_);
+      other.shape_ = Shape{};
+      other.size_ = 0;
+      other.data_.clear();
+    }
+    return *this;
+  }
   // A zero-filled tensor of the given shape (fresh memory is zero: see ZeroedAllocator).
   explicit Tensor(const Shape& shape) { resize(shape); }
   Tensor(const Shape& shape, std::initializer_list<float> values) {
