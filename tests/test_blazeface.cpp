@@ -13,6 +13,7 @@
 #include <eigennet/detect/annotate.hpp>
 #include <eigennet/detect/face_crop.hpp>
 #include <eigennet/detect/face_detector.hpp>
+#include <eigennet/inference/blazeface_inference.hpp>
 #include <eigennet/eigennet.hpp>
 #include <eigennet/models/blazeface.hpp>
 
@@ -88,17 +89,64 @@ TEST_CASE("BlazeFace: the network with the committed weights reproduces the ONNX
     load_blazeface_weights(net, weights_path(v));
     const SafetensorsFile expected =
         read_safetensors(fixtures + "/blazeface_" + std::string(to_string(v)) + "_outputs.safetensors");
-    Tensor scores, boxes;
-    net.forward(fixture_batch(static_cast<int>(net.input_size())), scores, boxes);
+    const Tensor x = fixture_batch(static_cast<int>(net.input_size()));
+    Tensor scores, boxes, fast_scores, fast_boxes;
+    net.forward(x, scores, boxes);
+    // The detector runs the compiled net (fused BlazeBlocks): the same witness for it.
+    compile_for_inference(net).forward(x, fast_scores, fast_boxes);
     REQUIRE(scores.shape() == expected.at("scores").shape());
     REQUIRE(boxes.shape() == expected.at("boxes").shape());
+    REQUIRE(fast_scores.shape() == expected.at("scores").shape());
+    REQUIRE(fast_boxes.shape() == expected.at("boxes").shape());
     const double score_error = relative_error(scores, expected.at("scores"));
     const double box_error = relative_error(boxes, expected.at("boxes"));
-    std::printf("BlazeFace %s vs ONNX: scores rel %.2e, boxes rel %.2e\n", to_string(v), score_error, box_error);
+    const double fast_score_error = relative_error(fast_scores, expected.at("scores"));
+    const double fast_box_error = relative_error(fast_boxes, expected.at("boxes"));
+    std::printf("BlazeFace %s vs ONNX: scores rel %.2e, boxes rel %.2e; compiled: %.2e, %.2e\n", to_string(v),
+                score_error, box_error, fast_score_error, fast_box_error);
     CHECK(score_error <= 1e-4);
     CHECK(box_error <= 1e-4);
+    CHECK(fast_score_error <= 1e-4);
+    CHECK(fast_box_error <= 1e-4);
     // The photo holds faces: some anchor is confident, so the comparison covers real detections.
     CHECK(*std::max_element(scores.data(), scores.data() + scores.size()) > 1.0f);
+  }
+}
+
+TEST_CASE("BlazeFace compiled for inference equals the plain network: every block fused, batch 1 and 3") {
+  for (BlazeFaceVariant v : {BlazeFaceVariant::front_128, BlazeFaceVariant::back_256}) {
+    CAPTURE(to_string(v));
+    // Random weights (seed 5) and random biases, so that every add, pad and clamp matters.
+    BlazeFace net(v, 5);
+    Rng rng(11);
+    for (Parameter* p : net.parameters())
+      if (p->name.find("bias") != std::string::npos)
+        for (int64_t i = 0; i < p->value.size(); ++i) p->value[i] = rng.uniform(-0.5f, 0.5f);
+    BlazeFaceInference fast = compile_for_inference(net);
+    // One step per BlazeBlock: no plain layer, ReLU, residual or fallback step is left.
+    const std::string summary = fast.summary();
+    CHECK(summary.find("fallback") == std::string::npos);
+    CHECK(summary.find("affine") == std::string::npos);
+    CHECK(summary.find("residual block_") == std::string::npos);
+    CHECK(summary.find("shortcut {") != std::string::npos);  // the max-pooled (and padded) shortcuts
+    const int64_t blocks = static_cast<int64_t>(std::count(summary.begin(), summary.end(), '\n')) - 1;  // - conv1
+    int64_t expected_blocks = 0;
+    for (const auto* table : {&net.architecture().to_16x16, &net.architecture().to_8x8})
+      for (const BlazeBlockSetting& b : *table) expected_blocks += b.repeats;
+    CHECK(blocks == expected_blocks);
+    for (int64_t batch : {1, 3}) {
+      CAPTURE(batch);
+      const int64_t size = net.input_size();
+      Tensor x(Shape{batch, size, size, 3});
+      for (int64_t i = 0; i < x.size(); ++i) x[i] = rng.uniform(-1.0f, 1.0f);
+      Tensor scores, boxes, fast_scores, fast_boxes;
+      net.forward(x, scores, boxes);
+      fast.forward(x, fast_scores, fast_boxes);
+      REQUIRE(fast_scores.shape() == scores.shape());
+      REQUIRE(fast_boxes.shape() == boxes.shape());
+      CHECK(relative_error(fast_scores, scores) <= 1e-5);
+      CHECK(relative_error(fast_boxes, boxes) <= 1e-5);
+    }
   }
 }
 

@@ -1,6 +1,9 @@
 // Tensor, Shape, Rng and the Sequential container: the basics everything else stands on.
 #include <doctest/doctest.h>
 
+#include <cmath>
+#include <cstdint>
+
 #include <eigennet/eigennet.hpp>
 
 using namespace eigennet;
@@ -26,6 +29,55 @@ TEST_CASE("Tensor keeps its capacity when resized smaller") {
   CHECK(t.matrix().rows() == 4);
   CHECK(t.matrix().cols() == 8);
   CHECK_THROWS_AS(t.view<3>(), Error);
+}
+
+TEST_CASE("A new Tensor is zero even where freed memory held other values, at every size") {
+  // The allocator (calloc) hands out zero memory without a pass of its own; recycled memory must
+  // come back zero too, and growing a tensor must not expose old contents.
+  for (int64_t n : {int64_t{1}, int64_t{100}, int64_t{40000}, int64_t{3} << 20}) {
+    CAPTURE(n);
+    for (int round = 0; round < 3; ++round) {
+      {
+        Tensor dirty(Shape{n});
+        dirty.fill(7.0f);
+      }
+      const Tensor t(Shape{n});
+      CHECK(reinterpret_cast<uintptr_t>(t.data()) % 64 == 0);
+      bool all_zero = true;
+      for (int64_t i = 0; i < n; ++i) all_zero &= t[i] == 0.0f;
+      CHECK(all_zero);
+    }
+    Tensor grown;
+    grown.resize(Shape{n});
+    grown.fill(3.0f);
+    grown.resize(Shape{2 * n + 5});  // reallocates: the old values move, the new ones are zero
+    bool kept = true, zero_after = true;
+    for (int64_t i = 0; i < n; ++i) kept &= grown[i] == 3.0f;
+    for (int64_t i = n; i < 2 * n + 5; ++i) zero_after &= grown[i] == 0.0f;
+    CHECK(kept);
+    CHECK(zero_after);
+  }
+}
+
+TEST_CASE("SkipWeightInitialization leaves new weights zero on its thread, and only while it lives") {
+  const auto kernel_sum = [](Sequential& net) {
+    double sum = 0;
+    for (Parameter* p : net.parameters())
+      for (int64_t i = 0; i < p->value.size(); ++i) sum += std::abs(p->value[i]);
+    return sum;
+  };
+  {
+    SkipWeightInitialization loading;
+    Sequential skipped("skipped", Shape{8, 8, 3}, 1);
+    skipped.add<Conv2D>("conv", 4, 3);
+    skipped.add<DepthwiseConv2D>("dw", 3);
+    skipped.add<GlobalAvgPool>("pool");
+    skipped.add<Dense>("dense", 2);
+    CHECK(kernel_sum(skipped) == 0.0);
+  }
+  Sequential drawn("drawn", Shape{8, 8, 3}, 1);
+  drawn.add<Conv2D>("conv", 4, 3);
+  CHECK(kernel_sum(drawn) > 0.0);
 }
 
 TEST_CASE("Rng is deterministic and uniform in [0, 1)") {

@@ -657,6 +657,16 @@ TEST_CASE("save_parameters / load_parameters round trip a Classifier bit-exactly
   const Tensor logits_saved = saved.forward(x, Mode::inference);
   CHECK(bit_equal(loaded.forward(x, Mode::inference), logits_saved));
 
+  // Loading by moving the file's tensors gives the same parameters (and empties those tensors).
+  Classifier moved(make_base(0.35f, 32, true, GlobalPooling::max), head, 5);
+  SafetensorsFile file = read_safetensors(path);
+  CHECK(load_parameters(moved.parameters(), std::move(file)).loaded.size() == params.size());
+  for (Parameter* p : moved.parameters()) {
+    CAPTURE(p->name);
+    CHECK(bit_equal(p->value, original.at(p->name)->value));
+  }
+  for (const NamedTensor& t : file.tensors) CHECK(t.tensor.empty());  // NOLINT(bugprone-use-after-move): checked on purpose
+
   // The reference build reads the same file (same names and shapes).
   Classifier reference(make_base(0.35f, 32, false, GlobalPooling::max), head, 3);
   CHECK(load_parameters(reference.parameters(), path).loaded.size() == params.size());

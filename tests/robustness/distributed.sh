@@ -76,13 +76,18 @@ kill_a_process() {
   shift 2
   $MPIRUN "$@" > "$name.out" 2> "$name.err" &
   launcher=$!
-  while kill -0 "$launcher" 2> /dev/null && ! grep -q '^epoch ' "$name.out" 2> /dev/null; do sleep 0.02; done
-  sleep "$(random "$epoch_time")"
-  # mpirun's children are the processes; Open MPI tells each its rank in the environment.
+  # The victim is looked up before the epoch starts (mpirun's children are the processes; Open
+  # MPI tells each its rank in the environment): on a fast machine the few epochs left after a
+  # resume can end while the lookup would run.
   pid=""
-  for child in $(ps -o pid= --ppid "$launcher"); do
-    if tr '\0' '\n' < "/proc/$child/environ" 2> /dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$victim"; then pid=$child; fi
+  while [ -z "$pid" ] && kill -0 "$launcher" 2> /dev/null; do
+    for child in $(ps -o pid= --ppid "$launcher"); do
+      if tr '\0' '\n' < "/proc/$child/environ" 2> /dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$victim"; then pid=$child; fi
+    done
+    [ -n "$pid" ] || sleep 0.01
   done
+  while kill -0 "$launcher" 2> /dev/null && ! grep -q '^epoch ' "$name.out" 2> /dev/null; do sleep 0.01; done
+  sleep "$(random "$epoch_time")"
   if [ -z "$pid" ] || ! kill -9 "$pid" 2> /dev/null; then
     bounded_wait "$launcher"
     fail "$name: no process $victim to kill (the run had ended with status $status)"

@@ -1,6 +1,7 @@
 // Tensor: a float32 buffer with a shape, row-major (NHWC for images, batch first).
 // It owns 64-byte aligned memory and keeps its capacity when resized to a smaller or equal
-// size, so buffers reused across training steps stop allocating once shapes are known.
+// size, so buffers reused across training steps stop allocating once shapes are known. New
+// memory comes zero-filled from its allocator (core/zeroed_allocator.hpp) without a pass over it.
 // Eigen views (TensorMap, Map) give the math without copies.
 #pragma once
 
@@ -12,6 +13,7 @@
 
 #include "error.hpp"
 #include "shape.hpp"
+#include "zeroed_allocator.hpp"
 
 namespace eigennet {
 
@@ -28,8 +30,27 @@ using ConstTensorView = Eigen::TensorMap<const Eigen::Tensor<float, Rank, Eigen:
 class Tensor {
  public:
   Tensor() = default;
-  // A zero-filled tensor of the given shape.
-  explicit Tensor(const Shape& shape) { resize(shape); zero(); }
+  Tensor(const Tensor&) = default;
+  Tensor& operator=(const Tensor&) = default;
+  // A moved-from tensor is empty (size 0, no data), not a shape without memory.
+  Tensor(Tensor&& other) noexcept
+      : shape_(std::move(other.shape_)), size_(other.size_), data_(std::move(other.data_)) {
+    other.shape_ = Shape{};
+    other.size_ = 0;
+  }
+  Tensor& operator=(Tensor&& other) noexcept {
+    if (this != &other) {
+      shape_ = std::move(other.shape_);
+      size_ = other.size_;
+      data_ = std::move(other.data_);
+      other.shape_ = Shape{};
+      other.size_ = 0;
+      other.data_.clear();
+    }
+    return *this;
+  }
+  // A zero-filled tensor of the given shape (fresh memory is zero: see ZeroedAllocator).
+  explicit Tensor(const Shape& shape) { resize(shape); }
   Tensor(const Shape& shape, std::initializer_list<float> values) {
     resize(shape);
     EIGENNET_CHECK(static_cast<int64_t>(values.size()) == size_, "Tensor of shape ", shape, " needs ",
@@ -100,7 +121,9 @@ class Tensor {
 
   Shape shape_;
   int64_t size_ = 0;
-  std::vector<float, Eigen::aligned_allocator<float>> data_;
+  // Never shrinks (resize only grows it), so every element past size_ that was ever allocated
+  // is either written by this tensor or still the allocator's zero.
+  std::vector<float, ZeroedAllocator<float>> data_;
 };
 
 }  // namespace eigennet

@@ -26,6 +26,7 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -35,6 +36,7 @@
 #include "../data/image.hpp"
 #include "../io/model_io.hpp"
 #include "../io/weights_folders.hpp"
+#include "../inference/blazeface_inference.hpp"
 #include "../models/blazeface.hpp"
 #include "anchors.hpp"
 
@@ -278,12 +280,16 @@ class FaceDetector {
                    "FaceDetector: tile_fraction must be in (0, 1], got ", options_.tile_fraction);
     if (options_.weights.empty()) options_.weights = find_blazeface_weights(options_.variant);
     load_blazeface_weights(net_, options_.weights);
+    compiled_ = std::make_unique<BlazeFaceInference>(net_);
     EIGENNET_CHECK(static_cast<int64_t>(anchors_.size()) == net_.anchor_count(), "FaceDetector: ", anchors_.size(),
                    " anchors for ", net_.anchor_count(), " outputs");
   }
 
   const FaceDetectorOptions& options() const { return options_; }
+  // The network as loaded; detection runs a compiled snapshot of it (compile_for_inference), so
+  // call recompile() after changing its weights.
   BlazeFace& network() { return net_; }
+  void recompile() { compiled_ = std::make_unique<BlazeFaceInference>(net_); }
   const std::vector<Anchor>& anchors() const { return anchors_; }
   int input_size() const { return static_cast<int>(net_.input_size()); }
 
@@ -302,16 +308,16 @@ class FaceDetector {
   // suppresses within each pass and then across the passes.
   std::vector<std::vector<FaceDetection>> candidates(const Image& image, float floor_score) {
     EIGENNET_CHECK(image.width > 0 && image.height > 0 && !image.pixels.empty(), "FaceDetector: empty picture");
-    std::vector<std::vector<FaceDetection>> passes;
-    passes.push_back(decode_region(image, 0, 0, image.width, image.height, floor_score));
-    if (!options_.tiles) return passes;
-    for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction)) {
-      if (t.width >= static_cast<float>(image.width) && t.height >= static_cast<float>(image.height)) continue;
+    std::vector<Box> regions{{0, 0, static_cast<float>(image.width), static_cast<float>(image.height)}};
+    if (options_.tiles)
+      for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction))
+        if (t.width < static_cast<float>(image.width) || t.height < static_cast<float>(image.height)) regions.push_back(t);
+    std::vector<std::vector<FaceDetection>> passes = decode_regions(image, regions, floor_score);
+    for (size_t r = 1; r < regions.size(); ++r) {
       std::vector<FaceDetection> kept;
-      for (const FaceDetection& d : decode_region(image, static_cast<int>(t.x), static_cast<int>(t.y),
-                                                  static_cast<int>(t.width), static_cast<int>(t.height), floor_score))
-        if (!cut_by_tile(d.box, t, image)) kept.push_back(d);
-      passes.push_back(std::move(kept));
+      for (const FaceDetection& d : passes[r])
+        if (!cut_by_tile(d.box, regions[r], image)) kept.push_back(d);
+      passes[r] = std::move(kept);
     }
     return passes;
   }
@@ -329,20 +335,58 @@ class FaceDetector {
     return contributing <= 1 ? merged : weighted_non_max_suppression(std::move(merged), nms_iou);
   }
 
-  // Steps 1-3 and 5 on one region of the picture: the decoded detections of every anchor scoring
-  // at least min_score, before suppression, in the picture's pixels.
-  std::vector<FaceDetection> decode_region(const Image& image, int x, int y, int w, int h, float min_score) {
+  // Steps 1-3 and 5 on regions of the picture (whole pixels inside it), a few regions per run of
+  // the network: per region, the decoded detections of every anchor scoring at least min_score,
+  // before suppression, in the picture's pixels.
+  std::vector<std::vector<FaceDetection>> decode_regions(const Image& image, const std::vector<Box>& regions,
+                                                         float min_score) {
     const int size = input_size();
-    input_.resize(Shape{1, size, size, 3});
-    const Letterbox l = letterbox_image(image, x, y, w, h, size, input_.data());
-    net_.forward(input_, scores_, boxes_);
-    std::vector<FaceDetection> found =
-        decode_blazeface(scores_.data(), boxes_.data(), anchors_, static_cast<float>(size), min_score);
-    for (FaceDetection& d : found) d = l.to_image(d);
+    const int64_t n = static_cast<int64_t>(regions.size()), image_floats = int64_t{size} * size * 3;
+    const int64_t anchors = static_cast<int64_t>(anchors_.size());
+    EIGENNET_CHECK(n > 0, "FaceDetector: no region to look at");
+    std::vector<std::vector<FaceDetection>> found(static_cast<size_t>(n));
+    for (int64_t r0 = 0; r0 < n; r0 += regions_per_run) {
+      const int64_t count = std::min(regions_per_run, n - r0);
+      input_.resize(Shape{count, size, size, 3});
+      std::vector<Letterbox> letterboxes(static_cast<size_t>(count));
+      std::vector<std::exception_ptr> errors(static_cast<size_t>(count));
+      // The regions of a run are resized on all threads, each into its slot of the batch.
+#pragma omp parallel for schedule(dynamic, 1) if (count > 1)
+      for (int64_t r = 0; r < count; ++r) {
+        try {
+          const Box& b = regions[static_cast<size_t>(r0 + r)];
+          letterboxes[static_cast<size_t>(r)] =
+              letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
+                              static_cast<int>(b.height), size, input_.data() + r * image_floats);
+        } catch (...) {
+          errors[static_cast<size_t>(r)] = std::current_exception();
+        }
+      }
+      for (const std::exception_ptr& e : errors)
+        if (e) std::rethrow_exception(e);
+      compiled_->forward(input_, scores_, boxes_);
+      for (int64_t r = 0; r < count; ++r) {
+        std::vector<FaceDetection>& out = found[static_cast<size_t>(r0 + r)];
+        out = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, anchors_,
+                               static_cast<float>(size), min_score);
+        for (FaceDetection& d : out) d = letterboxes[static_cast<size_t>(r)].to_image(d);
+      }
+    }
     return found;
+  }
+  std::vector<FaceDetection> decode_region(const Image& image, int x, int y, int w, int h, float min_score) {
+    return decode_regions(image, {Box{static_cast<float>(x), static_cast<float>(y), static_cast<float>(w),
+                                      static_cast<float>(h)}},
+                          min_score)
+        .front();
   }
 
  private:
+  // Regions per run of the network: two share the small late layers' work between two threads,
+  // while the activations of more would cost more in first touches of memory than batching gains
+  // (measured on a 640x480 picture: 5 regions per run took 30 ms, 2 or 1 took 26 ms, 2 threads).
+  static constexpr int64_t regions_per_run = 2;
+
   static std::vector<Anchor> anchors_for(BlazeFaceVariant v) {
     return v == BlazeFaceVariant::front_128 ? ssd_anchors(128, {8, 16, 16, 16}) : ssd_anchors(256, {16, 32, 32, 32});
   }
@@ -356,6 +400,7 @@ class FaceDetector {
 
   FaceDetectorOptions options_;
   BlazeFace net_;
+  std::unique_ptr<BlazeFaceInference> compiled_;
   std::vector<Anchor> anchors_;
   Tensor input_, scores_, boxes_;
 };

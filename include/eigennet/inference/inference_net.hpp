@@ -39,7 +39,9 @@
 #include "../kernels/pointwise_engine.hpp"
 #include "../kernels/softmax.hpp"
 #include "../layers/activation.hpp"
+#include "../kernels/channel_pad.hpp"
 #include "../layers/batch_norm.hpp"
+#include "../layers/channel_pad.hpp"
 #include "../layers/conv2d.hpp"
 #include "../layers/dense.hpp"
 #include "../layers/depthwise_conv2d.hpp"
@@ -54,7 +56,8 @@ namespace eigennet {
 
 namespace inference {
 
-using AlignedFloats = std::vector<float, Eigen::aligned_allocator<float>>;
+// Packed weights: aligned, and not zero-filled twice (pack_panels writes every float).
+using AlignedFloats = std::vector<float, ZeroedAllocator<float>>;
 
 // One step of a compiled net: y = step(x) on a batch.
 class Step {
@@ -96,15 +99,19 @@ inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
   const int64_t c = static_cast<int64_t>(f.bias.size());
   EIGENNET_CHECK(bn.gamma().value.size() == c, "compile_for_inference: BatchNorm '", bn.name(), "' has ",
                  bn.gamma().value.size(), " channels but the layer before it has ", c);
+  std::vector<double> scale(static_cast<size_t>(c));
   for (int64_t o = 0; o < c; ++o) {
     const double s = static_cast<double>(bn.gamma().value[o]) /
                      std::sqrt(static_cast<double>(bn.moving_variance().value[o]) + static_cast<double>(bn.epsilon()));
-    for (size_t i = static_cast<size_t>(o); i < f.weight.size(); i += static_cast<size_t>(c))
-      f.weight[i] = static_cast<float>(static_cast<double>(f.weight[i]) * s);
+    scale[static_cast<size_t>(o)] = s;
     f.bias[static_cast<size_t>(o)] =
         static_cast<float>(static_cast<double>(f.bias[static_cast<size_t>(o)]) * s + bn.beta().value[o] -
                            static_cast<double>(bn.moving_mean().value[o]) * s);
   }
+  // Row by row (the channel is the last axis), so the pass over the weights is sequential.
+  for (size_t row = 0; row < f.weight.size(); row += static_cast<size_t>(c))
+    for (size_t o = 0; o < static_cast<size_t>(c); ++o)
+      f.weight[row + o] = static_cast<float>(static_cast<double>(f.weight[row + o]) * scale[o]);
   f.names += " + " + bn.name();
 }
 
@@ -217,6 +224,14 @@ class AffineStep : public Step {
     });
   }
   std::string describe() const override { return "affine " + names_ + clamp_name(clamp_); }
+  // True when the step only clamps (a lone ReLU): scale 1, shift 0.
+  bool clamp_only() const {
+    for (size_t j = 0; j < scale_.size(); ++j)
+      if (scale_[j] != 1.0f || shift_[j] != 0.0f) return false;
+    return clamp_.active();
+  }
+  const kernels::Clamp& clamp() const { return clamp_; }
+  const std::string& names() const { return names_; }
   void add_clamp(const kernels::Clamp& c, const std::string& name) {
     clamp_.lo = std::max(clamp_.lo, c.lo);
     clamp_.hi = std::min(clamp_.hi, c.hi);
@@ -229,19 +244,28 @@ class AffineStep : public Step {
   std::string names_;
 };
 
-// A fused inverted residual block (see kernels/inverted_residual_inference.hpp).
+// A fused inverted residual block (see kernels/inverted_residual_inference.hpp). Its skip
+// connection is none, the input (`residual`), or a shortcut network (BlazeFace's max pooling and
+// zero channels) whose steps run first, writing into the output, which the projection's epilogue
+// then adds to.
 class InvertedResidualStep : public Step {
  public:
-  // expand may be null (no expansion).
+  using Skip = kernels::InvertedResidualInference::Skip;
+  // expand may be null (no expansion); shortcut steps only with skip == Skip::output.
   InvertedResidualStep(const Shape& input, const Shape& output, FoldedConv* expand, FoldedConv depthwise,
-                       const WindowGeometry& depthwise_geometry, FoldedConv project, bool residual)
-      : Step(input), geometry_(depthwise_geometry), residual_(residual) {
+                       const WindowGeometry& depthwise_geometry, FoldedConv project, Skip skip, Steps shortcut = {})
+      : Step(input), geometry_(depthwise_geometry), shortcut_(std::move(shortcut)) {
     output_ = output;
     const int64_t in_c = input_[2], hidden = geometry_.in_c, out_c = output_[2];
-    EIGENNET_CHECK(!residual || (input == output), "compile_for_inference: a skip connection needs equal shapes, got ",
-                   input, " and ", output);
+    EIGENNET_CHECK(skip != Skip::input || (input == output && geometry_.stride_h == 1),
+                   "compile_for_inference: a skip connection needs stride 1 and equal shapes, got ", input, " and ",
+                   output);
+    EIGENNET_CHECK((skip == Skip::output) == !shortcut_.empty(),
+                   "compile_for_inference: a shortcut skip connection needs its shortcut steps");
+    EIGENNET_CHECK(shortcut_.empty() || shortcut_.back()->output_shape() == output, "compile_for_inference: the shortcut gives ",
+                   shortcut_.empty() ? Shape{} : shortcut_.back()->output_shape(), " but the block ", output);
     names_ = (expand ? expand->names + clamp_name(expand->clamp) + ", " : std::string()) + depthwise.names +
-             clamp_name(depthwise.clamp) + ", " + project.names + clamp_name(project.clamp);
+             clamp_name(depthwise.clamp) + ", " + project.names;
     if (expand) {
       expand_bias_ = expand->bias;
       expand_packed_ = pack(expand->weight, in_c, hidden);
@@ -258,26 +282,67 @@ class InvertedResidualStep : public Step {
     weights_.project = {project_packed_.data(), hidden, out_c};
     weights_.project_bias = project_bias_.data();
     weights_.project_clamp = project.clamp;
-    weights_.residual = residual;
+    weights_.skip = skip;
   }
   void run(const Tensor& x, Tensor& y) override {
     WindowGeometry g = geometry_;
     g.batch = x.dim(0);
+    const Tensor* in = &x;
+    for (size_t i = 0; i < shortcut_.size(); ++i) {
+      Tensor& out = i + 1 == shortcut_.size() ? y : shortcut_buffers_[i % 2];
+      shortcut_[i]->run(*in, out);
+      in = &out;
+    }
     y.resize(output_.with_batch(g.batch));
     kernels::inverted_residual_inference(y.data(), x.data(), input_[2], g, weights_);
   }
   std::string describe() const override {
-    return std::string("inverted residual block [") + names_ + "]" + (residual_ ? " + skip connection" : "");
+    std::string s = "inverted residual block [" + names_ + "]";
+    if (weights_.skip == Skip::input) s += " + skip connection";
+    if (!shortcut_.empty()) {
+      s += " + shortcut {";
+      for (const auto& step : shortcut_) s += " " + step->describe() + ";";
+      s += " }";
+    }
+    return s + clamp_name(weights_.project_clamp);
+  }
+  // A clamp after the block (a ReLU after the skip connection's add) moves into the projection's
+  // epilogue, which clamps after adding the skip connection. Only when the projection has none.
+  bool absorb_clamp(const kernels::Clamp& c, const std::string& names) {
+    if (weights_.project_clamp.active()) return false;
+    weights_.project_clamp = c;
+    names_ += " + " + names;
+    return true;
   }
 
  private:
   WindowGeometry geometry_;
-  bool residual_;
   std::string names_;
   FoldedConv depthwise_;
   std::vector<float> expand_bias_, project_bias_;
   AlignedFloats expand_packed_, project_packed_;
   kernels::InvertedResidualInference weights_;
+  Steps shortcut_;
+  Tensor shortcut_buffers_[2];
+};
+
+// Zero channels before and after: y[p, :] = [0 x before, x[p, :], 0 x after].
+class ChannelPadStep : public Step {
+ public:
+  explicit ChannelPadStep(ChannelPad& layer)
+      : Step(layer.input_shape()), before_(layer.before()), after_(layer.after()), name_(layer.name()) {
+    output_ = layer.output_shape();
+  }
+  void run(const Tensor& x, Tensor& y) override {
+    y.resize(output_.with_batch(x.dim(0)));
+    const int64_t c = input_.back();
+    kernels::channel_pad_forward(y.data(), x.data(), x.size() / c, c, before_, after_);
+  }
+  std::string describe() const override { return "channel pad " + name_; }
+
+ private:
+  int64_t before_, after_;
+  std::string name_;
 };
 
 class GlobalPoolStep : public Step {
@@ -355,22 +420,25 @@ class FlattenStep : public Step {
   std::string name_;
 };
 
-// y = x + body(x) for a residual body that is not an inverted residual block.
+// y = body(x) + shortcut(x) (shortcut: the identity when it has no steps) for a residual body
+// that is not an inverted residual block.
 class ResidualStep : public Step {
  public:
-  ResidualStep(Residual& layer, Steps body) : Step(layer.input_shape()), name_(layer.name()), body_(std::move(body)) {
+  ResidualStep(Residual& layer, Steps body, Steps shortcut = {})
+      : Step(layer.input_shape()), name_(layer.name()), body_(std::move(body)), shortcut_(std::move(shortcut)) {
     output_ = layer.output_shape();
   }
   void run(const Tensor& x, Tensor& y) override {
-    const Tensor* in = &x;
-    for (size_t i = 0; i < body_.size(); ++i) {
-      Tensor& out = i + 1 == body_.size() ? y : buffers_[i % 2];
-      body_[i]->run(*in, out);
-      in = &out;
+    run_chain(body_, x, y);
+    const Tensor* skip_tensor = &x;
+    if (!shortcut_.empty()) {
+      run_chain(shortcut_, x, shortcut_output_);
+      skip_tensor = &shortcut_output_;
     }
-    if (body_.empty()) y.copy_from(x);
+    EIGENNET_CHECK(skip_tensor->size() == y.size(), "compile_for_inference: residual '", name_, "' adds ",
+                   skip_tensor->shape(), " to ", y.shape());
     float* out = y.data();
-    const float* skip = x.data();
+    const float* skip = skip_tensor->data();
     parallel_for(y.size() / 1024 + 1, y.size(), [&](int64_t b) {
       const int64_t end = std::min(y.size(), (b + 1) * 1024);
       for (int64_t i = b * 1024; i < end; ++i) out[i] += skip[i];
@@ -379,13 +447,29 @@ class ResidualStep : public Step {
   std::string describe() const override {
     std::string s = "residual " + name_ + " {";
     for (const auto& step : body_) s += " " + step->describe() + ";";
-    return s + " } + skip connection";
+    if (shortcut_.empty()) return s + " } + skip connection";
+    s += " } + shortcut {";
+    for (const auto& step : shortcut_) s += " " + step->describe() + ";";
+    return s + " }";
   }
 
  private:
+  void run_chain(Steps& steps, const Tensor& x, Tensor& y) {
+    if (steps.empty()) {
+      y.copy_from(x);
+      return;
+    }
+    const Tensor* in = &x;
+    for (size_t i = 0; i < steps.size(); ++i) {
+      Tensor& out = i + 1 == steps.size() ? y : buffers_[i % 2];
+      steps[i]->run(*in, out);
+      in = &out;
+    }
+  }
+
   std::string name_;
-  Steps body_;
-  Tensor buffers_[2];
+  Steps body_, shortcut_;
+  Tensor buffers_[2], shortcut_output_;
 };
 
 // A layer compile_for_inference does not know: its own forward in inference mode.
@@ -443,8 +527,9 @@ inline void absorb_following(const std::vector<Layer*>& layers, size_t& i, Folde
 }
 
 // Replaces the steps [first, first + count) by an inverted residual block when they are one:
-// [1x1 conv,] 3x3 depthwise, 1x1 conv. With `residual`, they must be the whole list.
-inline bool fuse_block(Steps& steps, size_t first, bool residual) {
+// [1x1 conv,] 3x3 depthwise, 1x1 conv. With `residual`, they must be the whole list (the body of
+// a Residual), and its skip connection is the input, or `shortcut` when that has steps.
+inline bool fuse_block(Steps& steps, size_t first, bool residual, Steps* shortcut = nullptr) {
   auto* a = first < steps.size() ? dynamic_cast<ConvStep*>(steps[first].get()) : nullptr;
   const bool expands = a != nullptr && a->pointwise();
   const size_t d = first + (expands ? 1 : 0);
@@ -456,15 +541,20 @@ inline bool fuse_block(Steps& steps, size_t first, bool residual) {
   const size_t end = d + 2;
   if (residual && (first != 0 || end != steps.size())) return false;
   const Shape input = steps[first]->input_shape(), output = steps[d + 1]->output_shape();
-  if (residual && (input != output || g.stride_h != 1)) return false;
+  using Skip = InvertedResidualStep::Skip;
+  const bool has_shortcut = residual && shortcut != nullptr && !shortcut->empty();
+  if (residual && !has_shortcut && (input != output || g.stride_h != 1)) return false;
+  if (has_shortcut && shortcut->back()->output_shape() != output) return false;
+  const Skip skip = !residual ? Skip::none : has_shortcut ? Skip::output : Skip::input;
   auto fused = std::make_unique<InvertedResidualStep>(input, output, expands ? &a->folded() : nullptr,
-                                                      std::move(dw->folded()), g, std::move(p->folded()), residual);
+                                                      std::move(dw->folded()), g, std::move(p->folded()), skip,
+                                                      has_shortcut ? std::move(*shortcut) : Steps{});
   steps.erase(steps.begin() + static_cast<std::ptrdiff_t>(first), steps.begin() + static_cast<std::ptrdiff_t>(end));
   steps.insert(steps.begin() + static_cast<std::ptrdiff_t>(first), std::move(fused));
   return true;
 }
 
-inline Steps compile_layers(Sequential& model);
+inline Steps compile_layers(Sequential& model, bool fuse_plain_blocks = true);
 
 inline std::unique_ptr<Step> compile_inverted_residual(InvertedResidual& block) {
   FoldedConv expand;
@@ -484,10 +574,13 @@ inline std::unique_ptr<Step> compile_inverted_residual(InvertedResidual& block) 
   fold_batch_norm(project, block.project_bn());
   return std::make_unique<InvertedResidualStep>(block.input_shape(), block.output_shape(),
                                                 block.has_expansion() ? &expand : nullptr, std::move(depthwise),
-                                                d.geometry(1), std::move(project), block.has_skip());
+                                                d.geometry(1), std::move(project),
+                                                block.has_skip() ? InvertedResidualStep::Skip::input
+                                                                 : InvertedResidualStep::Skip::none);
 }
 
-inline Steps compile_list(const std::vector<Layer*>& layers) {
+// With fuse_plain_blocks, inverted residual blocks written as plain layers become fused steps.
+inline Steps compile_list(const std::vector<Layer*>& layers, bool fuse_plain_blocks = true) {
   Steps steps;
   for (size_t i = 0; i < layers.size(); ++i) {
     Layer* l = layers[i];
@@ -509,11 +602,15 @@ inline Steps compile_list(const std::vector<Layer*>& layers) {
     } else if (auto* block = dynamic_cast<InvertedResidual*>(l)) {
       steps.push_back(compile_inverted_residual(*block));
     } else if (auto* residual = dynamic_cast<Residual*>(l)) {
-      Steps body = compile_layers(residual->body());
-      if (fuse_block(body, 0, true))
+      // The body unfused, so that its block can be fused with the skip connection.
+      Steps body = compile_layers(residual->body(), false);
+      Steps shortcut = residual->shortcut() ? compile_layers(*residual->shortcut()) : Steps{};
+      if (fuse_block(body, 0, true, &shortcut)) {
         steps.push_back(std::move(body.front()));
-      else
-        steps.push_back(std::make_unique<ResidualStep>(*residual, std::move(body)));
+      } else {
+        for (size_t b = 0; b < body.size(); ++b) fuse_block(body, b, false);
+        steps.push_back(std::make_unique<ResidualStep>(*residual, std::move(body), std::move(shortcut)));
+      }
     } else if (auto* bn = dynamic_cast<BatchNorm*>(l)) {
       const int64_t c = bn->input_shape().back();
       std::vector<float> scale(static_cast<size_t>(c)), shift(scale.size());
@@ -544,6 +641,8 @@ inline Steps compile_list(const std::vector<Layer*>& layers) {
       steps.push_back(std::make_unique<WindowPoolStep>(*maxpool, true));
     } else if (auto* avgpool = dynamic_cast<AvgPool2D*>(l)) {
       steps.push_back(std::make_unique<WindowPoolStep>(*avgpool, false));
+    } else if (auto* pad = dynamic_cast<ChannelPad*>(l)) {
+      steps.push_back(std::make_unique<ChannelPadStep>(*pad));
     } else if (dynamic_cast<Softmax*>(l)) {
       steps.push_back(std::make_unique<SoftmaxStep>(*l));
     } else if (dynamic_cast<Flatten*>(l)) {
@@ -553,14 +652,22 @@ inline Steps compile_list(const std::vector<Layer*>& layers) {
     }
   }
   // Inverted residual blocks written as plain layers (no skip connection).
-  for (size_t i = 0; i < steps.size(); ++i) fuse_block(steps, i, false);
+  if (fuse_plain_blocks)
+    for (size_t i = 0; i < steps.size(); ++i) fuse_block(steps, i, false);
+  // A ReLU after a fused block (BlazeFace's, after the skip connection's add) joins its epilogue.
+  for (size_t i = 0; i + 1 < steps.size(); ++i) {
+    auto* block = dynamic_cast<InvertedResidualStep*>(steps[i].get());
+    auto* clamp = dynamic_cast<AffineStep*>(steps[i + 1].get());
+    if (block && clamp && clamp->clamp_only() && block->absorb_clamp(clamp->clamp(), clamp->names()))
+      steps.erase(steps.begin() + static_cast<std::ptrdiff_t>(i + 1));
+  }
   return steps;
 }
 
-inline Steps compile_layers(Sequential& model) {
+inline Steps compile_layers(Sequential& model, bool fuse_plain_blocks) {
   std::vector<Layer*> layers;
   flatten_layers(model, layers);
-  return compile_list(layers);
+  return compile_list(layers, fuse_plain_blocks);
 }
 
 }  // namespace inference

@@ -32,16 +32,16 @@ struct SavedModel {
   std::map<std::string, std::string> metadata;
 };
 
-// Copies tensors from `file` into the parameters with the same names. Throws Error naming the
-// file and tensor on a shape mismatch, on missing names (unless allow_missing) and on
-// unexpected names (unless allow_unexpected). Nothing is modified when it throws.
-inline LoadReport load_parameters(const ParameterList& params, const SafetensorsFile& file,
-                                  const LoadOptions& options = {}) {
-  LoadReport report;
-  std::map<std::string, const Tensor*> by_name;
-  for (const NamedTensor& t : file.tensors) by_name[t.name] = &t.tensor;
+namespace detail {
+
+// Checks `file` against the parameters (see load_parameters) and returns, per parameter to
+// load, the index of its tensor in the file. Throws before anything is modified.
+inline std::vector<std::pair<Parameter*, size_t>> plan_load(const ParameterList& params, const SafetensorsFile& file,
+                                                            const LoadOptions& options, LoadReport& report) {
+  std::map<std::string, size_t> by_name;
+  for (size_t i = 0; i < file.tensors.size(); ++i) by_name[file.tensors[i].name] = i;
   std::set<std::string> model_names;
-  std::vector<std::pair<Parameter*, const Tensor*>> plan;
+  std::vector<std::pair<Parameter*, size_t>> plan;
   for (Parameter* p : params) {
     model_names.insert(p->name);
     auto it = by_name.find(p->name);
@@ -49,8 +49,9 @@ inline LoadReport load_parameters(const ParameterList& params, const Safetensors
       report.missing.push_back(p->name);
       continue;
     }
-    EIGENNET_CHECK(it->second->shape() == p->value.shape(), "'", file.path, "': tensor '", p->name, "' has shape ",
-                   it->second->shape(), " but the model expects ", p->value.shape());
+    const Tensor& t = file.tensors[it->second].tensor;
+    EIGENNET_CHECK(t.shape() == p->value.shape(), "'", file.path, "': tensor '", p->name, "' has shape ", t.shape(),
+                   " but the model expects ", p->value.shape());
     plan.emplace_back(p, it->second);
   }
   for (const NamedTensor& t : file.tensors)
@@ -61,8 +62,30 @@ inline LoadReport load_parameters(const ParameterList& params, const Safetensors
   if (!options.allow_unexpected && !report.unexpected.empty())
     fail("'", file.path, "': ", report.unexpected.size(), " tensor(s) the model does not have, first '",
          report.unexpected.front(), "' (load with allow_unexpected to ignore them)");
-  for (auto& [p, t] : plan) {
-    p->value.copy_from(*t);
+  return plan;
+}
+
+}  // namespace detail
+
+// Copies tensors from `file` into the parameters with the same names. Throws Error naming the
+// file and tensor on a shape mismatch, on missing names (unless allow_missing) and on
+// unexpected names (unless allow_unexpected). Nothing is modified when it throws.
+inline LoadReport load_parameters(const ParameterList& params, const SafetensorsFile& file,
+                                  const LoadOptions& options = {}) {
+  LoadReport report;
+  for (auto& [p, i] : detail::plan_load(params, file, options, report)) {
+    p->value.copy_from(file.tensors[i].tensor);
+    report.loaded.push_back(p->name);
+  }
+  return report;
+}
+
+// The same, but the file's tensors are moved into the parameters instead of copied (the file
+// is left with empty tensors where they were loaded): no second pass over the weights.
+inline LoadReport load_parameters(const ParameterList& params, SafetensorsFile&& file, const LoadOptions& options = {}) {
+  LoadReport report;
+  for (auto& [p, i] : detail::plan_load(params, file, options, report)) {
+    p->value = std::move(file.tensors[i].tensor);
     report.loaded.push_back(p->name);
   }
   return report;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "../core/parallel.hpp"
+#include "simd.hpp"
 
 namespace eigennet::kernels {
 
@@ -13,9 +14,19 @@ inline void relu_forward(float* y, const float* x, int64_t n, float cap) {
   parallel_for(n, n, [&](int64_t i) { y[i] = std::min(std::max(x[i], 0.0f), cap); });
 }
 
-// dx = dy where 0 < y < cap, else 0. dx may alias dy.
+// dx = dy where 0 < y < cap, else 0 (also where y is NaN). dx may alias dy. In SIMD packets:
+// written as a plain loop, the compiler guards the possible aliasing with a scalar fallback.
 inline void relu_backward(float* dx, const float* dy, const float* y, int64_t n, float cap) {
-  parallel_for(n, n, [&](int64_t i) { dx[i] = (y[i] > 0.0f && y[i] < cap) ? dy[i] : 0.0f; });
+  parallel_blocks(n, 1, [&](int64_t begin, int64_t end, int) {
+    const simd::Packet zero = simd::zero(), upper = simd::set1(cap);
+    int64_t i = begin;
+    for (; i + simd::width <= end; i += simd::width) {
+      const simd::Packet v = simd::load(y + i);
+      const simd::Packet keep = simd::both(simd::less(zero, v), simd::less(v, upper));
+      simd::store(dx + i, simd::select(keep, simd::load(dy + i), zero));
+    }
+    for (; i < end; ++i) dx[i] = (y[i] > 0.0f && y[i] < cap) ? dy[i] : 0.0f;
+  });
 }
 
 // y = a + b.

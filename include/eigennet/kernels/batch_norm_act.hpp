@@ -14,6 +14,7 @@
 #include <cmath>
 
 #include "../core/parallel.hpp"
+#include "simd.hpp"
 
 namespace eigennet::kernels {
 
@@ -104,10 +105,17 @@ inline void channel_statistics(float* mean, float* variance, const float* x, int
 template <Activation act>
 inline void batch_norm_act_forward(float* y, const float* x, const float* scale, const float* shift, int64_t m,
                                    int64_t c) {
+  // In SIMD packets along the row (min/max keep a NaN as std::min/max do).
   parallel_for(m, m * c, [&](int64_t r) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
-    for (int64_t j = 0; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
+    int64_t j = 0;
+    for (; j + simd::width <= c; j += simd::width) {
+      simd::Packet v = simd::fmadd(simd::load(xr + j), simd::load(scale + j), simd::load(shift + j));
+      if constexpr (act == Activation::relu6) v = simd::min(simd::max(v, simd::zero()), simd::set1(6.0f));
+      simd::store(yr + j, v);
+    }
+    for (; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
   });
 }
 
@@ -162,13 +170,24 @@ template <Activation act>
 inline void batch_norm_act_backward_apply(float* dx, const float* dy, const float* y_act, const float* x,
                                           const float* mean, const float* k, const float* a, const float* b, int64_t m,
                                           int64_t c) {
+  // In SIMD packets along the row; dx may alias dy (each packet is read before it is written).
   parallel_for(m, m * c, [&](int64_t r) {
     const float* dyr = dy + r * c;
     const float* yr = y_act + r * c;
     const float* xr = x + r * c;
     float* dxr = dx + r * c;
-    for (int64_t j = 0; j < c; ++j)
-      dxr[j] = k[j] * (dyr[j] * activation_mask<act>(yr[j]) - a[j] - (xr[j] - mean[j]) * b[j]);
+    int64_t j = 0;
+    for (; j + simd::width <= c; j += simd::width) {
+      simd::Packet dz = simd::load(dyr + j);
+      if constexpr (act == Activation::relu6) {
+        const simd::Packet y = simd::load(yr + j);
+        dz = simd::select(simd::both(simd::less(simd::zero(), y), simd::less(y, simd::set1(6.0f))), dz, simd::zero());
+      }
+      const simd::Packet centred = simd::sub(simd::load(xr + j), simd::load(mean + j));
+      const simd::Packet inner = simd::sub(simd::sub(dz, simd::load(a + j)), simd::mul(centred, simd::load(b + j)));
+      simd::store(dxr + j, simd::mul(simd::load(k + j), inner));
+    }
+    for (; j < c; ++j) dxr[j] = k[j] * (dyr[j] * activation_mask<act>(yr[j]) - a[j] - (xr[j] - mean[j]) * b[j]);
   });
 }
 

@@ -3,7 +3,8 @@
 //
 //   E = clamp(X We + be)          expand 1x1 (absent when the block has no expansion: E = X)
 //   D = clamp(depthwise3x3(E) + bd)
-//   Y = clamp(D Wp + bp) [+ X]    project 1x1, with the skip connection in the same epilogue
+//   Y = clamp(D Wp + bp [+ S])    project 1x1, with the skip connection S in the same epilogue
+//                                 (S = X, or a shortcut the caller wrote into Y beforehand)
 //
 // in one sweep over bands of output rows that stay in the core's cache: for each band the
 // thread expands just the input rows the band's depthwise windows read (keeping the rows the next
@@ -33,7 +34,11 @@ struct InvertedResidualInference {
   pointwise::Packed project;  // [hidden, out_c], packed
   const float* project_bias = nullptr;
   Clamp project_clamp;
-  bool residual = false;  // Y += X (needs stride 1 and in_c == out_c)
+  // The skip connection, added before the project clamp: none; the block's input X (needs stride
+  // 1 and in_c == out_c); or whatever Y holds on entry (a shortcut the caller computed into y,
+  // such as BlazeFace's max-pooled, zero-padded input), read and overwritten in place.
+  enum class Skip { none, input, output };
+  Skip skip = Skip::none;
 };
 
 namespace detail {
@@ -99,9 +104,12 @@ inline void inverted_residual_inference(float* y, const float* x, int64_t in_c, 
     float* d = aligned_scratch<34>(static_cast<size_t>(g.out_pixels() * hidden));
     depthwise_conv2d_forward(d, expanded, w.depthwise, w.depthwise_bias, g, w.depthwise_clamp);
     pw::Epilogue e = project_epilogue;
-    if (w.residual) {
+    if (w.skip == InvertedResidualInference::Skip::input) {
       e.residual = x;
       e.ld_residual = in_c;
+    } else if (w.skip == InvertedResidualInference::Skip::output) {
+      e.residual = y;
+      e.ld_residual = out_c;
     }
     pw::multiply(y, out_c, d, hidden, g.out_pixels(), w.project, e);
     return;
@@ -174,9 +182,12 @@ inline void inverted_residual_inference(float* y, const float* x, int64_t in_c, 
       const int64_t pixels = (n1 - n0) * (oh1 - oh0) * g.out_w;
       const int64_t first = (n0 * g.out_h + oh0) * g.out_w;  // first output pixel (bands: one image)
       pw::Epilogue e = project_epilogue;
-      if (w.residual) {
+      if (w.skip == InvertedResidualInference::Skip::input) {
         e.residual = x + first * in_c;  // stride 1: output pixel p reads input pixel p
         e.ld_residual = in_c;
+      } else if (w.skip == InvertedResidualInference::Skip::output) {
+        e.residual = y + first * out_c;
+        e.ld_residual = out_c;
       }
       pw::multiply_rows(y + first * out_c, out_c, band, hidden, pixels, 0, pixels, w.project, 0,
                         pw::panel_count(out_c), e);

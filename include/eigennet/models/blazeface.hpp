@@ -144,6 +144,11 @@ class BlazeFace {
   int64_t anchor_count() const { return blazeface_anchor_count(arch_); }
   Sequential& to_16x16() { return *to_16x16_; }
   Sequential& to_8x8() { return *to_8x8_; }
+  // The 1x1 heads: score logits and regression values on the 16x16 and the 8x8 grid.
+  Conv2D& classifier_16x16() { return *classifier_16_; }
+  Conv2D& regressor_16x16() { return *regressor_16_; }
+  Conv2D& classifier_8x8() { return *classifier_8_; }
+  Conv2D& regressor_8x8() { return *regressor_8_; }
 
   ParameterList parameters() {
     ParameterList all = to_16x16_->parameters();
@@ -163,15 +168,22 @@ class BlazeFace {
     const Tensor& f8 = to_8x8_->forward(f16, Mode::inference);
     classifier_8_->forward(f8, head_out_[2], Mode::inference);
     regressor_8_->forward(f8, head_out_[3], Mode::inference);
-    const int64_t n = x.dim(0), a16 = 16 * 16 * arch_.anchors_16x16, a8 = 8 * 8 * arch_.anchors_8x8;
+    gather_heads(arch_, x.dim(0), head_out_, scores, boxes);
+  }
+
+  // The four heads' outputs (classifier 16x16, regressor 16x16, classifier 8x8, regressor 8x8)
+  // of n images in anchor order: scores [n, 896], boxes [n, 896, 16].
+  static void gather_heads(const BlazeFaceArchitecture& arch, int64_t n, const Tensor (&heads)[4], Tensor& scores,
+                           Tensor& boxes) {
+    const int64_t a16 = 16 * 16 * arch.anchors_16x16, a8 = 8 * 8 * arch.anchors_8x8;
     scores.resize(Shape{n, a16 + a8});
     boxes.resize(Shape{n, a16 + a8, 16});
     for (int64_t i = 0; i < n; ++i) {
       // Each head's NHWC output, flattened, is already in anchor order.
-      std::copy_n(head_out_[0].data() + i * a16, a16, scores.data() + i * (a16 + a8));
-      std::copy_n(head_out_[2].data() + i * a8, a8, scores.data() + i * (a16 + a8) + a16);
-      std::copy_n(head_out_[1].data() + i * a16 * 16, a16 * 16, boxes.data() + i * (a16 + a8) * 16);
-      std::copy_n(head_out_[3].data() + i * a8 * 16, a8 * 16, boxes.data() + (i * (a16 + a8) + a16) * 16);
+      std::copy_n(heads[0].data() + i * a16, a16, scores.data() + i * (a16 + a8));
+      std::copy_n(heads[2].data() + i * a8, a8, scores.data() + i * (a16 + a8) + a16);
+      std::copy_n(heads[1].data() + i * a16 * 16, a16 * 16, boxes.data() + i * (a16 + a8) * 16);
+      std::copy_n(heads[3].data() + i * a8 * 16, a8 * 16, boxes.data() + (i * (a16 + a8) + a16) * 16);
     }
   }
 

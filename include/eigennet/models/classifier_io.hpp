@@ -164,12 +164,15 @@ inline LoadedClassifier load_classifier(SafetensorsFile file) {
   check_kernel("predictions/kernel",
                Shape{out.spec.head.hidden_units > 0 ? out.spec.head.hidden_units : features, out.spec.head.classes});
   out.metadata = file.metadata;
-  out.model = make_classifier(out.spec);
+  {
+    SkipWeightInitialization loaded_next;  // every weight comes from the file below
+    out.model = make_classifier(out.spec);
+  }
   SafetensorsFile model_only;
   model_only.path = file.path;
   for (NamedTensor& t : file.tensors)
     if (t.name.rfind("optimizer/", 0) != 0 && t.name.rfind("callback/", 0) != 0) model_only.tensors.push_back(std::move(t));
-  load_parameters(out.model->parameters(), model_only);
+  load_parameters(out.model->parameters(), std::move(model_only));
   return out;
 }
 

@@ -6,7 +6,9 @@
 //   Tensor p = predict(e, images, indices, {64, /*tta_flip=*/true});   // [N, classes]
 #pragma once
 
+#include <exception>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -19,6 +21,9 @@ namespace eigennet {
 struct Ensemble {
   std::vector<std::string> paths;
   std::vector<LoadedClassifier> members;
+  // Each member compiled for inference (a snapshot of its weights at loading: recompile with
+  // compile_for_inference after changing them), used by predict() unless told otherwise.
+  std::vector<std::unique_ptr<InferenceNet>> compiled;
 
   const std::vector<std::string>& class_names() const { return members.front().spec.class_names; }
   int64_t classes() const { return static_cast<int64_t>(class_names().size()); }
@@ -26,9 +31,27 @@ struct Ensemble {
 
 inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
   EIGENNET_CHECK(!paths.empty(), "load_ensemble: no classifier file given");
+  // The files load and compile in parallel, one per thread (mostly reading and first touches of
+  // memory); an error is reported for the first failing file in the order given.
+  const int64_t n = static_cast<int64_t>(paths.size());
+  std::vector<LoadedClassifier> loaded(paths.size());
+  std::vector<std::unique_ptr<InferenceNet>> compiled(paths.size());
+  std::vector<std::exception_ptr> errors(paths.size());
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      loaded[static_cast<size_t>(i)] = load_classifier(paths[static_cast<size_t>(i)]);
+      compiled[static_cast<size_t>(i)] = compile_for_inference_if_supported(*loaded[static_cast<size_t>(i)].model);
+    } catch (...) {
+      errors[static_cast<size_t>(i)] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
   Ensemble ensemble;
-  for (const auto& path : paths) {
-    LoadedClassifier member = load_classifier(path);
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string& path = paths[i];
+    LoadedClassifier member = std::move(loaded[i]);
     if (!ensemble.members.empty() && member.spec.class_names != ensemble.class_names()) {
       const auto join = [](const std::vector<std::string>& names) {
         std::string out;
@@ -41,6 +64,7 @@ inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
     }
     ensemble.paths.push_back(path);
     ensemble.members.push_back(std::move(member));
+    ensemble.compiled.push_back(std::move(compiled[i]));
   }
   return ensemble;
 }
@@ -64,7 +88,10 @@ inline Tensor predict(Ensemble& ensemble,
   for (size_t m = 0; m < ensemble.members.size(); ++m) {
     LoadedClassifier& member = ensemble.members[m];
     ImageSource source(set_for(member), indices, input_options(member.spec));
-    const Tensor p = predict(*member.model, source, options).probabilities;
+    InferenceNet* net = options.compiled && m < ensemble.compiled.size() ? ensemble.compiled[m].get() : nullptr;
+    const Tensor p = (net ? detail::predict_through(*member.model, net, source, options)
+                          : predict(*member.model, source, options))
+                         .probabilities;
     if (m == 0) mean = p;
     else
       for (int64_t i = 0; i < p.size(); ++i) mean[i] += p[i];

@@ -9,7 +9,8 @@
 //
 // Models that compile_for_inference knows (a Classifier, a Sequential built with an input shape)
 // run through the net compiled for inference (BatchNorm folded, blocks fused; equal to the
-// model's own inference forward to float rounding), compiled once per call; others, or
+// model's own inference forward to float rounding), compiled once per call (an Ensemble keeps
+// its members compiled from loading on); others, or
 // `compiled = false`, run the model's own forward in inference mode.
 #pragma once
 
@@ -37,7 +38,10 @@ struct Predictions {
   std::vector<int32_t> labels;  // the source's labels, [N]
 };
 
-inline Predictions predict(Model& model, DataSource& source, const PredictOptions& options = {}) {
+namespace detail {
+
+// predict() through `net` (compiled from `model`), or the model's own forward when net is null.
+inline Predictions predict_through(Model& model, InferenceNet* net, DataSource& source, const PredictOptions& options) {
   EIGENNET_CHECK(options.batch_size > 0, "predict: batch_size must be positive, got ", options.batch_size);
   const int64_t n = source.size();
   EIGENNET_CHECK(n > 0, "predict: the source is empty");
@@ -48,7 +52,6 @@ inline Predictions predict(Model& model, DataSource& source, const PredictOption
     mirrored->start_epoch(0);
   }
   source.start_epoch(0);
-  const std::unique_ptr<InferenceNet> net = options.compiled ? compile_for_inference_if_supported(model) : nullptr;
   Predictions out;
   out.labels.reserve(static_cast<size_t>(n));
   Batch batch;
@@ -70,6 +73,13 @@ inline Predictions predict(Model& model, DataSource& source, const PredictOption
     }
   }
   return out;
+}
+
+}  // namespace detail
+
+inline Predictions predict(Model& model, DataSource& source, const PredictOptions& options = {}) {
+  const std::unique_ptr<InferenceNet> net = options.compiled ? compile_for_inference_if_supported(model) : nullptr;
+  return detail::predict_through(model, net.get(), source, options);
 }
 
 // Accuracy, top-2 accuracy, per-class precision/recall/F1 and the confusion matrix of a model on
