@@ -374,12 +374,6 @@ class FaceDetector {
     }
     return found;
   }
-  std::vector<FaceDetection> decode_region(const Image& image, int x, int y, int w, int h, float min_score) {
-    return decode_regions(image, {Box{static_cast<float>(x), static_cast<float>(y), static_cast<float>(w),
-                                      static_cast<float>(h)}},
-                          min_score)
-        .front();
-  }
 
  private:
   // Regions per run of the network: two share the small late layers' work between two threads,

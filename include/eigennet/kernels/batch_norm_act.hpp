@@ -105,17 +105,13 @@ inline void channel_statistics(float* mean, float* variance, const float* x, int
 template <Activation act>
 inline void batch_norm_act_forward(float* y, const float* x, const float* scale, const float* shift, int64_t m,
                                    int64_t c) {
-  // In SIMD packets along the row (min/max keep a NaN as std::min/max do).
+  // A plain loop on purpose: the inference path (relu6_affine_row in depthwise_fused.hpp) writes
+  // the same expression, and a frozen BatchNorm must give bit-identical outputs in both modes
+  // whatever the compiler contracts into FMAs.
   parallel_for(m, m * c, [&](int64_t r) {
     const float* xr = x + r * c;
     float* yr = y + r * c;
-    int64_t j = 0;
-    for (; j + simd::width <= c; j += simd::width) {
-      simd::Packet v = simd::fmadd(simd::load(xr + j), simd::load(scale + j), simd::load(shift + j));
-      if constexpr (act == Activation::relu6) v = simd::min(simd::max(v, simd::zero()), simd::set1(6.0f));
-      simd::store(yr + j, v);
-    }
-    for (; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
+    for (int64_t j = 0; j < c; ++j) yr[j] = activate<act>(xr[j] * scale[j] + shift[j]);
   });
 }
 
