@@ -26,34 +26,8 @@ shift
 predict=${PREDICT:-build/examples/predict}
 [ -x "$predict" ] || { echo "time_predict.sh: $predict not found (build it, or set PREDICT)" >&2; exit 1; }
 [ -f "$image" ] || { echo "time_predict.sh: image '$image' not found" >&2; exit 1; }
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-i=0
-for model in "$@"; do
-  # One warm-up run (page cache), which also checks that the command works.
-  "$predict" --threads "$threads" --model "$model" "$image" >"$work/out$i" 2>&1 ||
-    { echo "time_predict.sh: predict failed with --model $model:" >&2; cat "$work/out$i" >&2; exit 1; }
-  i=$((i + 1))
-done
-r=0
-while [ $r -lt "$runs" ]; do
-  i=0
-  for model in "$@"; do
-    start=$(date +%s%N)
-    "$predict" --threads "$threads" --model "$model" "$image" >/dev/null 2>&1
-    end=$(date +%s%N)
-    echo $(((end - start) / 1000)) >>"$work/times$i"
-    i=$((i + 1))
-  done
-  r=$((r + 1))
-done
-echo "predict on one image ($image), $runs interleaved runs each, --threads $threads; medians:"
-i=0
-first=
-for model in "$@"; do
-  median=$(sort -n "$work/times$i" | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
-  [ -n "$first" ] || first=$median
-  awk -v m="$median" -v f="$first" -v name="$model" \
-    'BEGIN {printf "  %8.1f ms  %5.2fx of the first  %s\n", m / 1000, m / f, name}'
-  i=$((i + 1))
-done
+# The interleaved timing is benchmarks/predict_photo.sh's, one command line per model.
+models=$#
+for model in "$@"; do set -- "$@" "$predict --threads $threads --model $model"; done
+shift "$models"
+exec "$(dirname "$0")/../benchmarks/predict_photo.sh" -n "$runs" "$image" "$@"

@@ -38,6 +38,8 @@ constexpr int64_t parallel_grain = 1 << 14;
 
 }  // namespace eigennet
 
+#include <algorithm>
+#include <exception>
 #include <vector>
 
 namespace eigennet {
@@ -77,6 +79,24 @@ void parallel_for(int64_t n, int64_t total_work, Body&& body) {
   }
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < n; ++i) body(i);
+}
+
+// Runs body(i) for i in [0, n), one item per thread at a time: for a few items of large, uneven
+// cost (files to load, regions of a picture). An exception thrown by an item cannot leave the
+// OpenMP region; it is kept, and after every item has run the first failing item's is rethrown.
+template <typename Body>
+void parallel_items(int64_t n, Body&& body) {
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(std::max<int64_t>(n, 0)));
+#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
+  for (int64_t i = 0; i < n; ++i) {
+    try {
+      body(i);
+    } catch (...) {
+      errors[static_cast<size_t>(i)] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
 // Number of blocks parallel_blocks will use for this much work.

@@ -26,7 +26,6 @@
 #include <array>
 #include <cmath>
 #include <cstdlib>
-#include <exception>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -36,6 +35,7 @@
 #include "../data/image.hpp"
 #include "../io/model_io.hpp"
 #include "../io/weights_folders.hpp"
+#include "../core/parallel.hpp"
 #include "../inference/blazeface_inference.hpp"
 #include "../models/blazeface.hpp"
 #include "anchors.hpp"
@@ -349,21 +349,13 @@ class FaceDetector {
       const int64_t count = std::min(regions_per_run, n - r0);
       input_.resize(Shape{count, size, size, 3});
       std::vector<Letterbox> letterboxes(static_cast<size_t>(count));
-      std::vector<std::exception_ptr> errors(static_cast<size_t>(count));
       // The regions of a run are resized on all threads, each into its slot of the batch.
-#pragma omp parallel for schedule(dynamic, 1) if (count > 1)
-      for (int64_t r = 0; r < count; ++r) {
-        try {
-          const Box& b = regions[static_cast<size_t>(r0 + r)];
-          letterboxes[static_cast<size_t>(r)] =
-              letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
-                              static_cast<int>(b.height), size, input_.data() + r * image_floats);
-        } catch (...) {
-          errors[static_cast<size_t>(r)] = std::current_exception();
-        }
-      }
-      for (const std::exception_ptr& e : errors)
-        if (e) std::rethrow_exception(e);
+      parallel_items(count, [&](int64_t r) {
+        const Box& b = regions[static_cast<size_t>(r0 + r)];
+        letterboxes[static_cast<size_t>(r)] =
+            letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
+                            static_cast<int>(b.height), size, input_.data() + r * image_floats);
+      });
       compiled_->forward(input_, scores_, boxes_);
       for (int64_t r = 0; r < count; ++r) {
         std::vector<FaceDetection>& out = found[static_cast<size_t>(r0 + r)];

@@ -6,12 +6,12 @@
 //   Tensor p = predict(e, images, indices, {64, /*tta_flip=*/true});   // [N, classes]
 #pragma once
 
-#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "../core/parallel.hpp"
 #include "../data/image_source.hpp"
 #include "../train/predict.hpp"
 #include "classifier_io.hpp"
@@ -36,18 +36,11 @@ inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
   const int64_t n = static_cast<int64_t>(paths.size());
   std::vector<LoadedClassifier> loaded(paths.size());
   std::vector<std::unique_ptr<InferenceNet>> compiled(paths.size());
-  std::vector<std::exception_ptr> errors(paths.size());
-#pragma omp parallel for schedule(dynamic, 1) if (n > 1)
-  for (int64_t i = 0; i < n; ++i) {
-    try {
-      loaded[static_cast<size_t>(i)] = load_classifier(paths[static_cast<size_t>(i)]);
-      compiled[static_cast<size_t>(i)] = compile_for_inference_if_supported(*loaded[static_cast<size_t>(i)].model);
-    } catch (...) {
-      errors[static_cast<size_t>(i)] = std::current_exception();
-    }
-  }
-  for (const std::exception_ptr& e : errors)
-    if (e) std::rethrow_exception(e);
+  parallel_items(n, [&](int64_t i) {
+    const size_t k = static_cast<size_t>(i);
+    loaded[k] = load_classifier(paths[k]);
+    compiled[k] = compile_for_inference_if_supported(*loaded[k].model);
+  });
   Ensemble ensemble;
   for (size_t i = 0; i < paths.size(); ++i) {
     const std::string& path = paths[i];
