@@ -114,10 +114,18 @@ TEST_CASE("BlazeFace: the network with the committed weights reproduces the ONNX
 }
 
 TEST_CASE("BlazeFace compiled for inference equals the plain network: every block fused, batch 1 and 3") {
-  for (BlazeFaceVariant v : {BlazeFaceVariant::front_128, BlazeFaceVariant::back_256}) {
+  // Each variant at its own square input and at a non-square one (the detector's fitted inputs).
+  struct Case {
+    BlazeFaceVariant variant;
+    int64_t height, width;
+  };
+  for (const Case c : {Case{BlazeFaceVariant::front_128, 0, 0}, Case{BlazeFaceVariant::back_256, 0, 0},
+                       Case{BlazeFaceVariant::front_128, 64, 112}, Case{BlazeFaceVariant::back_256, 320, 256}}) {
+    const BlazeFaceVariant v = c.variant;
     CAPTURE(to_string(v));
+    CAPTURE(c.height);
     // Random weights (seed 5) and random biases, so that every add, pad and clamp matters.
-    BlazeFace net(v, 5);
+    BlazeFace net(v, 5, c.height, c.width);
     Rng rng(11);
     for (Parameter* p : net.parameters())
       if (p->name.find("bias") != std::string::npos)
@@ -136,14 +144,14 @@ TEST_CASE("BlazeFace compiled for inference equals the plain network: every bloc
     CHECK(blocks == expected_blocks);
     for (int64_t batch : {1, 3}) {
       CAPTURE(batch);
-      const int64_t size = net.input_size();
-      Tensor x(Shape{batch, size, size, 3});
+      Tensor x(Shape{batch, net.input_height(), net.input_width(), 3});
       for (int64_t i = 0; i < x.size(); ++i) x[i] = rng.uniform(-1.0f, 1.0f);
       Tensor scores, boxes, fast_scores, fast_boxes;
       net.forward(x, scores, boxes);
       fast.forward(x, fast_scores, fast_boxes);
       REQUIRE(fast_scores.shape() == scores.shape());
       REQUIRE(fast_boxes.shape() == boxes.shape());
+      REQUIRE(scores.dim(1) == net.anchor_count());
       CHECK(relative_error(fast_scores, scores) <= 1e-5);
       CHECK(relative_error(fast_boxes, boxes) <= 1e-5);
     }
@@ -151,6 +159,11 @@ TEST_CASE("BlazeFace compiled for inference equals the plain network: every bloc
 }
 
 TEST_CASE("BlazeFace weights: a clear error for the wrong file or variant") {
+  CHECK_THROWS_WITH_AS(BlazeFace(BlazeFaceVariant::back_256, 0, 100, 256), Contains("is not a multiple of 32"), Error);
+  CHECK(BlazeFace(BlazeFaceVariant::back_256, 0, 192, 256).anchor_count() ==
+        static_cast<int64_t>(ssd_anchors(192, 256, {16, 32, 32, 32}).size()));
+  CHECK(BlazeFace(BlazeFaceVariant::front_128, 0, 64, 112).anchor_count() ==
+        static_cast<int64_t>(ssd_anchors(64, 112, {8, 16, 16, 16}).size()));
   BlazeFace front(BlazeFaceVariant::front_128);
   CHECK_THROWS_WITH_AS(load_blazeface_weights(front, weights_path(BlazeFaceVariant::back_256)),
                        Contains("holds the BlazeFace variant 'back_256' but the network is 'front_128'"), Error);
@@ -186,6 +199,18 @@ TEST_CASE("ssd_anchors: MediaPipe's grids for both variants") {
     CHECK(front[i].y == back[i].y);
   }
   CHECK_THROWS_AS(ssd_anchors(128, {0}), Error);
+  // A 256x192 input (a 640x480 picture scaled by 0.4): a 16x12 grid, then an 8x6 grid.
+  const std::vector<Anchor> wide = ssd_anchors(192, 256, {16, 32, 32, 32});
+  REQUIRE(wide.size() == 16 * 12 * 2 + 8 * 6 * 6);
+  CHECK(wide[0].x == Approx(0.5 / 16));
+  CHECK(wide[0].y == Approx(0.5 / 12));
+  CHECK(wide[32].x == Approx(0.5 / 16));  // second row: 16 cells x 2 anchors later
+  CHECK(wide[32].y == Approx(1.5 / 12));
+  CHECK(wide[383].x == Approx(15.5 / 16));
+  CHECK(wide[383].y == Approx(11.5 / 12));
+  CHECK(wide[384].x == Approx(0.5 / 8));
+  CHECK(wide[384 + 6 * 8].y == Approx(1.5 / 6));
+  CHECK(wide.back().y == Approx(5.5 / 6));
 }
 
 TEST_CASE("decode_blazeface: sigmoid scores, threshold, box and keypoint offsets") {
@@ -222,6 +247,15 @@ TEST_CASE("decode_blazeface: sigmoid scores, threshold, box and keypoint offsets
   CHECK(e[0].score == 1.0f);
   const float nan[3] = {std::nanf(""), 0.0f, std::nanf("")};
   CHECK(decode_blazeface(nan, boxes, anchors, 128.0f, 0.5f).size() == 1);  // NaN scores drop out
+  // A 256x64 input: x offsets and widths in units of 256 pixels, y ones of 64.
+  const std::vector<FaceDetection> w = decode_blazeface(scores, boxes, anchors, 256.0f, 64.0f, 0.5f);
+  REQUIRE(w.size() == 2);
+  CHECK(w[1].box.center_x() == Approx(0.75 + 12.8 / 256));
+  CHECK(w[1].box.center_y() == Approx(0.75 - 6.4 / 64));
+  CHECK(w[1].box.width == Approx(32.0 / 256));
+  CHECK(w[1].box.height == Approx(1.0));
+  CHECK(w[1].keypoint(FaceKeypoint::left_eye).x == Approx(0.75 + 1.28 / 256));
+  CHECK(w[1].keypoint(FaceKeypoint::left_eye).y == Approx(0.75 + 2.56 / 64));
 }
 
 TEST_CASE("intersection_over_union: hand-worked boxes") {
@@ -289,6 +323,32 @@ TEST_CASE("letterbox: a 640x480 picture into 128x128 and back") {
   CHECK(input[(8 * 16 + 8) * 3 + 2] == Approx(1.0));
   CHECK(input[(12 * 16 + 8) * 3] == -1.0f);
   CHECK_THROWS_WITH_AS(letterbox_image(grey, 10, 0, 64, 32, 16, input.data()), Contains("is not inside"), Error);
+  // Into a fitted, non-square input: 640x480 into 256x192 needs no border; into 256x224, 16 rows
+  // above and below.
+  const Letterbox fitted = make_letterbox(0, 0, 640, 480, 256, 192);
+  CHECK(fitted.scale_x == Approx(0.4));
+  CHECK(fitted.scale_y == Approx(0.4));
+  CHECK(fitted.pad_x == 0.0f);
+  CHECK(fitted.pad_y == 0.0f);
+  CHECK(fitted.point_to_image({1.0f, 1.0f}).x == Approx(640));
+  CHECK(fitted.point_to_image({1.0f, 1.0f}).y == Approx(480));
+  const Letterbox taller = make_letterbox(0, 0, 640, 480, 256, 224);
+  CHECK(taller.pad_y == 16.0f);
+  CHECK(taller.point_to_image({0.5f, 16.0f / 224}).y == Approx(0));
+  FaceDetection unit;
+  unit.box = {0.25f, 0.5f, 0.5f, 0.25f};
+  const FaceDetection mapped = fitted.to_image(unit);
+  CHECK(mapped.box.x == Approx(160));
+  CHECK(mapped.box.y == Approx(240));
+  CHECK(mapped.box.width == Approx(320));
+  CHECK(mapped.box.height == Approx(120));
+  std::vector<float> strip(16 * 12 * 3);
+  const Letterbox s = letterbox_image(grey, 0, 0, 64, 32, 16, 12, strip.data());  // 16x8 picture, 2 rows each side
+  CHECK(s.pad_y == 2.0f);
+  CHECK(strip[(1 * 16 + 8) * 3] == -1.0f);
+  CHECK(strip[(2 * 16 + 8) * 3] == Approx(1.0));
+  CHECK(strip[(9 * 16 + 8) * 3] == Approx(1.0));
+  CHECK(strip[(10 * 16 + 8) * 3] == -1.0f);
   grey.pixels.resize(10);
   CHECK_THROWS_WITH_AS(letterbox_image(grey, 0, 0, 64, 32, 16, input.data()), Contains("holds 10 bytes"), Error);
 }
@@ -378,6 +438,31 @@ TEST_CASE("detection tiles and the selection of candidates over passes") {
   REQUIRE(wide.size() == 3);  // (1000 - 500) / 375 -> 2 steps
   CHECK(wide[2].x == 500.0f);
   CHECK(wide[0].height == 300.0f);
+  // Stretched: a side up to 1.25 tile sides long gets one tile across it (480 <= 1.25 * 384).
+  const std::vector<Box> stretched = detection_tiles(640, 480, 0.6f, 1.25f);
+  REQUIRE(stretched.size() == 2);
+  CHECK(stretched[0].x == 0.0f);
+  CHECK(stretched[1].x == 256.0f);
+  CHECK(stretched[1].width == 384.0f);
+  CHECK(stretched[1].height == 480.0f);
+  CHECK(detection_tiles(640, 640, 0.6f, 1.25f).size() == 4);  // a square picture: squares as before
+  CHECK(detection_tiles(480, 640, 0.6f, 1.25f)[1].y == 256.0f);  // portrait: two rows
+  // The regions a detector looks at, and the network input each becomes.
+  FaceDetectorOptions fitted;
+  fitted.weights = weights_path(fitted.variant);
+  FaceDetector detector(fitted);
+  const std::vector<DetectionRegion> regions = detector.regions(640, 480);
+  REQUIRE(regions.size() == 3);
+  CHECK(regions[0].side == 640.0f);
+  CHECK(regions[1].side == 384.0f);
+  CHECK(detector.input_shape(regions[0]) == std::make_pair(256, 192));
+  CHECK(detector.input_shape(regions[1]) == std::make_pair(256, 320));
+  CHECK(detector.input_shape({{0, 0, 1280, 720}, 1280}) == std::make_pair(256, 160));  // 144 rows, padded to 160
+  FaceDetectorOptions square = fitted;
+  square.fit_input = false;
+  FaceDetector square_detector(square);
+  CHECK(square_detector.regions(640, 480).size() == 5);
+  CHECK(square_detector.input_shape(regions[1]) == std::make_pair(256, 256));
   // select(): each pass has its own threshold, suppression within and then across passes.
   const std::vector<std::vector<FaceDetection>> passes = {
       {detection({10, 10, 50, 50}, 0.9f), detection({12, 10, 50, 50}, 0.55f), detection({300, 10, 40, 40}, 0.6f)},
@@ -445,11 +530,14 @@ TEST_CASE("detect faces: FER-2013 test faces pasted into a larger picture are ea
       std::copy_n(&face.pixels[static_cast<size_t>(y) * f.side * 3], f.side * 3,
                   &photo.pixels[((f.y + y) * 640 + f.x) * 3]);
   }
-  for (bool tiles : {false, true}) {
-    CAPTURE(tiles);
-    // The default setting (tiles, score 0.65) and the fast one (one pass, score 0.6).
+  for (int setting = 0; setting < 3; ++setting) {
+    const bool tiles = setting > 0;
+    CAPTURE(setting);
+    // The fast setting (one pass, score 0.6), the default (tiles, score 0.65, fitted inputs) and
+    // the default with MediaPipe's square letterbox.
     FaceDetectorOptions options = tiles ? FaceDetectorOptions{} : FaceDetectorOptions::fast();
     REQUIRE(options.tiles == tiles);
+    options.fit_input = setting != 2;
     options.weights = weights_path(options.variant);
     FaceDetector detector(options);
     const std::vector<FaceDetection> found = detector.detect(photo);

@@ -49,11 +49,13 @@ struct Anchor {
 };
 
 // Anchors of MediaPipe's SsdAnchorsCalculator with fixed_anchor_size and anchor_offset 0.5:
-// consecutive layers of equal stride share a grid of ceil(input_size / stride) cells per side,
-// each cell getting anchors_per_layer anchors per layer; grids in order, cells row by row.
-inline std::vector<Anchor> ssd_anchors(int input_size, const std::vector<int>& strides, int anchors_per_layer = 2) {
-  EIGENNET_CHECK(input_size > 0 && anchors_per_layer > 0, "ssd_anchors: invalid input size ", input_size,
-                 " or anchors per layer ", anchors_per_layer);
+// consecutive layers of equal stride share a grid of ceil(input_height / stride) x
+// ceil(input_width / stride) cells, each cell getting anchors_per_layer anchors per layer; grids
+// in order, cells row by row. Centres in units of the input (x of its width, y of its height).
+inline std::vector<Anchor> ssd_anchors(int input_height, int input_width, const std::vector<int>& strides,
+                                       int anchors_per_layer = 2) {
+  EIGENNET_CHECK(input_height > 0 && input_width > 0 && anchors_per_layer > 0, "ssd_anchors: invalid input size ",
+                 input_width, "x", input_height, " or anchors per layer ", anchors_per_layer);
   std::vector<Anchor> anchors;
   for (size_t layer = 0; layer < strides.size();) {
     const int stride = strides[layer];
@@ -61,15 +63,20 @@ inline std::vector<Anchor> ssd_anchors(int input_size, const std::vector<int>& s
     size_t last = layer;
     while (last < strides.size() && strides[last] == stride) ++last;
     const int per_cell = static_cast<int>(last - layer) * anchors_per_layer;
-    const int grid = (input_size + stride - 1) / stride;
-    for (int y = 0; y < grid; ++y)
-      for (int x = 0; x < grid; ++x)
+    const int rows = (input_height + stride - 1) / stride, cols = (input_width + stride - 1) / stride;
+    for (int y = 0; y < rows; ++y)
+      for (int x = 0; x < cols; ++x)
         for (int a = 0; a < per_cell; ++a)
-          anchors.push_back({(static_cast<float>(x) + 0.5f) / static_cast<float>(grid),
-                             (static_cast<float>(y) + 0.5f) / static_cast<float>(grid)});
+          anchors.push_back({(static_cast<float>(x) + 0.5f) / static_cast<float>(cols),
+                             (static_cast<float>(y) + 0.5f) / static_cast<float>(rows)});
     layer = last;
   }
   return anchors;
+}
+
+// The square input of MediaPipe's graphs.
+inline std::vector<Anchor> ssd_anchors(int input_size, const std::vector<int>& strides, int anchors_per_layer = 2) {
+  return ssd_anchors(input_size, input_size, strides, anchors_per_layer);
 }
 
 }  // namespace eigennet

@@ -6,17 +6,23 @@
 //
 // The steps, as MediaPipe's face detection graph does them:
 //   1. letterbox: the picture is scaled to fit the model's square input keeping its aspect ratio,
-//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1);
-//   2. the network gives 896 score logits and 896 x 16 regression values;
+//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1); or, with fit_input (the
+//      default), scaled alike but padded only to the next multiple of the network's coarse stride
+//      (the network is convolutional, models/blazeface.hpp): a 640x480 picture becomes a 256x192
+//      input, without the 64 black rows that cost a quarter of the work and find nothing;
+//   2. the network gives a score logit and 16 regression values per anchor (896 on its own input);
 //   3. decode (TensorsToDetectionsCalculator): score = sigmoid(logit); box centre = anchor centre
-//      + (dx, dy) / input_size, box size = (w, h) / input_size, keypoint k = anchor centre +
-//      (kx, ky) / input_size, all in units of the input; anchors scoring below min_score drop out;
+//      + (dx / input_width, dy / input_height), box size = (w / input_width, h / input_height),
+//      keypoint k = anchor centre + (kx / input_width, ky / input_height), all in units of the
+//      input; anchors scoring below min_score drop out;
 //   4. weighted non-maximum suppression (NonMaxSuppressionCalculator, algorithm WEIGHTED): the best
 //      remaining detection and every other whose IoU with it exceeds nms_iou (0.3) are replaced by
 //      their score-weighted mean box and keypoints, with the best score;
 //   5. the boxes are mapped back through the letterbox to the picture's pixels.
-// Optionally (tiles) a second pass runs the network on overlapping square tiles of the picture,
-// which shows small faces to the network larger; tile detections that touch a tile's inner edge
+// Optionally (tiles) a second pass runs the network on overlapping tiles of the picture, which
+// shows small faces to the network larger (a tile's side is scaled to the input size); a tile
+// spans a whole side of the picture when that side is at most tile_stretch tile sides long (a
+// 640x480 picture: two 384x480 tiles instead of four 384x384); tile detections that touch a tile's inner edge
 // (a face cut by the tile) are dropped, and both passes are merged by step 4 again. Suppressing
 // in picture pixels instead of model units changes nothing: IoU and weighted means are unchanged
 // by the letterbox's shift and (up to the rounding of the scaled size to whole pixels) scaling.
@@ -29,6 +35,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/tensor.hpp"
@@ -56,12 +63,12 @@ struct FaceDetection {
 };
 
 // Step 3: decodes one image's network outputs (scores [anchors], boxes [anchors, 16]) into the
-// detections scoring at least min_score, in units of the model input (0..1).
+// detections scoring at least min_score, in units of the model input (0..1 on each axis).
 inline std::vector<FaceDetection> decode_blazeface(const float* scores, const float* boxes,
-                                                   const std::vector<Anchor>& anchors, float input_size,
-                                                   float min_score) {
+                                                   const std::vector<Anchor>& anchors, float input_width,
+                                                   float input_height, float min_score) {
   std::vector<FaceDetection> out;
-  const float inv = 1.0f / input_size;
+  const float inv_x = 1.0f / input_width, inv_y = 1.0f / input_height;
   for (size_t i = 0; i < anchors.size(); ++i) {
     // MediaPipe clips the logit to +-100 (score_clipping_thresh) before the sigmoid.
     const float logit = std::min(std::max(scores[i], -100.0f), 100.0f);
@@ -72,11 +79,18 @@ inline std::vector<FaceDetection> decode_blazeface(const float* scores, const fl
     FaceDetection d;
     d.score = score;
     d.support = score;
-    d.box = Box::from_center(a.x + r[0] * inv, a.y + r[1] * inv, r[2] * inv, r[3] * inv);
-    for (size_t k = 0; k < 6; ++k) d.keypoints[k] = {a.x + r[4 + 2 * k] * inv, a.y + r[5 + 2 * k] * inv};
+    d.box = Box::from_center(a.x + r[0] * inv_x, a.y + r[1] * inv_y, r[2] * inv_x, r[3] * inv_y);
+    for (size_t k = 0; k < 6; ++k) d.keypoints[k] = {a.x + r[4 + 2 * k] * inv_x, a.y + r[5 + 2 * k] * inv_y};
     out.push_back(d);
   }
   return out;
+}
+
+// A square input.
+inline std::vector<FaceDetection> decode_blazeface(const float* scores, const float* boxes,
+                                                   const std::vector<Anchor>& anchors, float input_size,
+                                                   float min_score) {
+  return decode_blazeface(scores, boxes, anchors, input_size, input_size, min_score);
 }
 
 // Step 4: MediaPipe's weighted non-maximum suppression. Detections in order of decreasing score
@@ -124,52 +138,57 @@ inline std::vector<FaceDetection> weighted_non_max_suppression(std::vector<FaceD
 }
 
 // Step 1's geometry: a region of the picture (in its pixels) scaled by (scale_x, scale_y) and
-// placed at (pad_x, pad_y) in a size x size model input. The two scales differ only by the
+// placed at (pad_x, pad_y) in a width x height model input. The two scales differ only by the
 // rounding of the scaled size to whole pixels.
 struct Letterbox {
-  int size = 0;
+  int width = 0, height = 0;
   float region_x = 0, region_y = 0;
   float scale_x = 1, scale_y = 1;
   float pad_x = 0, pad_y = 0;
 
   // A point in units of the model input (0..1) -> picture pixels.
   Point point_to_image(Point p) const {
-    return {region_x + (p.x * static_cast<float>(size) - pad_x) / scale_x,
-            region_y + (p.y * static_cast<float>(size) - pad_y) / scale_y};
+    return {region_x + (p.x * static_cast<float>(width) - pad_x) / scale_x,
+            region_y + (p.y * static_cast<float>(height) - pad_y) / scale_y};
   }
   FaceDetection to_image(const FaceDetection& d) const {
     FaceDetection out = d;
     const Point corner = point_to_image(Point{d.box.x, d.box.y});
-    out.box = {corner.x, corner.y, d.box.width * static_cast<float>(size) / scale_x,
-               d.box.height * static_cast<float>(size) / scale_y};
+    out.box = {corner.x, corner.y, d.box.width * static_cast<float>(width) / scale_x,
+               d.box.height * static_cast<float>(height) / scale_y};
     for (size_t k = 0; k < 6; ++k) out.keypoints[k] = point_to_image(d.keypoints[k]);
     return out;
   }
 };
 
-// Geometry of letterboxing a region_w x region_h region into a size x size input.
-inline Letterbox make_letterbox(int region_x, int region_y, int region_w, int region_h, int size) {
-  EIGENNET_CHECK(region_w > 0 && region_h > 0 && size > 0, "letterbox: invalid region ", region_w, "x", region_h,
-                 " or size ", size);
-  const double s = static_cast<double>(size) / std::max(region_w, region_h);
-  const int new_w = std::min(size, std::max(1, static_cast<int>(std::lround(region_w * s))));
-  const int new_h = std::min(size, std::max(1, static_cast<int>(std::lround(region_h * s))));
+// Geometry of letterboxing a region_w x region_h region into an input_w x input_h input: the
+// largest scale at which it fits, centred.
+inline Letterbox make_letterbox(int region_x, int region_y, int region_w, int region_h, int input_w, int input_h) {
+  EIGENNET_CHECK(region_w > 0 && region_h > 0 && input_w > 0 && input_h > 0, "letterbox: invalid region ", region_w,
+                 "x", region_h, " or input ", input_w, "x", input_h);
+  const double s = std::min(static_cast<double>(input_w) / region_w, static_cast<double>(input_h) / region_h);
+  const int new_w = std::min(input_w, std::max(1, static_cast<int>(std::lround(region_w * s))));
+  const int new_h = std::min(input_h, std::max(1, static_cast<int>(std::lround(region_h * s))));
   Letterbox l;
-  l.size = size;
+  l.width = input_w;
+  l.height = input_h;
   l.region_x = static_cast<float>(region_x);
   l.region_y = static_cast<float>(region_y);
   l.scale_x = static_cast<float>(new_w) / static_cast<float>(region_w);
   l.scale_y = static_cast<float>(new_h) / static_cast<float>(region_h);
-  l.pad_x = static_cast<float>((size - new_w) / 2);
-  l.pad_y = static_cast<float>((size - new_h) / 2);
+  l.pad_x = static_cast<float>((input_w - new_w) / 2);
+  l.pad_y = static_cast<float>((input_h - new_h) / 2);
   return l;
+}
+inline Letterbox make_letterbox(int region_x, int region_y, int region_w, int region_h, int size) {
+  return make_letterbox(region_x, region_y, region_w, region_h, size, size);
 }
 
 // Step 1: writes the region (whole pixels inside the picture) letterboxed into `input`
-// (size * size * 3 floats, RGB in [-1, 1], black borders: -1). Grayscale pictures are replicated
-// into the three channels.
-inline Letterbox letterbox_image(const Image& image, int region_x, int region_y, int region_w, int region_h, int size,
-                                 float* input) {
+// (input_h * input_w * 3 floats, RGB in [-1, 1], black borders: -1). Grayscale pictures are
+// replicated into the three channels.
+inline Letterbox letterbox_image(const Image& image, int region_x, int region_y, int region_w, int region_h,
+                                 int input_w, int input_h, float* input) {
   EIGENNET_CHECK(image.channels == 1 || image.channels == 3, "letterbox: images must have 1 or 3 channels, got ",
                  image.channels);
   EIGENNET_CHECK(static_cast<int64_t>(image.pixels.size()) == image.bytes(), "letterbox: the picture holds ",
@@ -178,7 +197,7 @@ inline Letterbox letterbox_image(const Image& image, int region_x, int region_y,
                      region_x + region_w <= image.width && region_y + region_h <= image.height,
                  "letterbox: region ", region_w, "x", region_h, " at (", region_x, ", ", region_y,
                  ") is not inside the ", image.width, "x", image.height, " picture");
-  const Letterbox l = make_letterbox(region_x, region_y, region_w, region_h, size);
+  const Letterbox l = make_letterbox(region_x, region_y, region_w, region_h, input_w, input_h);
   const int new_w = static_cast<int>(std::lround(l.scale_x * static_cast<float>(region_w)));
   const int new_h = static_cast<int>(std::lround(l.scale_y * static_cast<float>(region_h)));
   const int c = image.channels;
@@ -195,35 +214,53 @@ inline Letterbox letterbox_image(const Image& image, int region_x, int region_y,
   scaled.resize(static_cast<size_t>(new_w) * new_h * c);
   EIGENNET_CHECK(resize_image(source, region_h, region_w, c, scaled.data(), new_h, new_w), "letterbox: resizing ",
                  region_w, "x", region_h, " to ", new_w, "x", new_h, " failed");
-  std::fill_n(input, static_cast<int64_t>(size) * size * 3, -1.0f);
+  std::fill_n(input, static_cast<int64_t>(input_w) * input_h * 3, -1.0f);
   const int px = static_cast<int>(l.pad_x), py = static_cast<int>(l.pad_y);
   for (int y = 0; y < new_h; ++y)
     for (int x = 0; x < new_w; ++x) {
       const uint8_t* p = scaled.data() + (static_cast<size_t>(y) * new_w + x) * c;
-      float* o = input + (static_cast<int64_t>(y + py) * size + x + px) * 3;
+      float* o = input + (static_cast<int64_t>(y + py) * input_w + x + px) * 3;
       for (int k = 0; k < 3; ++k) o[k] = static_cast<float>(p[c == 3 ? k : 0]) / 127.5f - 1.0f;
     }
   return l;
 }
+inline Letterbox letterbox_image(const Image& image, int region_x, int region_y, int region_w, int region_h, int size,
+                                 float* input) {
+  return letterbox_image(image, region_x, region_y, region_w, region_h, size, size, input);
+}
 
-// Squares (or the whole side, when shorter) of side round(tile_fraction * longest side) covering
-// the picture, overlapping by at least a quarter of a tile, for the second pass.
-inline std::vector<Box> detection_tiles(int width, int height, float tile_fraction) {
-  const int side = std::max(1, static_cast<int>(std::lround(tile_fraction * static_cast<float>(std::max(width, height)))));
-  const auto starts = [&](int length) {
-    std::vector<int> out;
-    if (length <= side) return std::vector<int>{0};
+// The side of the tiles of the second pass: round(tile_fraction * the picture's longest side).
+inline int detection_tile_side(int width, int height, float tile_fraction) {
+  return std::max(1, static_cast<int>(std::lround(tile_fraction * static_cast<float>(std::max(width, height)))));
+}
+
+// Tiles of side detection_tile_side() covering the picture, overlapping by at least a quarter of
+// a side, for the second pass. Along a side of the picture no longer than `stretch` tile sides,
+// one tile spans it whole (so with stretch 1 the tiles are squares but where the picture is
+// shorter than a tile; with 1.25 a 640x480 picture gets two 384x480 tiles, not four 384x384).
+inline std::vector<Box> detection_tiles(int width, int height, float tile_fraction, float stretch = 1.0f) {
+  const int side = detection_tile_side(width, height, tile_fraction);
+  const auto spans = [&](int length) {
+    std::vector<std::pair<int, int>> out;  // (start, length)
+    if (static_cast<float>(length) <= stretch * static_cast<float>(side)) return std::vector<std::pair<int, int>>{{0, length}};
     const int n = static_cast<int>(std::ceil((length - side) / (0.75 * side))) + 1;
-    for (int i = 0; i < n; ++i) out.push_back(static_cast<int>(std::lround(static_cast<double>(length - side) * i / (n - 1))));
+    for (int i = 0; i < n; ++i)
+      out.emplace_back(static_cast<int>(std::lround(static_cast<double>(length - side) * i / (n - 1))), side);
     return out;
   };
   std::vector<Box> tiles;
-  for (int y : starts(height))
-    for (int x : starts(width))
-      tiles.push_back({static_cast<float>(x), static_cast<float>(y), static_cast<float>(std::min(side, width - x)),
-                       static_cast<float>(std::min(side, height - y))});
+  for (const auto& [y, h] : spans(height))
+    for (const auto& [x, w] : spans(width))
+      tiles.push_back({static_cast<float>(x), static_cast<float>(y), static_cast<float>(w), static_cast<float>(h)});
   return tiles;
 }
+
+// A region of the picture that one run of the network looks at: its `side` pixels become the
+// network's input size (the whole picture: its longest side; a tile: the tile side).
+struct DetectionRegion {
+  Box box;
+  float side = 0;
+};
 
 // The defaults are the setting chosen on FER-2013 training faces pasted into photos (the most
 // faces found with at most one false face per ten face-free photos; weights/README.md): the
@@ -237,6 +274,11 @@ struct FaceDetectorOptions {
   bool tiles = true;           // second pass over overlapping tiles (small faces)
   float tile_fraction = 0.6f;  // tile side / the picture's longest side
   float tile_min_score = -1;   // score threshold of tile detections; < 0: min_score
+  // Each region scaled as for the square input but padded only to a multiple of the network's
+  // coarse stride (step 1 above); false: letterboxed into the square input as MediaPipe does.
+  bool fit_input = true;
+  // With fit_input: a tile spans a side of the picture at most this many tile sides long.
+  float tile_stretch = 1.25f;
 
   // One pass of the 256x256 model at score 0.6.
   static FaceDetectorOptions fast() {
@@ -270,27 +312,31 @@ inline void load_blazeface_weights(BlazeFace& net, const std::string& path) {
 
 class FaceDetector {
  public:
-  explicit FaceDetector(FaceDetectorOptions options = {})
-      : options_(std::move(options)), net_(options_.variant), anchors_(anchors_for(options_.variant)) {
+  explicit FaceDetector(FaceDetectorOptions options = {}) : options_(std::move(options)), net_(options_.variant) {
     EIGENNET_CHECK(options_.min_score > 0 && options_.min_score < 1, "FaceDetector: min_score must be in (0, 1), got ",
                    options_.min_score);
     EIGENNET_CHECK(options_.nms_iou > 0 && options_.nms_iou < 1, "FaceDetector: nms_iou must be in (0, 1), got ",
                    options_.nms_iou);
     EIGENNET_CHECK(options_.tile_fraction > 0 && options_.tile_fraction <= 1,
                    "FaceDetector: tile_fraction must be in (0, 1], got ", options_.tile_fraction);
+    EIGENNET_CHECK(options_.tile_stretch >= 1, "FaceDetector: tile_stretch must be at least 1, got ",
+                   options_.tile_stretch);
     if (options_.weights.empty()) options_.weights = find_blazeface_weights(options_.variant);
     load_blazeface_weights(net_, options_.weights);
-    compiled_ = std::make_unique<BlazeFaceInference>(net_);
-    EIGENNET_CHECK(static_cast<int64_t>(anchors_.size()) == net_.anchor_count(), "FaceDetector: ", anchors_.size(),
-                   " anchors for ", net_.anchor_count(), " outputs");
+    recompile();
   }
 
   const FaceDetectorOptions& options() const { return options_; }
-  // The network as loaded; detection runs a compiled snapshot of it (compile_for_inference), so
-  // call recompile() after changing its weights.
+  // The network as loaded (at the variant's own input size); detection runs compiled snapshots of
+  // it (compile_for_inference), one per input shape it meets, so call recompile() after changing
+  // its weights.
   BlazeFace& network() { return net_; }
-  void recompile() { compiled_ = std::make_unique<BlazeFaceInference>(net_); }
-  const std::vector<Anchor>& anchors() const { return anchors_; }
+  void recompile() {
+    shaped_.clear();
+    shaped_.push_back(make_shaped(input_size(), input_size()));
+  }
+  // The anchors of the variant's own square input.
+  const std::vector<Anchor>& anchors() const { return shaped_.front().anchors; }
   int input_size() const { return static_cast<int>(net_.input_size()); }
 
   // The faces in an RGB or grayscale picture, best first, in its pixels.
@@ -298,6 +344,18 @@ class FaceDetector {
     const float tile_score = options_.tile_min_score < 0 ? options_.min_score : options_.tile_min_score;
     return select(candidates(image, std::min(options_.min_score, tile_score)), options_.min_score, tile_score,
                   options_.nms_iou);
+  }
+
+  // The regions one detect() looks at: the whole picture, then the tiles when options().tiles.
+  std::vector<DetectionRegion> regions(int width, int height) const {
+    std::vector<DetectionRegion> out{
+        {{0, 0, static_cast<float>(width), static_cast<float>(height)}, static_cast<float>(std::max(width, height))}};
+    if (!options_.tiles) return out;
+    const float side = static_cast<float>(detection_tile_side(width, height, options_.tile_fraction));
+    for (const Box& t :
+         detection_tiles(width, height, options_.tile_fraction, options_.fit_input ? options_.tile_stretch : 1.0f))
+      if (t.width < static_cast<float>(width) || t.height < static_cast<float>(height)) out.push_back({t, side});
+    return out;
   }
 
   // The two halves of detect(), for measuring several thresholds on one run of the network:
@@ -308,15 +366,12 @@ class FaceDetector {
   // suppresses within each pass and then across the passes.
   std::vector<std::vector<FaceDetection>> candidates(const Image& image, float floor_score) {
     EIGENNET_CHECK(image.width > 0 && image.height > 0 && !image.pixels.empty(), "FaceDetector: empty picture");
-    std::vector<Box> regions{{0, 0, static_cast<float>(image.width), static_cast<float>(image.height)}};
-    if (options_.tiles)
-      for (const Box& t : detection_tiles(image.width, image.height, options_.tile_fraction))
-        if (t.width < static_cast<float>(image.width) || t.height < static_cast<float>(image.height)) regions.push_back(t);
-    std::vector<std::vector<FaceDetection>> passes = decode_regions(image, regions, floor_score);
-    for (size_t r = 1; r < regions.size(); ++r) {
+    const std::vector<DetectionRegion> looked_at = regions(image.width, image.height);
+    std::vector<std::vector<FaceDetection>> passes = decode_regions(image, looked_at, floor_score);
+    for (size_t r = 1; r < looked_at.size(); ++r) {
       std::vector<FaceDetection> kept;
       for (const FaceDetection& d : passes[r])
-        if (!cut_by_tile(d.box, regions[r], image)) kept.push_back(d);
+        if (!cut_by_tile(d.box, looked_at[r].box, image)) kept.push_back(d);
       passes[r] = std::move(kept);
     }
     return passes;
@@ -335,34 +390,53 @@ class FaceDetector {
     return contributing <= 1 ? merged : weighted_non_max_suppression(std::move(merged), nms_iou);
   }
 
-  // Steps 1-3 and 5 on regions of the picture (whole pixels inside it), a few regions per run of
-  // the network: per region, the decoded detections of every anchor scoring at least min_score,
-  // before suppression, in the picture's pixels.
-  std::vector<std::vector<FaceDetection>> decode_regions(const Image& image, const std::vector<Box>& regions,
-                                                         float min_score) {
+  // The input (width, height) of the network for a region: the variant's square, or with
+  // fit_input the region scaled by input_size / side and rounded up to the coarse stride.
+  std::pair<int, int> input_shape(const DetectionRegion& region) const {
     const int size = input_size();
-    const int64_t n = static_cast<int64_t>(regions.size()), image_floats = int64_t{size} * size * 3;
-    const int64_t anchors = static_cast<int64_t>(anchors_.size());
+    if (!options_.fit_input) return {size, size};
+    const int stride = static_cast<int>(blazeface_coarse_stride(net_.architecture()));
+    const float scale = static_cast<float>(size) / region.side;
+    const auto fit = [&](float length) {
+      const int scaled = std::max(1, static_cast<int>(std::lround(length * scale)));
+      return (scaled + stride - 1) / stride * stride;
+    };
+    return {fit(region.box.width), fit(region.box.height)};
+  }
+
+  // Steps 1-3 and 5 on regions of the picture (whole pixels inside it), a few regions of one
+  // input shape per run of the network: per region, the decoded detections of every anchor
+  // scoring at least min_score, before suppression, in the picture's pixels.
+  std::vector<std::vector<FaceDetection>> decode_regions(const Image& image, const std::vector<DetectionRegion>& regions,
+                                                         float min_score) {
+    const int64_t n = static_cast<int64_t>(regions.size());
     EIGENNET_CHECK(n > 0, "FaceDetector: no region to look at");
     std::vector<std::vector<FaceDetection>> found(static_cast<size_t>(n));
-    for (int64_t r0 = 0; r0 < n; r0 += regions_per_run) {
-      const int64_t count = std::min(regions_per_run, n - r0);
-      input_.resize(Shape{count, size, size, 3});
+    for (int64_t r0 = 0; r0 < n;) {
+      const auto [width, height] = input_shape(regions[static_cast<size_t>(r0)]);
+      int64_t count = 1;
+      while (count < regions_per_run && r0 + count < n &&
+             input_shape(regions[static_cast<size_t>(r0 + count)]) == std::make_pair(width, height))
+        ++count;
+      Shaped& net = shaped(height, width);
+      const int64_t image_floats = int64_t{width} * height * 3, anchors = static_cast<int64_t>(net.anchors.size());
+      input_.resize(Shape{count, height, width, 3});
       std::vector<Letterbox> letterboxes(static_cast<size_t>(count));
       // The regions of a run are resized on all threads, each into its slot of the batch.
       parallel_items(count, [&](int64_t r) {
-        const Box& b = regions[static_cast<size_t>(r0 + r)];
+        const Box& b = regions[static_cast<size_t>(r0 + r)].box;
         letterboxes[static_cast<size_t>(r)] =
             letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
-                            static_cast<int>(b.height), size, input_.data() + r * image_floats);
+                            static_cast<int>(b.height), width, height, input_.data() + r * image_floats);
       });
-      compiled_->forward(input_, scores_, boxes_);
+      net.compiled->forward(input_, scores_, boxes_);
       for (int64_t r = 0; r < count; ++r) {
         std::vector<FaceDetection>& out = found[static_cast<size_t>(r0 + r)];
-        out = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, anchors_,
-                               static_cast<float>(size), min_score);
+        out = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, net.anchors,
+                               static_cast<float>(width), static_cast<float>(height), min_score);
         for (FaceDetection& d : out) d = letterboxes[static_cast<size_t>(r)].to_image(d);
       }
+      r0 += count;
     }
     return found;
   }
@@ -373,8 +447,35 @@ class FaceDetector {
   // (measured on a 640x480 picture: 5 regions per run took 30 ms, 2 or 1 took 26 ms, 2 threads).
   static constexpr int64_t regions_per_run = 2;
 
-  static std::vector<Anchor> anchors_for(BlazeFaceVariant v) {
-    return v == BlazeFaceVariant::front_128 ? ssd_anchors(128, {8, 16, 16, 16}) : ssd_anchors(256, {16, 32, 32, 32});
+  // The network built for one input shape, the loaded weights copied in, compiled.
+  struct Shaped {
+    int height = 0, width = 0;
+    std::unique_ptr<BlazeFace> net;  // kept: a compiled net may fall back to its layers
+    std::unique_ptr<BlazeFaceInference> compiled;
+    std::vector<Anchor> anchors;
+  };
+  Shaped make_shaped(int height, int width) {
+    Shaped s;
+    s.height = height;
+    s.width = width;
+    if (height == input_size() && width == input_size()) {
+      s.compiled = std::make_unique<BlazeFaceInference>(net_);
+    } else {
+      s.net = std::make_unique<BlazeFace>(options_.variant, 0, height, width);
+      const ParameterList from = net_.parameters(), to = s.net->parameters();
+      for (size_t i = 0; i < from.size(); ++i) to[i]->value.copy_from(from[i]->value);
+      s.compiled = std::make_unique<BlazeFaceInference>(*s.net);
+    }
+    s.anchors = options_.variant == BlazeFaceVariant::front_128 ? ssd_anchors(height, width, {8, 16, 16, 16})
+                                                                : ssd_anchors(height, width, {16, 32, 32, 32});
+    EIGENNET_CHECK(s.compiled != nullptr, "FaceDetector: no network for ", width, "x", height);
+    return s;
+  }
+  Shaped& shaped(int height, int width) {
+    for (Shaped& s : shaped_)
+      if (s.height == height && s.width == width) return s;
+    shaped_.push_back(make_shaped(height, width));
+    return shaped_.back();
   }
   // True when the box reaches an edge of the tile that lies inside the picture.
   static bool cut_by_tile(const Box& b, const Box& t, const Image& image) {
@@ -386,8 +487,7 @@ class FaceDetector {
 
   FaceDetectorOptions options_;
   BlazeFace net_;
-  std::unique_ptr<BlazeFaceInference> compiled_;
-  std::vector<Anchor> anchors_;
+  std::vector<Shaped> shaped_;  // the square input's first
   Tensor input_, scores_, boxes_;
 };
 
@@ -399,7 +499,8 @@ inline std::vector<FaceDetection> detect_faces(const Image& image, const FaceDet
   const std::string wanted = std::string(to_string(options.variant)) + "|" + options.weights + "|" +
                              std::to_string(options.min_score) + "|" + std::to_string(options.nms_iou) + "|" +
                              std::to_string(options.tiles) + "|" + std::to_string(options.tile_fraction) + "|" +
-                             std::to_string(options.tile_min_score);
+                             std::to_string(options.tile_min_score) + "|" + std::to_string(options.fit_input) + "|" +
+                             std::to_string(options.tile_stretch);
   if (!detector || key != wanted) {
     detector = std::make_unique<FaceDetector>(options);
     key = wanted;

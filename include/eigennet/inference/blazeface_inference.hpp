@@ -21,6 +21,8 @@ class BlazeFaceInference {
  public:
   explicit BlazeFaceInference(BlazeFace& net)
       : arch_(net.architecture()),
+        height_(net.input_height()),
+        width_(net.input_width()),
         to_16x16_(compile_for_inference(net.to_16x16())),
         to_8x8_(compile_for_inference(net.to_8x8())) {
     Conv2D* heads[4] = {&net.classifier_16x16(), &net.regressor_16x16(), &net.classifier_8x8(), &net.regressor_8x8()};
@@ -32,8 +34,11 @@ class BlazeFaceInference {
   }
 
   int64_t input_size() const { return arch_.input_size; }
+  int64_t input_height() const { return height_; }
+  int64_t input_width() const { return width_; }
 
-  // x: [N, size, size, 3] in [-1, 1]; scores: [N, 896] logits; boxes: [N, 896, 16].
+  // x: [N, input_height, input_width, 3] in [-1, 1]; scores: [N, anchors] logits;
+  // boxes: [N, anchors, 16].
   void forward(const Tensor& x, Tensor& scores, Tensor& boxes) {
     const Tensor& f16 = to_16x16_.forward(x);
     heads_[0]->run(f16, head_out_[0]);
@@ -41,7 +46,7 @@ class BlazeFaceInference {
     const Tensor& f8 = to_8x8_.forward(f16);
     heads_[2]->run(f8, head_out_[2]);
     heads_[3]->run(f8, head_out_[3]);
-    BlazeFace::gather_heads(arch_, x.dim(0), head_out_, scores, boxes);
+    BlazeFace::gather_heads(x.dim(0), head_out_, scores, boxes);
   }
 
   // One line per step of the two stages (what was folded and fused).
@@ -49,6 +54,7 @@ class BlazeFaceInference {
 
  private:
   BlazeFaceArchitecture arch_;
+  int64_t height_, width_;
   InferenceNet to_16x16_, to_8x8_;
   std::unique_ptr<inference::ConvStep> heads_[4];
   Tensor head_out_[4];

@@ -13,6 +13,11 @@
 // height, then x, y of six keypoints), all in input pixels; see detect/face_detector.hpp for the
 // decoding.
 //
+// The network is convolutional: built for a larger or non-square input (any multiple of 32 pixels
+// for back_256, of 16 for front_128 on each side) its grids grow with the input (a 256x192 input
+// gives back_256 a 16x12 and an 8x6 grid) and so do its anchors (detect/anchors.hpp), while the
+// weights stay the same. The names "16x16" and "8x8" are those of the variant's own input.
+//
 // The architecture is a table, as MobileNetV2's: each row {channels, stride, repeats} is
 // `repeats` BlazeBlocks with that many output channels, the first with that stride. Layer names
 // follow Keras' style: conv1, block_3_depthwise, block_3_project, block_3_shortcut_pool, ...,
@@ -64,10 +69,9 @@ inline BlazeFaceArchitecture blazeface_architecture(BlazeFaceVariant variant) {
           {{96, 2, 1, false}}};
 }
 
-// Number of anchors (outputs per image): 16*16*2 + 8*8*6 = 896 for both variants.
-inline int64_t blazeface_anchor_count(const BlazeFaceArchitecture& a) {
-  return 16 * 16 * a.anchors_16x16 + 8 * 8 * a.anchors_8x8;
-}
+// Strides of the two grids: the fine ("16x16") one and the coarse ("8x8") one.
+inline int64_t blazeface_fine_stride(const BlazeFaceArchitecture& a) { return a.input_size / 16; }
+inline int64_t blazeface_coarse_stride(const BlazeFaceArchitecture& a) { return a.input_size / 8; }
 
 // One BlazeBlock as a layer: "block_<index>_...".
 inline std::unique_ptr<Layer> make_blaze_block(int index, int64_t in_channels, const BlazeBlockSetting& s,
@@ -97,16 +101,22 @@ inline std::unique_ptr<Layer> make_blaze_block(int index, int64_t in_channels, c
   return block;
 }
 
-// The network with its four heads. forward() gives, per image, the 896 score logits and the
-// 896 x 16 regression values, 16x16-grid anchors first (row by row, then anchor), then the 8x8
-// grid's, the order of MediaPipe's anchors.
+// The network with its four heads. forward() gives, per image, the score logits and the 16
+// regression values of every anchor (896 at the variant's own input size), fine-grid anchors first
+// (row by row, then anchor), then the coarse grid's, the order of MediaPipe's anchors.
 class BlazeFace {
  public:
-  explicit BlazeFace(BlazeFaceVariant variant, uint64_t seed = 0)
-      : variant_(variant), arch_(blazeface_architecture(variant)) {
-    const int64_t size = arch_.input_size;
+  // input_height, input_width: 0 = the variant's own square input.
+  explicit BlazeFace(BlazeFaceVariant variant, uint64_t seed = 0, int64_t input_height = 0, int64_t input_width = 0)
+      : variant_(variant),
+        arch_(blazeface_architecture(variant)),
+        height_(input_height > 0 ? input_height : arch_.input_size),
+        width_(input_width > 0 ? input_width : arch_.input_size) {
+    const int64_t coarse = blazeface_coarse_stride(arch_), fine = blazeface_fine_stride(arch_);
+    EIGENNET_CHECK(height_ % coarse == 0 && width_ % coarse == 0, "BlazeFace ", to_string(variant), ": input ",
+                   width_, "x", height_, " is not a multiple of ", coarse, " pixels on each side");
     to_16x16_ = std::make_unique<Sequential>("blazeface_" + std::string(to_string(variant)),
-                                             Shape{size, size, 3}, seed);
+                                             Shape{height_, width_, 3}, seed);
     to_16x16_->add<Conv2D>("conv1", arch_.stem_channels, 5, 2, Padding::same, true);
     to_16x16_->add<ReLU>("conv1_relu");
     int index = 1;
@@ -120,13 +130,14 @@ class BlazeFace {
     };
     add_blocks(*to_16x16_, arch_.to_16x16);
     const Shape grid16 = to_16x16_->model_output_shape();
-    EIGENNET_CHECK(grid16[0] == 16 && grid16[1] == 16, "BlazeFace: the first stage ends at ", grid16,
-                   ", expected a 16x16 grid");
+    EIGENNET_CHECK(grid16[0] == height_ / fine && grid16[1] == width_ / fine, "BlazeFace: the first stage ends at ",
+                   grid16, ", expected a ", width_ / fine, "x", height_ / fine, " grid");
     to_8x8_ = std::make_unique<Sequential>("blazeface_8x8", grid16, seed + 1);
     add_blocks(*to_8x8_, arch_.to_8x8);
     const Shape grid8 = to_8x8_->model_output_shape();
-    EIGENNET_CHECK(grid8[0] == 8 && grid8[1] == 8, "BlazeFace: the second stage ends at ", grid8,
-                   ", expected an 8x8 grid");
+    EIGENNET_CHECK(grid8[0] == height_ / coarse && grid8[1] == width_ / coarse, "BlazeFace: the second stage ends at ",
+                   grid8, ", expected a ", width_ / coarse, "x", height_ / coarse, " grid");
+    anchors_ = grid16[0] * grid16[1] * arch_.anchors_16x16 + grid8[0] * grid8[1] * arch_.anchors_8x8;
     Rng rng(seed + 2);
     classifier_16_ = std::make_unique<Conv2D>("classifier_16x16", arch_.anchors_16x16, 1);
     regressor_16_ = std::make_unique<Conv2D>("regressor_16x16", arch_.anchors_16x16 * 16, 1);
@@ -140,8 +151,11 @@ class BlazeFace {
 
   BlazeFaceVariant variant() const { return variant_; }
   const BlazeFaceArchitecture& architecture() const { return arch_; }
+  // The variant's own (square) input size, and the input this network was built for.
   int64_t input_size() const { return arch_.input_size; }
-  int64_t anchor_count() const { return blazeface_anchor_count(arch_); }
+  int64_t input_height() const { return height_; }
+  int64_t input_width() const { return width_; }
+  int64_t anchor_count() const { return anchors_; }
   Sequential& to_16x16() { return *to_16x16_; }
   Sequential& to_8x8() { return *to_8x8_; }
   // The 1x1 heads: score logits and regression values on the 16x16 and the 8x8 grid.
@@ -160,7 +174,8 @@ class BlazeFace {
     return all;
   }
 
-  // x: [N, size, size, 3], RGB mapped to [-1, 1]. scores: [N, 896] logits; boxes: [N, 896, 16].
+  // x: [N, input_height, input_width, 3], RGB mapped to [-1, 1]. scores: [N, anchors] logits;
+  // boxes: [N, anchors, 16].
   void forward(const Tensor& x, Tensor& scores, Tensor& boxes) {
     const Tensor& f16 = to_16x16_->forward(x, Mode::inference);
     classifier_16_->forward(f16, head_out_[0], Mode::inference);
@@ -168,14 +183,15 @@ class BlazeFace {
     const Tensor& f8 = to_8x8_->forward(f16, Mode::inference);
     classifier_8_->forward(f8, head_out_[2], Mode::inference);
     regressor_8_->forward(f8, head_out_[3], Mode::inference);
-    gather_heads(arch_, x.dim(0), head_out_, scores, boxes);
+    gather_heads(x.dim(0), head_out_, scores, boxes);
   }
 
   // The four heads' outputs (classifier 16x16, regressor 16x16, classifier 8x8, regressor 8x8)
-  // of n images in anchor order: scores [n, 896], boxes [n, 896, 16].
-  static void gather_heads(const BlazeFaceArchitecture& arch, int64_t n, const Tensor (&heads)[4], Tensor& scores,
-                           Tensor& boxes) {
-    const int64_t a16 = 16 * 16 * arch.anchors_16x16, a8 = 8 * 8 * arch.anchors_8x8;
+  // of n images in anchor order: scores [n, anchors], boxes [n, anchors, 16].
+  static void gather_heads(int64_t n, const Tensor (&heads)[4], Tensor& scores, Tensor& boxes) {
+    const int64_t a16 = heads[0].size() / n, a8 = heads[2].size() / n;
+    EIGENNET_CHECK(heads[1].size() == 16 * heads[0].size() && heads[3].size() == 16 * heads[2].size(),
+                   "BlazeFace: the regressors' outputs do not match the classifiers'");
     scores.resize(Shape{n, a16 + a8});
     boxes.resize(Shape{n, a16 + a8, 16});
     for (int64_t i = 0; i < n; ++i) {
@@ -190,6 +206,7 @@ class BlazeFace {
  private:
   BlazeFaceVariant variant_;
   BlazeFaceArchitecture arch_;
+  int64_t height_, width_, anchors_ = 0;
   std::unique_ptr<Sequential> to_16x16_, to_8x8_;
   std::unique_ptr<Conv2D> classifier_16_, regressor_16_, classifier_8_, regressor_8_;
   Tensor head_out_[4];
