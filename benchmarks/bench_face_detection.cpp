@@ -39,7 +39,9 @@ struct Args {
   bool tiles = false, calibrate = false, timing = false, classify = true;
   std::vector<float> scores = {0.5f}, tile_scores;
   std::vector<std::string> report;  // "SCORE" or "SCORE/TILE_SCORE": settings to classify
-  float floor = 0.3f, tile_fraction = 0.6f;
+  float floor = 0.3f, tile_fraction = 0.6f, tile_stretch = 1.25f;
+  bool square = false;     // square tiles letterboxed into the square input (FaceDetectorOptions::fit_tiles off)
+  bool fit_whole = false;  // the whole picture as a fitted input
   int threads = 0, rounds = 30;
   std::string dump;  // write the false faces (crops of face-free photos) here
   std::string features;  // CSV of every detection at the first setting
@@ -80,6 +82,9 @@ Args parse(int argc, char** argv) {
     else if (k == "--seed") a.seed = std::stoull(next());
     else if (k == "--tiles") a.tiles = true;
     else if (k == "--tile-fraction") a.tile_fraction = std::stof(next());
+    else if (k == "--tile-stretch") a.tile_stretch = std::stof(next());
+    else if (k == "--square") a.square = true;
+    else if (k == "--fit-whole") a.fit_whole = true;
     else if (k == "--calibrate") a.calibrate = true;
     else if (k == "--timing") a.timing = true;
     else if (k == "--no-classify") a.classify = false;
@@ -94,7 +99,8 @@ Args parse(int argc, char** argv) {
     else if (k == "--help") {
       std::printf(
           "bench_face_detection [--split train|test] [--count N] --photos DIR [--half even|odd|all]\n"
-          "  [--model front_128|back_256] [--tiles] [--tile-fraction F] [--scores S,...] [--tile-scores S,...]\n"
+          "  [--model front_128|back_256] [--tiles] [--tile-fraction F] [--tile-stretch X] [--square] [--fit-whole]\n"
+          "  [--scores S,...] [--tile-scores S,...]\n"
           "  [--report S[/T],...] [--classifier FILE] [--no-classify] [--calibrate] [--timing] [--seed N]\n"
           "  [--threads N] [--data FER_DIR] [--dump-false-faces DIR]\n");
       std::exit(0);
@@ -231,13 +237,19 @@ int run_timing(const Args& a) {
   o128.variant = BlazeFaceVariant::front_128;
   o256t.tiles = true;
   o256t.tile_fraction = a.tile_fraction;
-  FaceDetector d128(o128), d256(o256), d256t(o256t);
+  o256t.tile_stretch = a.tile_stretch;
+  // The same detectors with MediaPipe's square letterbox (the defaults before fitted inputs).
+  FaceDetectorOptions o128s = o128, o256s = o256, o256ts = o256t;
+  o128s.fit_tiles = o256s.fit_tiles = o256ts.fit_tiles = false;
+  FaceDetector d128(o128), d256(o256), d256t(o256t), d128s(o128s), d256s(o256s), d256ts(o256ts);
   LoadedClassifier classifier = load_classifier(a.classifier);
   const int size = static_cast<int>(classifier.spec.base.height);
   Tensor input(Shape{1, size, size, 3});
   std::map<std::string, std::vector<double>> times;
   const std::vector<std::string> order = {"detect front_128", "detect back_256", "detect back_256 + tiles",
-                                          "classifier forward (1 face)", "face_crop 48x48"};
+                                          "detect front_128, square", "detect back_256, square",
+                                          "detect back_256 + tiles, square", "classifier forward (1 face)",
+                                          "face_crop 48x48"};
   FaceDetection face;
   {
     const auto found = d256.detect(c.photo);
@@ -250,6 +262,9 @@ int run_timing(const Args& a) {
       if (what == "detect front_128") d128.detect(c.photo);
       else if (what == "detect back_256") d256.detect(c.photo);
       else if (what == "detect back_256 + tiles") d256t.detect(c.photo);
+      else if (what == "detect front_128, square") d128s.detect(c.photo);
+      else if (what == "detect back_256, square") d256s.detect(c.photo);
+      else if (what == "detect back_256 + tiles, square") d256ts.detect(c.photo);
       else if (what == "classifier forward (1 face)") classifier.model->forward(input, Mode::inference);
       else face_crop(c.photo, face, 48, calibrated_face_crop(BlazeFaceVariant::back_256));
       if (r >= 3) times[what].push_back(seconds_since(t0) * 1e3);
@@ -290,6 +305,9 @@ int main(int argc, char** argv) {
     options.variant = variant_of(a.variant);
     options.tiles = a.tiles;
     options.tile_fraction = a.tile_fraction;
+    options.tile_stretch = a.tile_stretch;
+    options.fit_tiles = !a.square;
+    options.fit_whole = a.fit_whole;
     FaceDetector detector(options);
     FaceCropOptions calibrated = calibrated_face_crop(options.variant);
     calibrated.level_eyes = false;  // turned on explicitly below where a choice wants it
@@ -298,9 +316,10 @@ int main(int argc, char** argv) {
     raw_box.scale = 1.0f;
     raw_box.offset_x = raw_box.offset_y = 0.0f;
 
-    std::printf("%s faces of %s/%s pasted into %zu face-free photos (half %s); model %s%s, score floor %.2f\n",
+    std::printf("%s faces of %s/%s pasted into %zu face-free photos (half %s); model %s%s, %s%s, score floor %.2f\n",
                 std::to_string(n).c_str(), a.data.c_str(), a.split.c_str(), photos.size(), a.half.c_str(),
-                a.variant.c_str(), a.tiles ? " + tiles" : "", a.floor);
+                a.variant.c_str(), a.tiles ? (" + tiles (stretch " + std::to_string(a.tile_stretch) + ")").c_str() : "",
+                a.square ? "square tiles" : "fitted tiles", a.fit_whole ? ", whole picture fitted" : "", a.floor);
     std::printf("calibrated crop: scale %.4f, offset (%.4f, %.4f) x box width\n", calibrated.scale,
                 calibrated.offset_x, calibrated.offset_y);
 

@@ -455,14 +455,19 @@ TEST_CASE("detection tiles and the selection of candidates over passes") {
   REQUIRE(regions.size() == 3);
   CHECK(regions[0].side == 640.0f);
   CHECK(regions[1].side == 384.0f);
-  CHECK(detector.input_shape(regions[0]) == std::make_pair(256, 192));
+  CHECK(detector.input_shape(regions[0]) == std::make_pair(256, 256));  // the whole picture: letterboxed
   CHECK(detector.input_shape(regions[1]) == std::make_pair(256, 320));
-  CHECK(detector.input_shape({{0, 0, 1280, 720}, 1280}) == std::make_pair(256, 160));  // 144 rows, padded to 160
+  CHECK(detector.input_shape({{0, 0, 640, 480}, 640, true}) == std::make_pair(256, 192));
+  CHECK(detector.input_shape({{0, 0, 1280, 720}, 1280, true}) == std::make_pair(256, 160));  // 144 rows, padded
+  FaceDetectorOptions whole = fitted;
+  whole.fit_whole = true;
+  CHECK(FaceDetector(whole).input_shape(FaceDetector(whole).regions(640, 480)[0]) == std::make_pair(256, 192));
   FaceDetectorOptions square = fitted;
-  square.fit_input = false;
+  square.fit_tiles = false;
   FaceDetector square_detector(square);
-  CHECK(square_detector.regions(640, 480).size() == 5);
-  CHECK(square_detector.input_shape(regions[1]) == std::make_pair(256, 256));
+  const std::vector<DetectionRegion> squares = square_detector.regions(640, 480);
+  REQUIRE(squares.size() == 5);
+  CHECK(square_detector.input_shape(squares[1]) == std::make_pair(256, 256));
   // select(): each pass has its own threshold, suppression within and then across passes.
   const std::vector<std::vector<FaceDetection>> passes = {
       {detection({10, 10, 50, 50}, 0.9f), detection({12, 10, 50, 50}, 0.55f), detection({300, 10, 40, 40}, 0.6f)},
@@ -530,14 +535,15 @@ TEST_CASE("detect faces: FER-2013 test faces pasted into a larger picture are ea
       std::copy_n(&face.pixels[static_cast<size_t>(y) * f.side * 3], f.side * 3,
                   &photo.pixels[((f.y + y) * 640 + f.x) * 3]);
   }
-  for (int setting = 0; setting < 3; ++setting) {
+  for (int setting = 0; setting < 4; ++setting) {
     const bool tiles = setting > 0;
     CAPTURE(setting);
-    // The fast setting (one pass, score 0.6), the default (tiles, score 0.65, fitted inputs) and
-    // the default with MediaPipe's square letterbox.
+    // The fast setting (one pass, score 0.6), the default (tiles, score 0.65, fitted tiles), the
+    // default with square tiles, and with the whole picture fitted too.
     FaceDetectorOptions options = tiles ? FaceDetectorOptions{} : FaceDetectorOptions::fast();
     REQUIRE(options.tiles == tiles);
-    options.fit_input = setting != 2;
+    options.fit_tiles = setting != 2;
+    options.fit_whole = setting == 3;
     options.weights = weights_path(options.variant);
     FaceDetector detector(options);
     const std::vector<FaceDetection> found = detector.detect(photo);

@@ -6,10 +6,11 @@
 //
 // The steps, as MediaPipe's face detection graph does them:
 //   1. letterbox: the picture is scaled to fit the model's square input keeping its aspect ratio,
-//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1); or, with fit_input (the
-//      default), scaled alike but padded only to the next multiple of the network's coarse stride
-//      (the network is convolutional, models/blazeface.hpp): a 640x480 picture becomes a 256x192
-//      input, without the 64 black rows that cost a quarter of the work and find nothing;
+//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1); or "fitted": scaled
+//      alike but padded only to the next multiple of the network's coarse stride (the network is
+//      convolutional, models/blazeface.hpp), so a 640x480 picture becomes a 256x192 input
+//      (fit_whole; off by default: measured, the network finds fewer faces without the black
+//      borders it was trained with, weights/README.md);
 //   2. the network gives a score logit and 16 regression values per anchor (896 on its own input);
 //   3. decode (TensorsToDetectionsCalculator): score = sigmoid(logit); box centre = anchor centre
 //      + (dx / input_width, dy / input_height), box size = (w / input_width, h / input_height),
@@ -20,9 +21,10 @@
 //      their score-weighted mean box and keypoints, with the best score;
 //   5. the boxes are mapped back through the letterbox to the picture's pixels.
 // Optionally (tiles) a second pass runs the network on overlapping tiles of the picture, which
-// shows small faces to the network larger (a tile's side is scaled to the input size); a tile
-// spans a whole side of the picture when that side is at most tile_stretch tile sides long (a
-// 640x480 picture: two 384x480 tiles instead of four 384x384); tile detections that touch a tile's inner edge
+// shows small faces to the network larger (a tile's side is scaled to the input size); with
+// fit_tiles (the default) the tiles are fitted inputs and one spans a whole side of the picture
+// when that side is at most tile_stretch tile sides long (a 640x480 picture: two 384x480 tiles,
+// 256x320 inputs, instead of four 384x384 squares: a third less work); tile detections that touch a tile's inner edge
 // (a face cut by the tile) are dropped, and both passes are merged by step 4 again. Suppressing
 // in picture pixels instead of model units changes nothing: IoU and weighted means are unchanged
 // by the letterbox's shift and (up to the rounding of the scaled size to whole pixels) scaling.
@@ -256,10 +258,12 @@ inline std::vector<Box> detection_tiles(int width, int height, float tile_fracti
 }
 
 // A region of the picture that one run of the network looks at: its `side` pixels become the
-// network's input size (the whole picture: its longest side; a tile: the tile side).
+// network's input size (the whole picture: its longest side; a tile: the tile side); fitted: the
+// input is only as large as the scaled region (rounded up to the coarse stride), else square.
 struct DetectionRegion {
   Box box;
   float side = 0;
+  bool fitted = false;
 };
 
 // The defaults are the setting chosen on FER-2013 training faces pasted into photos (the most
@@ -274,11 +278,12 @@ struct FaceDetectorOptions {
   bool tiles = true;           // second pass over overlapping tiles (small faces)
   float tile_fraction = 0.6f;  // tile side / the picture's longest side
   float tile_min_score = -1;   // score threshold of tile detections; < 0: min_score
-  // Each region scaled as for the square input but padded only to a multiple of the network's
-  // coarse stride (step 1 above); false: letterboxed into the square input as MediaPipe does.
-  bool fit_input = true;
-  // With fit_input: a tile spans a side of the picture at most this many tile sides long.
+  // Tiles as fitted inputs (step 1 above), spanning a side of the picture at most tile_stretch
+  // tile sides long; false: square tiles letterboxed into the square input.
+  bool fit_tiles = true;
   float tile_stretch = 1.25f;
+  // The whole picture as a fitted input too, instead of MediaPipe's square letterbox.
+  bool fit_whole = false;
 
   // One pass of the 256x256 model at score 0.6.
   static FaceDetectorOptions fast() {
@@ -348,13 +353,14 @@ class FaceDetector {
 
   // The regions one detect() looks at: the whole picture, then the tiles when options().tiles.
   std::vector<DetectionRegion> regions(int width, int height) const {
-    std::vector<DetectionRegion> out{
-        {{0, 0, static_cast<float>(width), static_cast<float>(height)}, static_cast<float>(std::max(width, height))}};
+    std::vector<DetectionRegion> out{{{0, 0, static_cast<float>(width), static_cast<float>(height)},
+                                      static_cast<float>(std::max(width, height)), options_.fit_whole}};
     if (!options_.tiles) return out;
     const float side = static_cast<float>(detection_tile_side(width, height, options_.tile_fraction));
     for (const Box& t :
-         detection_tiles(width, height, options_.tile_fraction, options_.fit_input ? options_.tile_stretch : 1.0f))
-      if (t.width < static_cast<float>(width) || t.height < static_cast<float>(height)) out.push_back({t, side});
+         detection_tiles(width, height, options_.tile_fraction, options_.fit_tiles ? options_.tile_stretch : 1.0f))
+      if (t.width < static_cast<float>(width) || t.height < static_cast<float>(height))
+        out.push_back({t, side, options_.fit_tiles});
     return out;
   }
 
@@ -390,11 +396,11 @@ class FaceDetector {
     return contributing <= 1 ? merged : weighted_non_max_suppression(std::move(merged), nms_iou);
   }
 
-  // The input (width, height) of the network for a region: the variant's square, or with
-  // fit_input the region scaled by input_size / side and rounded up to the coarse stride.
+  // The input (width, height) of the network for a region: the variant's square, or for a fitted
+  // region the region scaled by input_size / side and rounded up to the coarse stride.
   std::pair<int, int> input_shape(const DetectionRegion& region) const {
     const int size = input_size();
-    if (!options_.fit_input) return {size, size};
+    if (!region.fitted) return {size, size};
     const int stride = static_cast<int>(blazeface_coarse_stride(net_.architecture()));
     const float scale = static_cast<float>(size) / region.side;
     const auto fit = [&](float length) {
@@ -499,8 +505,8 @@ inline std::vector<FaceDetection> detect_faces(const Image& image, const FaceDet
   const std::string wanted = std::string(to_string(options.variant)) + "|" + options.weights + "|" +
                              std::to_string(options.min_score) + "|" + std::to_string(options.nms_iou) + "|" +
                              std::to_string(options.tiles) + "|" + std::to_string(options.tile_fraction) + "|" +
-                             std::to_string(options.tile_min_score) + "|" + std::to_string(options.fit_input) + "|" +
-                             std::to_string(options.tile_stretch);
+                             std::to_string(options.tile_min_score) + "|" + std::to_string(options.fit_tiles) + "|" +
+                             std::to_string(options.tile_stretch) + "|" + std::to_string(options.fit_whole);
   if (!detector || key != wanted) {
     detector = std::make_unique<FaceDetector>(options);
     key = wanted;
