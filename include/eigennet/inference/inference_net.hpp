@@ -84,18 +84,22 @@ inline const char* clamp_name(const kernels::Clamp& c) {
 }
 
 // A convolution (or Dense) with its BatchNorm folded in: weights [kh, kw, in, out] scaled per
-// output channel, and a bias.
+// output channel, and a bias. A pointwise convolution of a MobileNetV2 block is packed straight
+// from the layer's kernel (`packed`, `weight` then empty): the weights are the bulk of a model's
+// memory, and a copy of them only to pack it again was a third of the memory a loaded model first
+// touched (and first touches of memory are most of the time of loading one).
 struct FoldedConv {
   std::vector<float> weight;  // Keras layout, flattened [kh * kw * in, out] (depthwise: [kh * kw * C])
   std::vector<float> bias;    // [out]
   kernels::Clamp clamp;
   std::string names;          // the layers it came from
+  AlignedFloats packed;       // or the weights [in, out] already scaled and packed (pointwise)
 };
 
-// Folds a BatchNorm (moving statistics) into weights whose last axis is the channel:
-// w'[.., o] = w[.., o] s[o], b'[o] = b[o] s[o] + beta[o] - mean[o] s[o], s = gamma / sqrt(var + eps).
-// Computed in double, rounded once.
-inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
+// Folds a BatchNorm (moving statistics) into the bias and gives the scale of each output channel
+// that the weights take: b'[o] = b[o] s[o] + beta[o] - mean[o] s[o], s = gamma / sqrt(var + eps).
+// Computed in double.
+inline std::vector<double> fold_batch_norm_bias(FoldedConv& f, BatchNorm& bn) {
   const int64_t c = static_cast<int64_t>(f.bias.size());
   EIGENNET_CHECK(bn.gamma().value.size() == c, "compile_for_inference: BatchNorm '", bn.name(), "' has ",
                  bn.gamma().value.size(), " channels but the layer before it has ", c);
@@ -108,18 +112,38 @@ inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
         static_cast<float>(static_cast<double>(f.bias[static_cast<size_t>(o)]) * s + bn.beta().value[o] -
                            static_cast<double>(bn.moving_mean().value[o]) * s);
   }
-  // Row by row (the channel is the last axis), so the pass over the weights is sequential.
-  for (size_t row = 0; row < f.weight.size(); row += static_cast<size_t>(c))
-    for (size_t o = 0; o < static_cast<size_t>(c); ++o)
-      f.weight[row + o] = static_cast<float>(static_cast<double>(f.weight[row + o]) * scale[o]);
   f.names += " + " + bn.name();
+  return scale;
 }
 
-inline AlignedFloats pack(const std::vector<float>& w, int64_t k, int64_t n) {
+// Folds a BatchNorm into weights whose last axis is the channel: w'[.., o] = w[.., o] s[o]
+// (rounded once from double), and into the bias as above.
+inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
+  const std::vector<double> scale = fold_batch_norm_bias(f, bn);
+  const size_t c = scale.size();
+  // Row by row (the channel is the last axis), so the pass over the weights is sequential.
+  for (size_t row = 0; row < f.weight.size(); row += c)
+    for (size_t o = 0; o < c; ++o) f.weight[row + o] = static_cast<float>(static_cast<double>(f.weight[row + o]) * scale[o]);
+}
+
+// Packs w [k, n] into panels, each column scaled by `scale` when given (as fold_batch_norm
+// scales it: the same floats).
+inline AlignedFloats pack(const float* w, int64_t k, int64_t n, const std::vector<double>* scale = nullptr) {
   AlignedFloats packed(static_cast<size_t>(kernels::pointwise::packed_size(k, n)));
-  kernels::pointwise::pack_panels(packed.data(), w.data(), k, n, false);
+  kernels::pointwise::pack_panels(packed.data(), w, k, n, false);
+  if (scale != nullptr) {
+    const int64_t width = kernels::pointwise::panel_width;
+    for (int64_t p = 0; p < kernels::pointwise::panel_count(n); ++p) {
+      const int64_t n0 = p * width, valid = std::min<int64_t>(width, n - n0);
+      float* panel = packed.data() + p * k * width;
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t j = 0; j < valid; ++j)
+          panel[kk * width + j] = static_cast<float>(static_cast<double>(panel[kk * width + j]) * (*scale)[static_cast<size_t>(n0 + j)]);
+    }
+  }
   return packed;
 }
+inline AlignedFloats pack(const std::vector<float>& w, int64_t k, int64_t n) { return pack(w.data(), k, n); }
 
 inline kernels::pointwise::Epilogue epilogue_of(const std::vector<float>& bias, const kernels::Clamp& clamp) {
   kernels::pointwise::Epilogue e;
@@ -262,20 +286,23 @@ class InvertedResidualStep : public Step {
                    output);
     EIGENNET_CHECK((skip == Skip::output) == !shortcut_.empty(),
                    "compile_for_inference: a shortcut skip connection needs its shortcut steps");
+    EIGENNET_CHECK((!expand || !expand->packed.empty() || static_cast<int64_t>(expand->weight.size()) == in_c * hidden) &&
+                       (!project.packed.empty() || static_cast<int64_t>(project.weight.size()) == hidden * out_c),
+                   "compile_for_inference: the pointwise weights of a block do not match its shapes");
     EIGENNET_CHECK(shortcut_.empty() || shortcut_.back()->output_shape() == output, "compile_for_inference: the shortcut gives ",
                    shortcut_.empty() ? Shape{} : shortcut_.back()->output_shape(), " but the block ", output);
     names_ = (expand ? expand->names + clamp_name(expand->clamp) + ", " : std::string()) + depthwise.names +
              clamp_name(depthwise.clamp) + ", " + project.names;
     if (expand) {
       expand_bias_ = expand->bias;
-      expand_packed_ = pack(expand->weight, in_c, hidden);
+      expand_packed_ = expand->packed.empty() ? pack(expand->weight, in_c, hidden) : std::move(expand->packed);
       weights_.expand = {expand_packed_.data(), in_c, hidden};
       weights_.expand_bias = expand_bias_.data();
       weights_.expand_clamp = expand->clamp;
     }
     depthwise_ = std::move(depthwise);
     project_bias_ = project.bias;
-    project_packed_ = pack(project.weight, hidden, out_c);
+    project_packed_ = project.packed.empty() ? pack(project.weight, hidden, out_c) : std::move(project.packed);
     weights_.depthwise = depthwise_.weight.data();
     weights_.depthwise_bias = depthwise_.bias.data();
     weights_.depthwise_clamp = depthwise_.clamp;
@@ -556,12 +583,24 @@ inline bool fuse_block(Steps& steps, size_t first, bool residual, Steps* shortcu
 
 inline Steps compile_layers(Sequential& model, bool fuse_plain_blocks = true);
 
+// A pointwise convolution and its BatchNorm, packed straight from the kernel (see FoldedConv).
+inline FoldedConv folded_pointwise(Conv2D& conv, BatchNorm& bn) {
+  const int64_t in = conv.input_shape()[2], out = conv.output_shape()[2];
+  EIGENNET_CHECK(conv.kernel().value.size() == in * out, "compile_for_inference: '", conv.name(),
+                 "' is not a 1x1 convolution");
+  FoldedConv f;
+  f.bias.assign(static_cast<size_t>(out), 0.0f);
+  if (conv.use_bias()) std::copy(conv.bias().value.data(), conv.bias().value.data() + out, f.bias.begin());
+  f.names = conv.name();
+  const std::vector<double> scale = fold_batch_norm_bias(f, bn);
+  f.packed = pack(conv.kernel().value.data(), in, out, &scale);
+  return f;
+}
+
 inline std::unique_ptr<Step> compile_inverted_residual(InvertedResidual& block) {
   FoldedConv expand;
   if (block.has_expansion()) {
-    Conv2D& e = block.expand();
-    expand = folded_from(e.kernel(), e.use_bias() ? &e.bias() : nullptr, e.output_shape()[2], e.name());
-    fold_batch_norm(expand, block.expand_bn());
+    expand = folded_pointwise(block.expand(), block.expand_bn());
     expand.clamp = kernels::Clamp{0.0f, 6.0f};
   }
   DepthwiseConv2D& d = block.depthwise();
@@ -569,9 +608,7 @@ inline std::unique_ptr<Step> compile_inverted_residual(InvertedResidual& block) 
       folded_from(d.kernel(), d.use_bias() ? &d.bias() : nullptr, d.output_shape()[2], d.name());
   fold_batch_norm(depthwise, block.depthwise_bn());
   depthwise.clamp = kernels::Clamp{0.0f, 6.0f};
-  Conv2D& p = block.project();
-  FoldedConv project = folded_from(p.kernel(), p.use_bias() ? &p.bias() : nullptr, p.output_shape()[2], p.name());
-  fold_batch_norm(project, block.project_bn());
+  FoldedConv project = folded_pointwise(block.project(), block.project_bn());
   return std::make_unique<InvertedResidualStep>(block.input_shape(), block.output_shape(),
                                                 block.has_expansion() ? &expand : nullptr, std::move(depthwise),
                                                 d.geometry(1), std::move(project),
