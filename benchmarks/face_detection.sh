@@ -28,6 +28,13 @@ scores=0.5,0.55,0.6,0.65,0.7,0.75,0.8
 wait
 "$bench" --split train --count 2000 --photos "$out/photos" --half even --model back_256 --tiles --tile-fraction 0.75 \
   --scores 0.55,0.6,0.65,0.7,0.75 --threads 1 --no-classify > "$out/train_back_256_tiles075.txt"
+# The tiles as square letterboxed inputs (the default before fitted tiles), and the whole picture
+# fitted too (not adopted): weights/README.md, "Fitted tiles".
+"$bench" --split train --count 2000 --photos "$out/photos" --half even --model back_256 --tiles --square \
+  --scores 0.6,0.65,0.7 --threads 1 --no-classify > "$out/train_back_256_square.txt" &
+"$bench" --split train --count 2000 --photos "$out/photos" --half even --model back_256 --tiles --fit-whole \
+  --scores 0.6,0.65,0.7 --threads 1 --no-classify > "$out/train_back_256_fit_whole.txt"
+wait
 
 # The settings chosen on the training side (weights/README.md), measured once on the test side,
 # with the emotion classifier on each crop choice (--report).

@@ -268,8 +268,9 @@ struct DetectionRegion {
 
 // The defaults are the setting chosen on FER-2013 training faces pasted into photos (the most
 // faces found with at most one false face per ten face-free photos; weights/README.md): the
-// 256x256 model, the tiled second pass, score 0.65 in both passes. fast() leaves out the tiles
-// (one run of the network instead of five on a 640x480 picture) for fewer small faces found.
+// 256x256 model, the tiled second pass (fitted tiles: two on a 640x480 picture), score 0.65 in
+// both passes. fast() leaves out the tiles (one run of the network instead of three on a 640x480
+// picture) for fewer small faces found.
 struct FaceDetectorOptions {
   BlazeFaceVariant variant = BlazeFaceVariant::back_256;
   std::string weights;         // empty: find_blazeface_weights(variant)
@@ -467,7 +468,10 @@ class FaceDetector {
     if (height == input_size() && width == input_size()) {
       s.compiled = std::make_unique<BlazeFaceInference>(net_);
     } else {
-      s.net = std::make_unique<BlazeFace>(options_.variant, 0, height, width);
+      {
+        SkipWeightInitialization loaded_next;  // the loaded weights are copied in below
+        s.net = std::make_unique<BlazeFace>(options_.variant, 0, height, width);
+      }
       const ParameterList from = net_.parameters(), to = s.net->parameters();
       for (size_t i = 0; i < from.size(); ++i) to[i]->value.copy_from(from[i]->value);
       s.compiled = std::make_unique<BlazeFaceInference>(*s.net);

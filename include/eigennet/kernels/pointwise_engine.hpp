@@ -159,6 +159,10 @@ inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int
 // whose (zero-started) partial sums are then added, so that float rounding grows with the block
 // length plus the number of blocks instead of with k (Eigen's GEMM blocks its depth the same way).
 constexpr int64_t sum_block = 128;
+// Weight gradients of at most this many rows and at least this many panels of columns are split
+// between threads by columns (the choice does not depend on the thread count, so neither does
+// the result).
+constexpr int64_t by_panels_max_rows = 2048, by_panels_min_panels = 4;
 
 // acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
 // sum_block terms. With acc_is_zero the first block accumulates straight into acc.
@@ -444,8 +448,55 @@ inline void multiply_with_batch_norm_sums(float* out, int64_t ldo, const float* 
   }
 }
 
+namespace detail {
+// The weight gradient's split by columns (see multiply_transposed): each panel of c's columns is
+// one item, summed over all m rows (in chunks that stay in cache) in a [k, panel_width] scratch of
+// the thread that runs it, then stored into c.
+inline void multiply_transposed_by_panels(float* c, const float* a, int64_t lda, const float* b, int64_t ldb,
+                                          int64_t m, int64_t k, int64_t n, bool accumulate) {
+  const int64_t panels = panel_count(n);
+  const int64_t chunk = std::clamp<int64_t>((512 * 1024) / (4 * (k + panel_width)), 16, 1024);
+  parallel_for(panels, m * k * n, [&](int64_t p) {
+    const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
+    float* cp = aligned_scratch<36>(static_cast<size_t>(k * panel_width));
+    std::fill_n(cp, k * panel_width, 0.0f);
+    float* padded = aligned_scratch<37>(static_cast<size_t>(chunk * panel_width));
+    Packet acc[tile_rows][vectors];
+    for (int64_t c0 = 0; c0 < m; c0 += chunk) {
+      const int64_t rows = std::min(m, c0 + chunk) - c0;
+      const float* bp = b + c0 * ldb + n0;
+      int64_t ldbp = ldb;
+      if (valid < panel_width) {
+        for (int64_t r = 0; r < rows; ++r) {
+          std::memcpy(padded + r * panel_width, bp + r * ldb, static_cast<size_t>(valid) * sizeof(float));
+          std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
+        }
+        bp = padded;
+        ldbp = panel_width;
+      }
+      for (int64_t i = 0; i < k; i += tile_rows) {
+        const int64_t start = std::min(i, k - tile_rows);  // overlapping last tile, as in multiply_rows
+        float* ct = cp + start * panel_width;
+        for (int r = 0; r < tile_rows; ++r)
+          for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * panel_width + v * simd::width);
+        accumulate_tile<true>(acc, a + c0 * lda + start, lda, bp, ldbp, rows, false);
+        for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
+          for (int v = 0; v < vectors; ++v) simd::store(ct + r * panel_width + v * simd::width, acc[r][v]);
+      }
+    }
+    for (int64_t i = 0; i < k; ++i) {
+      float* row = c + i * n + n0;
+      const float* sum = cp + i * panel_width;
+      for (int64_t j = 0; j < valid; ++j) row[j] = (accumulate ? row[j] : 0.0f) + sum[j];
+    }
+  });
+}
+}  // namespace detail
+
 // c [k, n] (+)= a^T b, where a is [m, k] (lda) and b is [m, n] (ldb): the weight gradient of a
-// 1x1 convolution (a: its input, b: its output gradient). Rows (pixels) are split between
+// 1x1 convolution (a: its input, b: its output gradient). Few rows and many columns (the late
+// layers: 288 pixels, 160-1280 channels) are split by panels of columns: each thread sums its
+// panels over all rows, and nothing is reduced. Otherwise rows (pixels) are split between
 // threads; each sums its share into its own partial [k, n] in chunks of rows that stay in cache,
 // and the partials are added in thread order.
 inline void multiply_transposed(float* c, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t m,
@@ -457,6 +508,8 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
   }
   // Fewer input channels than a tile's rows: each chunk of a goes through a zero-padded copy.
   const bool narrow = k < tile_rows;
+  if (!narrow && m <= detail::by_panels_max_rows && panel_count(n) >= detail::by_panels_min_panels)
+    return detail::multiply_transposed_by_panels(c, a, lda, b, ldb, m, k, n, accumulate);
   const int64_t kp = narrow ? tile_rows : k;
   const int64_t panels = panel_count(n), width = panels * panel_width;
   const int blocks = blocks_for(m, k * n);
