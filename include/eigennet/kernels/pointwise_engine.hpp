@@ -449,6 +449,31 @@ inline void multiply_with_batch_norm_sums(float* out, int64_t ldo, const float* 
 }
 
 namespace detail {
+// One panel's share of a weight gradient over a chunk of rows: c [k, panel] (ldc) += a^T b for
+// rows of a [rows, k] (lda) and of b's panel (ldb, `valid` of its columns; a partial panel goes
+// through the zero-padded copy `padded`, rows x panel_width), tile by tile of k (k >= tile_rows).
+inline void accumulate_panel_rows(float* c, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+                                  int64_t rows, int64_t k, int64_t valid, float* padded) {
+  if (valid < panel_width) {
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(padded + r * panel_width, b + r * ldb, static_cast<size_t>(valid) * sizeof(float));
+      std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
+    }
+    b = padded;
+    ldb = panel_width;
+  }
+  Packet acc[tile_rows][vectors];
+  for (int64_t i = 0; i < k; i += tile_rows) {
+    const int64_t start = std::min(i, k - tile_rows);  // overlapping last tile, as in multiply_rows
+    float* ct = c + start * ldc;
+    for (int r = 0; r < tile_rows; ++r)
+      for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * ldc + v * simd::width);
+    accumulate_tile<true>(acc, a + start, lda, b, ldb, rows, false);
+    for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
+      for (int v = 0; v < vectors; ++v) simd::store(ct + r * ldc + v * simd::width, acc[r][v]);
+  }
+}
+
 // The weight gradient's split by columns (see multiply_transposed): each panel of c's columns is
 // one item, summed over all m rows (in chunks that stay in cache) in a [k, panel_width] scratch of
 // the thread that runs it, then stored into c.
@@ -461,29 +486,9 @@ inline void multiply_transposed_by_panels(float* c, const float* a, int64_t lda,
     float* cp = aligned_scratch<36>(static_cast<size_t>(k * panel_width));
     std::fill_n(cp, k * panel_width, 0.0f);
     float* padded = aligned_scratch<37>(static_cast<size_t>(chunk * panel_width));
-    Packet acc[tile_rows][vectors];
-    for (int64_t c0 = 0; c0 < m; c0 += chunk) {
-      const int64_t rows = std::min(m, c0 + chunk) - c0;
-      const float* bp = b + c0 * ldb + n0;
-      int64_t ldbp = ldb;
-      if (valid < panel_width) {
-        for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(padded + r * panel_width, bp + r * ldb, static_cast<size_t>(valid) * sizeof(float));
-          std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
-        }
-        bp = padded;
-        ldbp = panel_width;
-      }
-      for (int64_t i = 0; i < k; i += tile_rows) {
-        const int64_t start = std::min(i, k - tile_rows);  // overlapping last tile, as in multiply_rows
-        float* ct = cp + start * panel_width;
-        for (int r = 0; r < tile_rows; ++r)
-          for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * panel_width + v * simd::width);
-        accumulate_tile<true>(acc, a + c0 * lda + start, lda, bp, ldbp, rows, false);
-        for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
-          for (int v = 0; v < vectors; ++v) simd::store(ct + r * panel_width + v * simd::width, acc[r][v]);
-      }
-    }
+    for (int64_t c0 = 0; c0 < m; c0 += chunk)
+      accumulate_panel_rows(cp, panel_width, a + c0 * lda, lda, b + c0 * ldb + n0, ldb, std::min(m, c0 + chunk) - c0, k,
+                            valid, padded);
     for (int64_t i = 0; i < k; ++i) {
       float* row = c + i * n + n0;
       const float* sum = cp + i * panel_width;
@@ -522,7 +527,6 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
     // b's last panel, when partial, goes through a zero-padded copy (the kernel reads whole panels).
     float* padded = aligned_scratch<25>(static_cast<size_t>(chunk * panel_width));
     float* a_padded = narrow ? aligned_scratch<35>(static_cast<size_t>(chunk * tile_rows)) : nullptr;
-    Packet acc[pointwise::tile_rows][vectors];
     for (int64_t c0 = begin; c0 < end; c0 += chunk) {
       const int64_t rows = std::min(end, c0 + chunk) - c0;
       const float* ac = a + c0 * lda;
@@ -537,25 +541,7 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
       }
       for (int64_t p = 0; p < panels; ++p) {
         const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
-        const float* bp = b + c0 * ldb + n0;
-        int64_t ldbp = ldb;
-        if (valid < panel_width) {
-          for (int64_t r = 0; r < rows; ++r) {
-            std::memcpy(padded + r * panel_width, bp + r * ldb, static_cast<size_t>(valid) * sizeof(float));
-            std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
-          }
-          bp = padded;
-          ldbp = panel_width;
-        }
-        for (int64_t i = 0; i < kp; i += tile_rows) {
-          const int64_t start = std::min(i, kp - tile_rows);  // overlapping last tile, as in multiply_rows
-          float* ct = cp + start * width + n0;
-          for (int r = 0; r < tile_rows; ++r)
-            for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * width + v * simd::width);
-          detail::accumulate_tile<true>(acc, ac + start, ldac, bp, ldbp, rows, false);
-          for (int r = static_cast<int>(i - start); r < tile_rows; ++r)
-            for (int v = 0; v < vectors; ++v) simd::store(ct + r * width + v * simd::width, acc[r][v]);
-        }
+        detail::accumulate_panel_rows(cp + n0, width, ac, ldac, b + c0 * ldb + n0, ldb, rows, kp, valid, padded);
       }
     }
   });
