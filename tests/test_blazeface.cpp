@@ -468,6 +468,18 @@ TEST_CASE("detection tiles and the selection of candidates over passes") {
   const std::vector<DetectionRegion> squares = square_detector.regions(640, 480);
   REQUIRE(squares.size() == 5);
   CHECK(square_detector.input_shape(squares[1]) == std::make_pair(256, 256));
+  // Pictures of many sizes: each new tile shape is compiled once, and at most max_shapes are kept.
+  CHECK(detector.network_shapes() == 1);
+  for (int height : {480, 300, 200, 160, 120, 100, 90, 480, 80, 60}) {
+    Image flat;
+    flat.width = 640;
+    flat.height = height;
+    flat.channels = 1;
+    flat.pixels.assign(static_cast<size_t>(640 * height), 128);
+    CHECK(detector.detect(flat).empty());
+    CHECK(detector.network_shapes() <= FaceDetector::max_shapes);
+  }
+  CHECK(detector.network_shapes() == FaceDetector::max_shapes);
   // select(): each pass has its own threshold, suppression within and then across passes.
   const std::vector<std::vector<FaceDetection>> passes = {
       {detection({10, 10, 50, 50}, 0.9f), detection({12, 10, 50, 50}, 0.55f), detection({300, 10, 40, 40}, 0.6f)},

@@ -344,6 +344,10 @@ class FaceDetector {
   }
   // The anchors of the variant's own square input.
   const std::vector<Anchor>& anchors() const { return shaped_.front().anchors; }
+  // Input shapes compiled so far and kept (the square one, and the most recently used others:
+  // at most max_shapes, so pictures of many sizes do not grow the memory without end).
+  size_t network_shapes() const { return shaped_.size(); }
+  static constexpr size_t max_shapes = 6;
   int input_size() const { return static_cast<int>(net_.input_size()); }
 
   // The faces in an RGB or grayscale picture, best first, in its pixels.
@@ -458,6 +462,7 @@ class FaceDetector {
   // The network built for one input shape, the loaded weights copied in, compiled.
   struct Shaped {
     int height = 0, width = 0;
+    uint64_t last_use = 0;
     std::unique_ptr<BlazeFace> net;  // kept: a compiled net may fall back to its layers
     std::unique_ptr<BlazeFaceInference> compiled;
     std::vector<Anchor> anchors;
@@ -483,9 +488,19 @@ class FaceDetector {
     return s;
   }
   Shaped& shaped(int height, int width) {
+    ++uses_;
     for (Shaped& s : shaped_)
-      if (s.height == height && s.width == width) return s;
+      if (s.height == height && s.width == width) {
+        s.last_use = uses_;
+        return s;
+      }
+    if (shaped_.size() >= max_shapes) {  // drop the least recently used, never the square one
+      auto oldest = std::min_element(shaped_.begin() + 1, shaped_.end(),
+                                     [](const Shaped& a, const Shaped& b) { return a.last_use < b.last_use; });
+      shaped_.erase(oldest);
+    }
     shaped_.push_back(make_shaped(height, width));
+    shaped_.back().last_use = uses_;
     return shaped_.back();
   }
   // True when the box reaches an edge of the tile that lies inside the picture.
@@ -499,6 +514,7 @@ class FaceDetector {
   FaceDetectorOptions options_;
   BlazeFace net_;
   std::vector<Shaped> shaped_;  // the square input's first
+  uint64_t uses_ = 0;
   Tensor input_, scores_, boxes_;
 };
 
