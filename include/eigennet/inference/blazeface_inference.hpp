@@ -21,8 +21,6 @@ class BlazeFaceInference {
  public:
   explicit BlazeFaceInference(BlazeFace& net)
       : arch_(net.architecture()),
-        height_(net.input_height()),
-        width_(net.input_width()),
         to_16x16_(compile_for_inference(net.to_16x16())),
         to_8x8_(compile_for_inference(net.to_8x8())) {
     Conv2D* heads[4] = {&net.classifier_16x16(), &net.regressor_16x16(), &net.classifier_8x8(), &net.regressor_8x8()};
@@ -34,8 +32,6 @@ class BlazeFaceInference {
   }
 
   int64_t input_size() const { return arch_.input_size; }
-  int64_t input_height() const { return height_; }
-  int64_t input_width() const { return width_; }
 
   // x: [N, input_height, input_width, 3] in [-1, 1]; scores: [N, anchors] logits;
   // boxes: [N, anchors, 16].
@@ -54,7 +50,6 @@ class BlazeFaceInference {
 
  private:
   BlazeFaceArchitecture arch_;
-  int64_t height_, width_;
   InferenceNet to_16x16_, to_8x8_;
   std::unique_ptr<inference::ConvStep> heads_[4];
   Tensor head_out_[4];

@@ -522,12 +522,18 @@ inline void flatten_layers(Sequential& s, std::vector<Layer*>& out) {
   }
 }
 
-inline FoldedConv folded_from(Parameter& kernel, Parameter* bias, int64_t out_channels, const std::string& name) {
+// A layer's bias (zeros without one) and name, its weights not yet taken.
+inline FoldedConv folded_bias(Parameter* bias, int64_t out_channels, const std::string& name) {
   FoldedConv f;
-  f.weight.assign(kernel.value.data(), kernel.value.data() + kernel.value.size());
   f.bias.assign(static_cast<size_t>(out_channels), 0.0f);
   if (bias) std::copy(bias->value.data(), bias->value.data() + out_channels, f.bias.begin());
   f.names = name;
+  return f;
+}
+
+inline FoldedConv folded_from(Parameter& kernel, Parameter* bias, int64_t out_channels, const std::string& name) {
+  FoldedConv f = folded_bias(bias, out_channels, name);
+  f.weight.assign(kernel.value.data(), kernel.value.data() + kernel.value.size());
   return f;
 }
 
@@ -588,10 +594,7 @@ inline FoldedConv folded_pointwise(Conv2D& conv, BatchNorm& bn) {
   const int64_t in = conv.input_shape()[2], out = conv.output_shape()[2];
   EIGENNET_CHECK(conv.kernel().value.size() == in * out, "compile_for_inference: '", conv.name(),
                  "' is not a 1x1 convolution");
-  FoldedConv f;
-  f.bias.assign(static_cast<size_t>(out), 0.0f);
-  if (conv.use_bias()) std::copy(conv.bias().value.data(), conv.bias().value.data() + out, f.bias.begin());
-  f.names = conv.name();
+  FoldedConv f = folded_bias(conv.use_bias() ? &conv.bias() : nullptr, out, conv.name());
   const std::vector<double> scale = fold_batch_norm_bias(f, bn);
   f.packed = pack(conv.kernel().value.data(), in, out, &scale);
   return f;
