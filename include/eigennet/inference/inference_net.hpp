@@ -126,31 +126,21 @@ inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
     for (size_t o = 0; o < c; ++o) f.weight[row + o] = static_cast<float>(static_cast<double>(f.weight[row + o]) * scale[o]);
 }
 
-// Packs w [k, n] into the pointwise engine's panels, each column scaled by `scale` when given (as
-// fold_batch_norm scales it: the same floats). The panels are packed on all threads: loading a
-// model is mostly first touches of its memory.
+// Packs w [k, n] into panels, each column scaled by `scale` when given (as fold_batch_norm
+// scales it: the same floats).
 inline AlignedFloats pack(const float* w, int64_t k, int64_t n, const std::vector<double>* scale = nullptr) {
-  namespace pw = kernels::pointwise;
-  AlignedFloats packed(static_cast<size_t>(pw::packed_size(k, n)));
-  const int64_t width = pw::panel_width, panels = pw::panel_count(n);
-  const int64_t chunks = k * n >= (int64_t{1} << 15) ? std::min<int64_t>(panels, 4 * max_threads()) : 1;
-  parallel_items(chunks, [&](int64_t chunk) {
-    for (int64_t p = panels * chunk / chunks; p < panels * (chunk + 1) / chunks; ++p) {
+  AlignedFloats packed(static_cast<size_t>(kernels::pointwise::packed_size(k, n)));
+  kernels::pointwise::pack_panels(packed.data(), w, k, n, false);
+  if (scale != nullptr) {
+    const int64_t width = kernels::pointwise::panel_width;
+    for (int64_t p = 0; p < kernels::pointwise::panel_count(n); ++p) {
       const int64_t n0 = p * width, valid = std::min<int64_t>(width, n - n0);
       float* panel = packed.data() + p * k * width;
-      for (int64_t kk = 0; kk < k; ++kk) {
-        float* dst = panel + kk * width;
-        const float* src = w + kk * n + n0;
-        if (scale == nullptr) {
-          std::memcpy(dst, src, static_cast<size_t>(valid) * sizeof(float));
-        } else {
-          for (int64_t j = 0; j < valid; ++j)
-            dst[j] = static_cast<float>(static_cast<double>(src[j]) * (*scale)[static_cast<size_t>(n0 + j)]);
-        }
-        for (int64_t j = valid; j < width; ++j) dst[j] = 0.0f;
-      }
+      for (int64_t kk = 0; kk < k; ++kk)
+        for (int64_t j = 0; j < valid; ++j)
+          panel[kk * width + j] = static_cast<float>(static_cast<double>(panel[kk * width + j]) * (*scale)[static_cast<size_t>(n0 + j)]);
     }
-  });
+  }
   return packed;
 }
 inline AlignedFloats pack(const std::vector<float>& w, int64_t k, int64_t n) { return pack(w.data(), k, n); }

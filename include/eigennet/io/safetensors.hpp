@@ -39,7 +39,6 @@
 #include <vector>
 
 #include "../core/error.hpp"
-#include "../core/parallel.hpp"
 #include "../core/tensor.hpp"
 #include "json.hpp"
 
@@ -309,16 +308,14 @@ inline Header parse_header(const char* json, size_t size, uint64_t data_size, co
   return header;
 }
 
-// Reads a validated file: read(offset, size, destination) fills bytes of the data section (it
-// must be safe to call from several threads at once). The tensors are allocated first, their
-// memory untouched, then filled on all threads: most of the time of reading a weight file goes
-// to the first touch of that memory, which the threads share.
+// Reads a validated file: read(offset, size, destination) fills bytes of the data section.
 template <typename ReadData>
 SafetensorsFile load(const Header& header, const std::string& path, const std::string& file, ReadData&& read) {
   SafetensorsFile out;
   out.path = path;
   out.metadata = header.metadata;
   out.tensors.reserve(header.entries.size());
+  std::vector<unsigned char> staging;
   for (const Entry& e : header.entries) {
     if (!convertible_to_float(e.dtype))
       fail(file, ": tensor ", quote_name(e.name), ": dtype ", e.dtype,
@@ -327,21 +324,18 @@ SafetensorsFile load(const Header& header, const std::string& path, const std::s
     t.name = e.name;
     t.dtype = e.dtype;
     t.tensor = Tensor(e.shape);
+    const uint64_t bytes = e.end - e.begin;
+    if (bytes > 0) {
+      if (e.dtype == "F32" && host_is_little_endian()) {
+        read(e.begin, bytes, reinterpret_cast<unsigned char*>(t.tensor.data()));
+      } else {
+        staging.resize(static_cast<size_t>(bytes));
+        read(e.begin, bytes, staging.data());
+        convert_to_float(t.tensor.data(), staging.data(), t.tensor.size(), e.dtype);
+      }
+    }
     out.tensors.push_back(std::move(t));
   }
-  parallel_items(static_cast<int64_t>(header.entries.size()), [&](int64_t i) {
-    const Entry& e = header.entries[static_cast<size_t>(i)];
-    Tensor& tensor = out.tensors[static_cast<size_t>(i)].tensor;
-    const uint64_t bytes = e.end - e.begin;
-    if (bytes == 0) return;
-    if (e.dtype == "F32" && host_is_little_endian()) {
-      read(e.begin, bytes, reinterpret_cast<unsigned char*>(tensor.data()));
-    } else {
-      std::vector<unsigned char> staging(static_cast<size_t>(bytes));
-      read(e.begin, bytes, staging.data());
-      convert_to_float(tensor.data(), staging.data(), tensor.size(), e.dtype);
-    }
-  });
   return out;
 }
 
