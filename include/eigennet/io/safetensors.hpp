@@ -326,6 +326,7 @@ SafetensorsFile load(const Header& header, const std::string& path, const std::s
     t.tensor = Tensor(e.shape);
     const uint64_t bytes = e.end - e.begin;
     if (bytes > 0) {
+      prefault_for_writing(t.tensor.data(), static_cast<size_t>(t.tensor.size()) * sizeof(float));
       if (e.dtype == "F32" && host_is_little_endian()) {
         read(e.begin, bytes, reinterpret_cast<unsigned char*>(t.tensor.data()));
       } else {
