@@ -59,6 +59,27 @@ TEST_CASE("A new Tensor is zero even where freed memory held other values, at ev
   }
 }
 
+TEST_CASE("prefault_for_writing maps pages without changing what they hold") {
+  // It only asks the kernel to map pages ahead of the writes: fresh memory stays zero, written
+  // memory keeps its values, inside and at the unaligned edges of the range, at every size
+  // (below the 64 KiB it skips, and above), and a range outside any page it may map is harmless.
+  for (int64_t n : {int64_t{100}, int64_t{40000}, int64_t{3} << 20}) {
+    CAPTURE(n);
+    Tensor fresh(Shape{n});
+    prefault_for_writing(fresh.data() + 1, static_cast<size_t>(n - 2) * sizeof(float));
+    bool zero = true;
+    for (int64_t i = 0; i < n; ++i) zero &= fresh[i] == 0.0f;
+    CHECK(zero);
+    Tensor written(Shape{n});
+    for (int64_t i = 0; i < n; ++i) written[i] = static_cast<float>(i % 1000) + 0.5f;
+    prefault_for_writing(written.data() + 3, static_cast<size_t>(n - 5) * sizeof(float));
+    bool kept = true;
+    for (int64_t i = 0; i < n; ++i) kept &= written[i] == static_cast<float>(i % 1000) + 0.5f;
+    CHECK(kept);
+  }
+  prefault_for_writing(nullptr, 0);
+}
+
 TEST_CASE("SkipWeightInitialization leaves new weights zero on its thread, and only while it lives") {
   const auto kernel_sum = [](Sequential& net) {
     double sum = 0;
