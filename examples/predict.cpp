@@ -216,6 +216,6 @@ int main(int argc, char** argv) {
         canvas.draw_text(1, 1, labels.front(), colors::orange, 1);
       canvas.save_png(annotate);
     }
-    return failures ? 1 : without_faces ? 3 : 0;
+    cli::exit_without_cleanup("predict", failures ? 1 : without_faces ? 3 : 0);
   });
 }

@@ -158,6 +158,37 @@ TEST_CASE("BlazeFace compiled for inference equals the plain network: every bloc
   }
 }
 
+TEST_CASE("BlazeFace compiled for two input sizes in one set of activation buffers gives what each gives alone") {
+  // The detector's runs (the square whole picture, then fitted tiles) share buffers: run
+  // alternately, each must still give what a net with buffers of its own gives.
+  BlazeFace square(BlazeFaceVariant::front_128, 5);
+  BlazeFace tall(BlazeFaceVariant::front_128, 0, 160, 96);
+  const ParameterList from = square.parameters(), to = tall.parameters();
+  for (size_t i = 0; i < from.size(); ++i) to[i]->value.copy_from(from[i]->value);
+  BlazeFaceInference square_alone = compile_for_inference(square), tall_alone = compile_for_inference(tall);
+  BlazeFaceInference square_shared = compile_for_inference(square), tall_shared = compile_for_inference(tall);
+  tall_shared.share_buffers_with(square_shared);
+  Rng rng(3);
+  const auto random_input = [&](int64_t batch, int64_t height, int64_t width) {
+    Tensor x(Shape{batch, height, width, 3});
+    for (int64_t i = 0; i < x.size(); ++i) x[i] = rng.uniform(-1.0f, 1.0f);
+    return x;
+  };
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    const Tensor a = random_input(1 + round, 128, 128), b = random_input(2 - round, 160, 96);
+    Tensor scores, boxes, shared_scores, shared_boxes;
+    square_alone.forward(a, scores, boxes);
+    square_shared.forward(a, shared_scores, shared_boxes);
+    CHECK(relative_error(shared_scores, scores) == 0.0);
+    CHECK(relative_error(shared_boxes, boxes) == 0.0);
+    tall_alone.forward(b, scores, boxes);
+    tall_shared.forward(b, shared_scores, shared_boxes);
+    CHECK(relative_error(shared_scores, scores) == 0.0);
+    CHECK(relative_error(shared_boxes, boxes) == 0.0);
+  }
+}
+
 TEST_CASE("BlazeFace weights: a clear error for the wrong file or variant") {
   CHECK_THROWS_WITH_AS(BlazeFace(BlazeFaceVariant::back_256, 0, 100, 256), Contains("is not a multiple of 32"), Error);
   CHECK(BlazeFace(BlazeFaceVariant::back_256, 0, 192, 256).anchor_count() ==

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <csetjmp>
 #include <cstdint>
 #include <cstdlib>
@@ -23,6 +24,7 @@
 #include "test_util.hpp"
 #include <eigennet/data/image.hpp>
 #include <eigennet/data/image_folder.hpp>
+#include <eigennet/data/resample.hpp>
 
 using namespace eigennet;
 namespace fs = std::filesystem;
@@ -705,4 +707,65 @@ TEST_CASE("decoding is thread-safe: every fixture decoded on all threads at once
     mismatches[static_cast<size_t>(i)] = !ok || image.pixels != serial[static_cast<size_t>(i % n)];
   }
   CHECK(std::count(mismatches.begin(), mismatches.end(), 1) == 0);
+}
+
+TEST_CASE("resize_to_floats: resize_image's tent filter straight into floats, without its rounding to 8 bits") {
+  // Random pictures resized both ways: stb_image_resize to 8 bits, then mapped to [-1, 1], and
+  // resize_to_floats mapping to [-1, 1] itself. The two may differ only by stb's rounding to a
+  // whole 8-bit value (half a step: 0.5 / 127.5) and float rounding; a weight at the wrong place
+  // or of the wrong size differs by many steps on random pixels.
+  uint32_t state = 12345;
+  const auto next = [&] {
+    state = state * 1664525u + 1013904223u;
+    return static_cast<uint8_t>(state >> 24);
+  };
+  struct Case {
+    int in_h, in_w, out_h, out_w;
+  };
+  const Case cases[] = {{48, 64, 19, 25},  {61, 97, 25, 40}, {50, 50, 33, 17}, {7, 13, 20, 31},
+                        {32, 40, 48, 48},  {20, 20, 20, 20}, {1, 9, 3, 4},     {30, 24, 30, 16}};
+  for (const Case& c : cases)
+    for (int channels : {1, 3}) {
+      CAPTURE(c.in_w);
+      CAPTURE(c.in_h);
+      CAPTURE(c.out_w);
+      CAPTURE(c.out_h);
+      CAPTURE(channels);
+      // The region is a window of a wider picture (its rows are further apart than its width).
+      const int stride_pixels = c.in_w + 5;
+      std::vector<uint8_t> picture(static_cast<size_t>(c.in_h) * stride_pixels * channels);
+      for (uint8_t& v : picture) v = next();
+      std::vector<uint8_t> window(static_cast<size_t>(c.in_h) * c.in_w * channels);
+      for (int y = 0; y < c.in_h; ++y)
+        std::copy_n(picture.data() + static_cast<size_t>(y) * stride_pixels * channels, c.in_w * channels,
+                    window.data() + static_cast<size_t>(y) * c.in_w * channels);
+      std::vector<uint8_t> stb(static_cast<size_t>(c.out_h) * c.out_w * channels);
+      REQUIRE(resize_image(window.data(), c.in_h, c.in_w, channels, stb.data(), c.out_h, c.out_w));
+      // Written into the middle of wider rows: the samples around must stay untouched.
+      const int out_stride = (c.out_w + 2) * 3;
+      std::vector<float> floats(static_cast<size_t>(c.out_h) * out_stride, 7.0f);
+      resize_to_floats(picture.data(), int64_t{stride_pixels} * channels, c.in_h, c.in_w, channels, floats.data() + 3,
+                       out_stride, c.out_h, c.out_w, 1.0f / 127.5f, -1.0f);
+      double worst = 0;
+      for (int y = 0; y < c.out_h; ++y) {
+        CHECK(floats[static_cast<size_t>(y) * out_stride] == 7.0f);
+        CHECK(floats[static_cast<size_t>(y) * out_stride + 3 * (c.out_w + 1) + 2] == 7.0f);
+        for (int x = 0; x < c.out_w; ++x)
+          for (int k = 0; k < 3; ++k) {
+            const uint8_t expected = stb[(static_cast<size_t>(y) * c.out_w + x) * channels + (channels == 3 ? k : 0)];
+            const float got = floats[static_cast<size_t>(y) * out_stride + 3 + 3 * x + k];
+            worst = std::max(worst, std::abs(static_cast<double>(got) - (expected / 127.5 - 1.0)));
+          }
+      }
+      CHECK(worst <= 0.5 / 127.5 + 1e-5);
+      if (c.in_h == c.out_h && c.in_w == c.out_w) CHECK(worst <= 1e-6);  // the same size is a copy
+    }
+  // The taps of every output sample sum to 1.
+  const TentTaps halve = tent_taps(8, 4);
+  for (int j = 0; j < 4; ++j) {
+    float total = 0;
+    for (int t = 0; t < halve.taps; ++t) total += halve.weight[static_cast<size_t>(j * halve.taps + t)];
+    CHECK(total == doctest::Approx(1.0f));
+  }
+  CHECK_THROWS_WITH_AS(tent_taps(0, 4), doctest::Contains("invalid sizes"), Error);
 }

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <functional>
 #include <map>
@@ -178,6 +179,18 @@ inline int run(const char* program, const std::function<int()>& main_body) {
     std::fprintf(stderr, "%s: error: %s\n", program, e.what());
     return 1;
   }
+}
+
+// Ends the process with `status` once its output is flushed, without destroying what main
+// built: the kernel takes a loaded model's memory back at exit in one go, while destructors hand
+// it back block by block (measured: 4-5 ms of a 55 ms predict of one photo). For the end of a
+// program only, when every file it wrote is closed.
+[[noreturn]] inline void exit_without_cleanup(const char* program, int status) {
+  if (std::fflush(nullptr) != 0) {  // e.g. stdout on a full disk: say so, as a normal exit would not
+    std::fprintf(stderr, "%s: error: writing the output failed: %s\n", program, std::strerror(errno));
+    std::_Exit(1);
+  }
+  std::_Exit(status);
 }
 
 // Splits "a,b,c" into its non-empty parts.

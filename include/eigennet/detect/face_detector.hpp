@@ -5,8 +5,9 @@
 //   for (const FaceDetection& face : detector.detect(image)) ...
 //
 // The steps, as MediaPipe's face detection graph does them:
-//   1. letterbox: the picture is scaled to fit the model's square input keeping its aspect ratio,
-//      centred, the borders black, and mapped to [-1, 1] (x / 127.5 - 1); or "fitted": scaled
+//   1. letterbox: the picture is scaled (data/resample.hpp) to fit the model's square input
+//      keeping its aspect ratio, centred, the borders black, and mapped to [-1, 1]
+//      (x / 127.5 - 1); or "fitted": scaled
 //      alike but padded only to the next multiple of the network's coarse stride (the network is
 //      convolutional, models/blazeface.hpp), so a 640x480 picture becomes a 256x192 input
 //      (fit_whole; off by default: measured, the network finds fewer faces without the black
@@ -43,6 +44,7 @@
 
 #include "../core/tensor.hpp"
 #include "../data/image.hpp"
+#include "../data/resample.hpp"
 #include "../io/model_io.hpp"
 #include "../io/weights_folders.hpp"
 #include "../core/parallel.hpp"
@@ -204,27 +206,11 @@ inline Letterbox letterbox_image(const Image& image, int region_x, int region_y,
   const int new_w = static_cast<int>(std::lround(l.scale_x * static_cast<float>(region_w)));
   const int new_h = static_cast<int>(std::lround(l.scale_y * static_cast<float>(region_h)));
   const int c = image.channels;
-  thread_local std::vector<uint8_t> region, scaled;
-  const uint8_t* source = image.pixels.data() + (static_cast<int64_t>(region_y) * image.width + region_x) * c;
-  int stride = image.width * c;
-  if (region_w != image.width || region_h != image.height) {
-    region.resize(static_cast<size_t>(region_w) * region_h * c);
-    for (int y = 0; y < region_h; ++y)
-      std::copy_n(source + static_cast<int64_t>(y) * stride, region_w * c, region.data() + static_cast<size_t>(y) * region_w * c);
-    source = region.data();
-    stride = region_w * c;
-  }
-  scaled.resize(static_cast<size_t>(new_w) * new_h * c);
-  EIGENNET_CHECK(resize_image(source, region_h, region_w, c, scaled.data(), new_h, new_w), "letterbox: resizing ",
-                 region_w, "x", region_h, " to ", new_w, "x", new_h, " failed");
   std::fill_n(input, static_cast<int64_t>(input_w) * input_h * 3, -1.0f);
-  const int px = static_cast<int>(l.pad_x), py = static_cast<int>(l.pad_y);
-  for (int y = 0; y < new_h; ++y)
-    for (int x = 0; x < new_w; ++x) {
-      const uint8_t* p = scaled.data() + (static_cast<size_t>(y) * new_w + x) * c;
-      float* o = input + (static_cast<int64_t>(y + py) * input_w + x + px) * 3;
-      for (int k = 0; k < 3; ++k) o[k] = static_cast<float>(p[c == 3 ? k : 0]) / 127.5f - 1.0f;
-    }
+  const uint8_t* source = image.pixels.data() + (static_cast<int64_t>(region_y) * image.width + region_x) * c;
+  float* placed = input + (static_cast<int64_t>(l.pad_y) * input_w + static_cast<int64_t>(l.pad_x)) * 3;
+  resize_to_floats(source, int64_t{image.width} * c, region_h, region_w, c, placed, int64_t{input_w} * 3, new_h, new_w,
+                   1.0f / 127.5f, -1.0f);
   return l;
 }
 inline Letterbox letterbox_image(const Image& image, int region_x, int region_y, int region_w, int region_h, int size,
@@ -423,41 +409,57 @@ class FaceDetector {
                                                          float min_score) {
     const int64_t n = static_cast<int64_t>(regions.size());
     EIGENNET_CHECK(n > 0, "FaceDetector: no region to look at");
+    // The runs: consecutive regions of one input shape, at most regions_per_run each.
+    struct Run {
+      int64_t first = 0, count = 0;
+      int width = 0, height = 0;
+    };
+    std::vector<Run> runs;
+    std::vector<size_t> run_of(static_cast<size_t>(n));
+    for (int64_t r = 0; r < n; ++r) {
+      const auto [width, height] = input_shape(regions[static_cast<size_t>(r)]);
+      if (runs.empty() || runs.back().count == regions_per_run || runs.back().width != width ||
+          runs.back().height != height)
+        runs.push_back({r, 0, width, height});
+      ++runs.back().count;
+      run_of[static_cast<size_t>(r)] = runs.size() - 1;
+    }
+    if (inputs_.size() < runs.size()) inputs_.resize(runs.size());
+    for (size_t k = 0; k < runs.size(); ++k) inputs_[k].resize(Shape{runs[k].count, runs[k].height, runs[k].width, 3});
+    // Every region is resized before any run, all regions on all threads: one run's regions alone
+    // would leave a thread idle (the whole picture is a run of one).
+    std::vector<Letterbox> letterboxes(static_cast<size_t>(n));
+    parallel_items(n, [&](int64_t r) {
+      const Run& run = runs[run_of[static_cast<size_t>(r)]];
+      const Box& b = regions[static_cast<size_t>(r)].box;
+      float* input = inputs_[run_of[static_cast<size_t>(r)]].data() + (r - run.first) * int64_t{run.width} * run.height * 3;
+      letterboxes[static_cast<size_t>(r)] =
+          letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
+                          static_cast<int>(b.height), run.width, run.height, input);
+    });
     std::vector<std::vector<FaceDetection>> found(static_cast<size_t>(n));
-    for (int64_t r0 = 0; r0 < n;) {
-      const auto [width, height] = input_shape(regions[static_cast<size_t>(r0)]);
-      int64_t count = 1;
-      while (count < regions_per_run && r0 + count < n &&
-             input_shape(regions[static_cast<size_t>(r0 + count)]) == std::make_pair(width, height))
-        ++count;
-      Shaped& net = shaped(height, width);
-      const int64_t image_floats = int64_t{width} * height * 3, anchors = static_cast<int64_t>(net.anchors.size());
-      input_.resize(Shape{count, height, width, 3});
-      std::vector<Letterbox> letterboxes(static_cast<size_t>(count));
-      // The regions of a run are resized on all threads, each into its slot of the batch.
-      parallel_items(count, [&](int64_t r) {
-        const Box& b = regions[static_cast<size_t>(r0 + r)].box;
-        letterboxes[static_cast<size_t>(r)] =
-            letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
-                            static_cast<int>(b.height), width, height, input_.data() + r * image_floats);
-      });
-      net.compiled->forward(input_, scores_, boxes_);
-      for (int64_t r = 0; r < count; ++r) {
-        std::vector<FaceDetection>& out = found[static_cast<size_t>(r0 + r)];
-        out = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, net.anchors,
-                               static_cast<float>(width), static_cast<float>(height), min_score);
-        for (FaceDetection& d : out) d = letterboxes[static_cast<size_t>(r)].to_image(d);
+    for (size_t k = 0; k < runs.size(); ++k) {
+      const Run& run = runs[k];
+      Shaped& net = shaped(run.height, run.width);
+      const int64_t anchors = static_cast<int64_t>(net.anchors.size());
+      net.compiled->forward(inputs_[k], scores_, boxes_);
+      for (int64_t r = 0; r < run.count; ++r) {
+        const size_t region = static_cast<size_t>(run.first + r);
+        found[region] = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, net.anchors,
+                                         static_cast<float>(run.width), static_cast<float>(run.height), min_score);
+        for (FaceDetection& d : found[region]) d = letterboxes[region].to_image(d);
       }
-      r0 += count;
     }
     return found;
   }
 
  private:
-  // Regions per run of the network: two share the small late layers' work between two threads,
-  // while the activations of more would cost more in first touches of memory than batching gains
-  // (measured on a 640x480 picture: 5 regions per run took 30 ms, 2 or 1 took 26 ms, 2 threads).
-  static constexpr int64_t regions_per_run = 2;
+  // Regions per run of the network. One: the runs of every input shape share one set of
+  // activation buffers (make_shaped), and the first touches of a larger batch's memory cost more
+  // than batching gains (measured on a 640x480 picture, 2 threads: detection 14.4 ms with one
+  // region per run, 15.3 with two; before the buffers were shared, 5 per run took 30 ms and 2 or
+  // 1 took 26).
+  static constexpr int64_t regions_per_run = 1;
 
   // The network built for one input shape, the loaded weights copied in, compiled.
   struct Shaped {
@@ -481,6 +483,7 @@ class FaceDetector {
       const ParameterList from = net_.parameters(), to = s.net->parameters();
       for (size_t i = 0; i < from.size(); ++i) to[i]->value.copy_from(from[i]->value);
       s.compiled = std::make_unique<BlazeFaceInference>(*s.net);
+      s.compiled->share_buffers_with(*shaped_.front().compiled);  // one picture's runs follow each other
     }
     s.anchors = options_.variant == BlazeFaceVariant::front_128 ? ssd_anchors(height, width, {8, 16, 16, 16})
                                                                 : ssd_anchors(height, width, {16, 32, 32, 32});
@@ -515,7 +518,8 @@ class FaceDetector {
   BlazeFace net_;
   std::vector<Shaped> shaped_;  // the square input's first
   uint64_t uses_ = 0;
-  Tensor input_, scores_, boxes_;
+  std::vector<Tensor> inputs_;  // per run of the network in decode_regions
+  Tensor scores_, boxes_;
 };
 
 // Convenience: the faces in a picture with a detector built from `options` (loaded once per

@@ -45,6 +45,13 @@ class BlazeFaceInference {
     BlazeFace::gather_heads(x.dim(0), head_out_, scores, boxes);
   }
 
+  // Runs in the activation buffers of `other` (the same network compiled for another input size);
+  // see InferenceNet::share_buffers_with.
+  void share_buffers_with(const BlazeFaceInference& other) {
+    to_16x16_.share_buffers_with(other.to_16x16_);
+    to_8x8_.share_buffers_with(other.to_8x8_);
+  }
+
   // One line per step of the two stages (what was folded and fused).
   std::string summary() const { return to_16x16_.summary() + to_8x8_.summary(); }
 

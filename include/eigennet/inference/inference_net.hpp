@@ -23,6 +23,7 @@
 // buffers, so the result stays valid until the next forward.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -731,18 +732,23 @@ class InferenceNet {
                    "': expected input of shape [batch, ", input_.to_string().substr(1), ", got ", x.shape());
     EIGENNET_CHECK(x.dim(0) > 0, "InferenceNet '", name_, "': empty batch");
     if (steps_.empty()) {
-      buffers_[0].copy_from(x);
-      return buffers_[0];
+      (*buffers_)[0].copy_from(x);
+      return (*buffers_)[0];
     }
     const Tensor* in = &x;
     for (size_t i = 0; i < steps_.size(); ++i) {
-      Tensor& out = buffers_[i % 2];
+      Tensor& out = (*buffers_)[i % 2];
       ProfileScope scope(profile_labels_[i].c_str());
       steps_[i]->run(*in, out);
       in = &out;
     }
     return *in;
   }
+
+  // Makes this net run in the activation buffers of `other` (nets that never run at once, e.g. one
+  // network compiled for several input sizes): their memory is touched once, not once per net.
+  // The result of either forward is then valid until the next forward of either.
+  void share_buffers_with(const InferenceNet& other) { buffers_ = other.buffers_; }
 
   const std::string& name() const { return name_; }
   const Shape& input_shape() const { return input_; }    // per sample
@@ -759,7 +765,7 @@ class InferenceNet {
   std::string name_;
   inference::Steps steps_;
   Shape input_, output_;
-  Tensor buffers_[2];
+  std::shared_ptr<std::array<Tensor, 2>> buffers_ = std::make_shared<std::array<Tensor, 2>>();
   std::vector<std::string> profile_labels_;  // per step, for eigennet::profiler()
 };
 
