@@ -90,16 +90,21 @@ int main(int argc, char** argv) {
       if (!fs::exists(path)) throw cli::UsageError("--model: '" + path + "' does not exist");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    Ensemble ensemble = load_ensemble(model_paths);
-    const auto& classes = ensemble.class_names();
-    const int64_t k = static_cast<int64_t>(classes.size());
+    cli::keep_freed_memory();
+
+    // The pictures are read, their faces found and cut out before the classifiers are loaded
+    // (from their files' headers: input sizes and classes), so that the classifiers' weights
+    // land in the memory of the detector, released by then.
+    std::vector<ClassifierSpec> specs;
+    for (const auto& path : model_paths) specs.push_back(read_classifier_spec(path));
+    const std::vector<std::string>& classes = specs.front().class_names;  // load_ensemble checks the others
     // A large JPEG is decoded through its DCT at a reduced size: no smaller than the largest
     // input of the members, and, when faces are looked for, than 640 pixels (a face a tenth of
     // the picture wide stays larger than the classifier's input).
     DecodeOptions decode;
-    for (const auto& member : ensemble.members) {
-      decode.min_height = std::max(decode.min_height, static_cast<int>(member.spec.base.height));
-      decode.min_width = std::max(decode.min_width, static_cast<int>(member.spec.base.width));
+    for (const auto& spec : specs) {
+      decode.min_height = std::max(decode.min_height, static_cast<int>(spec.base.height));
+      decode.min_width = std::max(decode.min_width, static_cast<int>(spec.base.width));
     }
     if (!no_detect) {
       decode.min_height = std::max(decode.min_height, 640);
@@ -114,8 +119,8 @@ int main(int argc, char** argv) {
     // Each face is cut out once per input size that the members use; the pictures themselves
     // are not kept (but the one to annotate).
     std::map<std::pair<int, int>, ImageSet> inputs;
-    for (const auto& member : ensemble.members) {
-      const int h = static_cast<int>(member.spec.base.height), w = static_cast<int>(member.spec.base.width);
+    for (const auto& spec : specs) {
+      const int h = static_cast<int>(spec.base.height), w = static_cast<int>(spec.base.width);
       inputs.try_emplace({h, w}, h, w, 3, classes);
     }
     std::vector<Picture> pictures;
@@ -142,6 +147,9 @@ int main(int argc, char** argv) {
       pictures.push_back(std::move(picture));
     }
 
+    detector.reset();
+    Ensemble ensemble = load_ensemble(model_paths);
+    const int64_t k = ensemble.classes();
     Tensor probs;
     if (rows > 0) {
       std::vector<int64_t> indices(static_cast<size_t>(rows));

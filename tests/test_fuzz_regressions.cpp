@@ -418,6 +418,13 @@ TEST_CASE("save_classifier / load_classifier round trip (from disk and from memo
   CHECK(from_disk.spec.head.dropout == doctest::Approx(0.25));
   CHECK(from_disk.spec.base.height == 32);
   CHECK(from_disk.metadata.at("note") == "test");
+  // The spec from the header alone is the one the whole file gives.
+  const ClassifierSpec header_only = read_classifier_spec(path);
+  CHECK(header_only.class_names == spec.class_names);
+  CHECK(header_only.head.hidden_units == 8);
+  CHECK(header_only.base.height == 32);
+  CHECK(header_only.base.width == from_disk.spec.base.width);
+  CHECK(header_only.base.alpha == from_disk.spec.base.alpha);
   const std::vector<uint8_t> bytes = read_bytes(path);
   const LoadedClassifier from_memory = load_classifier(parse_safetensors(bytes.data(), bytes.size(), path));
   const ParameterList saved = model->parameters(), disk = from_disk.model->parameters(),

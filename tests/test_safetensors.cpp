@@ -379,7 +379,13 @@ TEST_CASE("safetensors rejects every truncation of a valid file, and survives by
     CAPTURE(length);
     const std::string message = read_error(dir, valid.substr(0, length));
     CHECK(contains(message, "damaged.safetensors"));
+    // Reading the metadata alone refuses it too: the header says where every tensor ends.
+    CHECK_THROWS_WITH_AS(read_safetensors_metadata(dir.file("damaged.safetensors")),
+                         doctest::Contains("damaged.safetensors"), Error);
   }
+  write_bytes(dir.file("valid.safetensors"), valid);
+  CHECK(read_safetensors_metadata(dir.file("valid.safetensors")) == whole.metadata);
+  CHECK(whole.metadata.at("format") == "pt");
   // Every byte replaced by a few troublesome values: each result is a clean parse or an Error.
   int parsed = 0, rejected = 0;
   for (size_t i = 0; i < valid.size(); ++i)

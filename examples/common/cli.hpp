@@ -8,6 +8,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdexcept>
 #include <functional>
 #include <map>
@@ -179,6 +182,19 @@ inline int run(const char* program, const std::function<int()>& main_body) {
     std::fprintf(stderr, "%s: error: %s\n", program, e.what());
     return 1;
   }
+}
+
+// Keeps the memory a program frees for its own later allocations (glibc: no separate mapping for
+// blocks under 32 MiB, no handing the top of the heap back to the kernel), so that a step after a
+// released one reuses its pages instead of faulting in fresh ones: predict's classifiers load
+// into the face detector's memory (on the virtual machines measured here a fresh page costs
+// about a microsecond; 12 MB fewer page faults per photo). For short programs: the heap never
+// shrinks.
+inline void keep_freed_memory() {
+#ifdef __GLIBC__
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's largest
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+#endif
 }
 
 // Ends the process with `status` once its output is flushed, without destroying what main

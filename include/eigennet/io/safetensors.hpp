@@ -404,27 +404,48 @@ inline SafetensorsFile parse_safetensors(const void* bytes, size_t size, const s
   });
 }
 
+namespace detail::safetensors {
+
+// Reads and validates the header of an open file; data_start is set to the offset of its data.
+inline Header read_header(int fd, const std::string& file, uint64_t& data_start) {
+  struct stat info {};
+  if (::fstat(fd, &info) != 0) fail(file, ": cannot stat: ", std::strerror(errno));
+  if (!S_ISREG(info.st_mode)) fail(file, ": not a regular file");
+  const auto size = static_cast<uint64_t>(info.st_size);
+  if (size < 8) fail(file, ": the file is ", size, " bytes, shorter than the 8-byte header length");
+  unsigned char prefix[8];
+  read_exactly(fd, prefix, 8, 0, file);
+  const uint64_t header_size = check_prefix(prefix, size, file);
+  std::string json(static_cast<size_t>(header_size), '\0');
+  read_exactly(fd, reinterpret_cast<unsigned char*>(json.data()), header_size, 8, file);
+  data_start = 8 + header_size;
+  return parse_header(json.data(), json.size(), size - 8 - header_size, file);
+}
+
+}  // namespace detail::safetensors
+
 // Reads a safetensors file from disk.
 inline SafetensorsFile read_safetensors(const std::string& path) {
   namespace st = detail::safetensors;
   const std::string file = st::file_label(path);
   st::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.fd < 0) fail(file, ": cannot open: ", std::strerror(errno));
-  struct stat info {};
-  if (::fstat(fd.fd, &info) != 0) fail(file, ": cannot stat: ", std::strerror(errno));
-  if (!S_ISREG(info.st_mode)) fail(file, ": not a regular file");
-  const auto size = static_cast<uint64_t>(info.st_size);
-  if (size < 8) fail(file, ": the file is ", size, " bytes, shorter than the 8-byte header length");
-  unsigned char prefix[8];
-  st::read_exactly(fd.fd, prefix, 8, 0, file);
-  const uint64_t header_size = st::check_prefix(prefix, size, file);
-  std::string json(static_cast<size_t>(header_size), '\0');
-  st::read_exactly(fd.fd, reinterpret_cast<unsigned char*>(json.data()), header_size, 8, file);
-  const st::Header header = st::parse_header(json.data(), json.size(), size - 8 - header_size, file);
-  const uint64_t data_start = 8 + header_size;
+  uint64_t data_start = 0;
+  const st::Header header = st::read_header(fd.fd, file, data_start);
   return st::load(header, path, file, [&](uint64_t offset, uint64_t n, unsigned char* dst) {
     st::read_exactly(fd.fd, dst, n, data_start + offset, file);
   });
+}
+
+// The metadata of a safetensors file, without reading its tensors: the header only, checked as
+// read_safetensors checks it (so a file whose tensors would not fit in it is refused here too).
+inline std::map<std::string, std::string> read_safetensors_metadata(const std::string& path) {
+  namespace st = detail::safetensors;
+  const std::string file = st::file_label(path);
+  st::FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.fd < 0) fail(file, ": cannot open: ", std::strerror(errno));
+  uint64_t data_start = 0;
+  return st::read_header(fd.fd, file, data_start).metadata;
 }
 
 // Writes float32 tensors and metadata to path atomically (see the top of this file). Names must

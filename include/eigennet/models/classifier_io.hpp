@@ -176,6 +176,12 @@ inline LoadedClassifier load_classifier(SafetensorsFile file) {
   return out;
 }
 
+// The spec of a classifier file (input size, classes, head, ...) from its header alone, without
+// reading its weights.
+inline ClassifierSpec read_classifier_spec(const std::string& path) {
+  return ClassifierSpec::from_metadata(read_safetensors_metadata(path), path);
+}
+
 // Reads and rebuilds a classifier file (see above).
 inline LoadedClassifier load_classifier(const std::string& path) { return load_classifier(read_safetensors(path)); }
 
