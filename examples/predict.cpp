@@ -90,8 +90,6 @@ int main(int argc, char** argv) {
       if (!fs::exists(path)) throw cli::UsageError("--model: '" + path + "' does not exist");
     if (threads > 0) set_threads(static_cast<int>(threads));
 
-    cli::keep_freed_memory();
-
     // The pictures are read, their faces found and cut out before the classifiers are loaded
     // (from their files' headers: input sizes and classes), so that the classifiers' weights
     // land in the memory of the detector, released by then.
@@ -135,7 +133,10 @@ int main(int argc, char** argv) {
         ++failures;
         continue;
       }
-      if (!no_detect && !is_face_crop(image) && !detector) detector.emplace(detector_options);
+      if (!no_detect && !is_face_crop(image) && !detector) {
+        cli::keep_freed_memory();  // from here on, for the classifiers to reuse the detector's pages
+        detector.emplace(detector_options);
+      }
       Picture picture{path, picture_faces(image, no_detect ? nullptr : &*detector, crop), rows};
       without_faces += picture.faces.empty();
       for (const PictureFace& face : picture.faces) {
