@@ -402,65 +402,45 @@ class FaceDetector {
     return {fit(region.box.width), fit(region.box.height)};
   }
 
-  // Steps 1-3 and 5 on regions of the picture (whole pixels inside it), a few regions of one
-  // input shape per run of the network: per region, the decoded detections of every anchor
-  // scoring at least min_score, before suppression, in the picture's pixels.
+  // Steps 1-3 and 5 on regions of the picture (whole pixels inside it), one run of the network
+  // per region: per region, the decoded detections of every anchor scoring at least min_score,
+  // before suppression, in the picture's pixels. One region per run: the runs of every input
+  // shape share one set of activation buffers (make_shaped), and the first touches of a larger
+  // batch's memory cost more than batching gains (measured on a 640x480 picture, 2 threads:
+  // detection 14.4 ms with one region per run, 15.3 with two; before the buffers were shared,
+  // 5 per run took 30 ms and 2 or 1 took 26).
   std::vector<std::vector<FaceDetection>> decode_regions(const Image& image, const std::vector<DetectionRegion>& regions,
                                                          float min_score) {
-    const int64_t n = static_cast<int64_t>(regions.size());
+    const size_t n = regions.size();
     EIGENNET_CHECK(n > 0, "FaceDetector: no region to look at");
-    // The runs: consecutive regions of one input shape, at most regions_per_run each.
-    struct Run {
-      int64_t first = 0, count = 0;
-      int width = 0, height = 0;
-    };
-    std::vector<Run> runs;
-    std::vector<size_t> run_of(static_cast<size_t>(n));
-    for (int64_t r = 0; r < n; ++r) {
-      const auto [width, height] = input_shape(regions[static_cast<size_t>(r)]);
-      if (runs.empty() || runs.back().count == regions_per_run || runs.back().width != width ||
-          runs.back().height != height)
-        runs.push_back({r, 0, width, height});
-      ++runs.back().count;
-      run_of[static_cast<size_t>(r)] = runs.size() - 1;
+    if (inputs_.size() < n) inputs_.resize(n);
+    for (size_t r = 0; r < n; ++r) {
+      const auto [width, height] = input_shape(regions[r]);
+      inputs_[r].resize(Shape{1, height, width, 3});
     }
-    if (inputs_.size() < runs.size()) inputs_.resize(runs.size());
-    for (size_t k = 0; k < runs.size(); ++k) inputs_[k].resize(Shape{runs[k].count, runs[k].height, runs[k].width, 3});
-    // Every region is resized before any run, all regions on all threads: one run's regions alone
-    // would leave a thread idle (the whole picture is a run of one).
-    std::vector<Letterbox> letterboxes(static_cast<size_t>(n));
-    parallel_items(n, [&](int64_t r) {
-      const Run& run = runs[run_of[static_cast<size_t>(r)]];
-      const Box& b = regions[static_cast<size_t>(r)].box;
-      float* input = inputs_[run_of[static_cast<size_t>(r)]].data() + (r - run.first) * int64_t{run.width} * run.height * 3;
-      letterboxes[static_cast<size_t>(r)] =
-          letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
-                          static_cast<int>(b.height), run.width, run.height, input);
+    // Every region is resized before any run, all regions on all threads: one region alone
+    // would leave a thread idle.
+    std::vector<Letterbox> letterboxes(n);
+    parallel_items(static_cast<int64_t>(n), [&](int64_t i) {
+      const size_t r = static_cast<size_t>(i);
+      const Box& b = regions[r].box;
+      letterboxes[r] = letterbox_image(image, static_cast<int>(b.x), static_cast<int>(b.y), static_cast<int>(b.width),
+                                       static_cast<int>(b.height), static_cast<int>(inputs_[r].dim(2)),
+                                       static_cast<int>(inputs_[r].dim(1)), inputs_[r].data());
     });
-    std::vector<std::vector<FaceDetection>> found(static_cast<size_t>(n));
-    for (size_t k = 0; k < runs.size(); ++k) {
-      const Run& run = runs[k];
-      Shaped& net = shaped(run.height, run.width);
-      const int64_t anchors = static_cast<int64_t>(net.anchors.size());
-      net.compiled->forward(inputs_[k], scores_, boxes_);
-      for (int64_t r = 0; r < run.count; ++r) {
-        const size_t region = static_cast<size_t>(run.first + r);
-        found[region] = decode_blazeface(scores_.data() + r * anchors, boxes_.data() + r * anchors * 16, net.anchors,
-                                         static_cast<float>(run.width), static_cast<float>(run.height), min_score);
-        for (FaceDetection& d : found[region]) d = letterboxes[region].to_image(d);
-      }
+    std::vector<std::vector<FaceDetection>> found(n);
+    for (size_t r = 0; r < n; ++r) {
+      const int height = static_cast<int>(inputs_[r].dim(1)), width = static_cast<int>(inputs_[r].dim(2));
+      Shaped& net = shaped(height, width);
+      net.compiled->forward(inputs_[r], scores_, boxes_);
+      found[r] = decode_blazeface(scores_.data(), boxes_.data(), net.anchors, static_cast<float>(width),
+                                  static_cast<float>(height), min_score);
+      for (FaceDetection& d : found[r]) d = letterboxes[r].to_image(d);
     }
     return found;
   }
 
  private:
-  // Regions per run of the network. One: the runs of every input shape share one set of
-  // activation buffers (make_shaped), and the first touches of a larger batch's memory cost more
-  // than batching gains (measured on a 640x480 picture, 2 threads: detection 14.4 ms with one
-  // region per run, 15.3 with two; before the buffers were shared, 5 per run took 30 ms and 2 or
-  // 1 took 26).
-  static constexpr int64_t regions_per_run = 1;
-
   // The network built for one input shape, the loaded weights copied in, compiled.
   struct Shaped {
     int height = 0, width = 0;
@@ -518,7 +498,7 @@ class FaceDetector {
   BlazeFace net_;
   std::vector<Shaped> shaped_;  // the square input's first
   uint64_t uses_ = 0;
-  std::vector<Tensor> inputs_;  // per run of the network in decode_regions
+  std::vector<Tensor> inputs_;  // per region, in decode_regions
   Tensor scores_, boxes_;
 };
 
