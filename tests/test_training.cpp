@@ -863,3 +863,82 @@ TEST_CASE("Distillation through fit(): a student learns the teacher's classes fr
   CHECK(learned >= 0.9);
   CHECK(result.state.history.back().train_accuracy <= 0.1);  // against the wrong labels it saw
 }
+
+TEST_CASE("Weight averaging: the mean of every parameter; BatchNorm statistics re-estimated as a cumulative mean") {
+  const auto network = [](uint64_t seed) {
+    auto net = std::make_unique<Sequential>("net", Shape{image_size, image_size, 1}, seed);
+    net->add<BatchNorm>("bn_input", 0.9f);  // sees the images themselves: its statistics are known
+    net->add<Conv2D>("conv", 8, 3, 1, Padding::same);
+    net->add<BatchNorm>("bn", 0.9f);
+    net->add<ReLU>("relu");
+    net->add<GlobalAvgPool>("pool");
+    net->add<Dense>("dense", classes);
+    return net;
+  };
+  auto a = network(1), b = network(2), soup = network(3);
+  const Problem p = make_problem(4);
+  a->forward(p.images, Mode::train);  // moving statistics that differ between a and b
+  const ParameterList pa = a->parameters(), pb = b->parameters();
+  average_parameters(*soup, {a.get(), b.get()});
+  const ParameterList ps = soup->parameters();
+  bool statistics_seen = false;
+  for (size_t i = 0; i < ps.size(); ++i) {
+    statistics_seen |= ps[i]->kind == ParameterKind::statistic;
+    for (int64_t k = 0; k < ps[i]->value.size(); ++k)
+      REQUIRE(ps[i]->value[k] == doctest::Approx((pa[i]->value[k] + pb[i]->value[k]) / 2).epsilon(1e-6));
+  }
+  CHECK(statistics_seen);
+  // The target may be one of the averaged models.
+  average_parameters(*a, {a.get(), b.get()});
+  for (size_t i = 0; i < ps.size(); ++i)
+    for (int64_t k = 0; k < ps[i]->value.size(); ++k) REQUIRE(pa[i]->value[k] == ps[i]->value[k]);
+  // Networks of another shape are refused by name.
+  auto other = std::make_unique<Sequential>("net", Shape{image_size, image_size, 1}, 5);
+  other->add<BatchNorm>("bn_input", 0.9f);
+  other->add<Conv2D>("conv", 4, 3, 1, Padding::same);
+  other->add<BatchNorm>("bn", 0.9f);
+  other->add<ReLU>("relu");
+  other->add<GlobalAvgPool>("pool");
+  other->add<Dense>("dense", classes);
+  CHECK_THROWS_WITH_AS(average_parameters(*soup, {a.get(), other.get()}), doctest::Contains("conv/kernel"), Error);
+
+  // Re-estimation over 32 images in batches of 10: batches of 10, 10, 10 and 2, each weighing
+  // the same; with batches of 31 the single last image joins the first batch (one batch of 32).
+  const std::vector<int64_t> batch_sizes{10, 31};
+  for (int64_t batch_size : batch_sizes) {
+    CAPTURE(batch_size);
+    std::vector<std::pair<int64_t, int64_t>> batches;
+    if (batch_size == 10) batches = {{0, 10}, {10, 20}, {20, 30}, {30, 32}};
+    else batches = {{0, 32}};
+    double mean = 0, variance = 0;
+    for (auto [begin, end] : batches) {
+      const int64_t m = (end - begin) * image_size * image_size;
+      double s = 0, s2 = 0;
+      for (int64_t i = begin * image_size * image_size; i < end * image_size * image_size; ++i) s += p.images[i];
+      const double batch_mean = s / static_cast<double>(m);
+      for (int64_t i = begin * image_size * image_size; i < end * image_size * image_size; ++i)
+        s2 += (p.images[i] - batch_mean) * (p.images[i] - batch_mean);
+      mean += batch_mean / static_cast<double>(batches.size());
+      variance += s2 / static_cast<double>(m - 1) / static_cast<double>(batches.size());  // unbiased, as training keeps it
+    }
+    TensorSource source(p.images, p.labels);
+    reestimate_batch_norm(*soup, source, batch_size);
+    BatchNorm* bn = nullptr;
+    soup->for_each_layer([&](Layer& l) {
+      if (l.name() == "bn_input") bn = dynamic_cast<BatchNorm*>(&l);
+    });
+    REQUIRE(bn != nullptr);
+    CHECK(bn->moving_mean().value[0] == doctest::Approx(mean).epsilon(1e-5));
+    CHECK(bn->moving_variance().value[0] == doctest::Approx(variance).epsilon(1e-5));
+    // Weights are unchanged, and afterwards training uses the momentum again.
+    for (size_t i = 0; i < ps.size(); ++i)
+      if (ps[i]->kind == ParameterKind::weight)
+        for (int64_t k = 0; k < ps[i]->value.size(); ++k) REQUIRE(ps[i]->value[k] == pa[i]->value[k]);
+    const float before = bn->moving_mean().value[0];
+    soup->forward(p.images, Mode::train);
+    double all = 0;
+    for (int64_t i = 0; i < p.images.size(); ++i) all += p.images[i];
+    CHECK(bn->moving_mean().value[0] ==
+          doctest::Approx(0.9 * before + 0.1 * all / static_cast<double>(p.images.size())).epsilon(1e-5));
+  }
+}

@@ -75,3 +75,4 @@
 #include "train/predict.hpp"
 #include "train/progress.hpp"
 #include "train/schedule.hpp"
+#include "train/weight_average.hpp"

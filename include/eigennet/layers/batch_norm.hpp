@@ -62,13 +62,22 @@ class BatchNorm : public Layer {
   // The forward that performs it runs in inference mode and its output is unchanged.
   void recalibrate_on_next_forward() { recalibrate_ = true; }
 
+  // Re-estimation of the moving statistics, for weights that no single training run produced
+  // (an average of several networks, train/weight_average.hpp): while on, each training-mode
+  // forward weighs its batch statistics equally with those of every earlier batch since it was
+  // turned on (a cumulative mean; the first batch replaces the old statistics), instead of the
+  // momentum.
+  void set_reestimating(bool on) { reestimated_batches_ = on ? 0 : -1; }
+
   // Normalizes with the statistics of the batch of all processes (null: this process's only).
   // The sync must outlive its use.
   void set_statistics_sync(BatchStatisticsSync* sync) { sync_ = sync; }
   BatchStatisticsSync* statistics_sync() const { return sync_; }
 
   // Whether forward in `mode` normalizes with batch statistics.
-  bool uses_batch_statistics(Mode mode) const { return mode == Mode::train && !(gamma_.frozen && beta_.frozen); }
+  bool uses_batch_statistics(Mode mode) const {
+    return mode == Mode::train && (!(gamma_.frozen && beta_.frozen) || reestimated_batches_ >= 0);
+  }
 
   void forward(const Tensor& x, Tensor& y, Mode mode) override {
     ProfileScope scope("batchnorm forward");
@@ -139,12 +148,16 @@ class BatchNorm : public Layer {
         batch_variance = global + c;
       }
       const float unbiased = m > 1 ? static_cast<float>(m) / static_cast<float>(m - 1) : 1.0f;
+      float keep = momentum_;
+      if (reestimated_batches_ >= 0) {
+        keep = static_cast<float>(reestimated_batches_) / static_cast<float>(reestimated_batches_ + 1);
+        ++reestimated_batches_;
+      }
       for (int64_t j = 0; j < c; ++j) {
         mu[j] = batch_mean[j];
         inv[j] = 1.0f / std::sqrt(batch_variance[j] + epsilon_);
-        moving_mean_.value[j] = moving_mean_.value[j] * momentum_ + batch_mean[j] * (1 - momentum_);
-        moving_variance_.value[j] =
-            moving_variance_.value[j] * momentum_ + batch_variance[j] * unbiased * (1 - momentum_);
+        moving_mean_.value[j] = moving_mean_.value[j] * keep + batch_mean[j] * (1 - keep);
+        moving_variance_.value[j] = moving_variance_.value[j] * keep + batch_variance[j] * unbiased * (1 - keep);
       }
     } else {
       for (int64_t j = 0; j < c; ++j) {
@@ -249,6 +262,7 @@ class BatchNorm : public Layer {
   int64_t rows_ = 0;                 // rows behind the statistics of the latest training forward
   bool trained_ = false;
   bool recalibrate_ = false;
+  int64_t reestimated_batches_ = -1;  // batches averaged so far while re-estimating; -1: not re-estimating
   BatchStatisticsSync* sync_ = nullptr;
 };
 
