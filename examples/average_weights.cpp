@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
     p.option("out", out, "the averaged classifier's file", "FILE");
     p.option("split-seed", split_seed, "train_emotions' --split-seed of the models", 0, INT64_MAX);
     p.option("val-fraction", val_fraction, "train_emotions' --val-fraction of the models", 0.0, 0.9);
-    p.option("calibration", calibration_images, "training images for the BatchNorm statistics (the first of the split)",
+    p.option("calibration", calibration_images, "training images for the BatchNorm statistics (evenly spaced over the split)",
              2, 1 << 30);
     p.flag("greedy", greedy, "greedy soup: add models in order of validation accuracy while it does not fall");
     p.option("batch-size", batch_size, "images per forward pass", 2, 4096);
@@ -109,8 +109,12 @@ int main(int argc, char** argv) {
     Setup s;
     s.images = &dataset.images;
     s.validation = dataset.split.validation;
-    s.calibration.assign(dataset.split.train.begin(),
-                         dataset.split.train.begin() + std::min<int64_t>(calibration_images, dataset.split.train.size()));
+    // Evenly spaced over the training split, whose indices are sorted (class by class): every
+    // class in its share, not the first class alone.
+    const int64_t train_size = static_cast<int64_t>(dataset.split.train.size());
+    const int64_t calibration_count = std::min(calibration_images, train_size);
+    for (int64_t i = 0; i < calibration_count; ++i)
+      s.calibration.push_back(dataset.split.train[static_cast<size_t>(i * train_size / calibration_count)]);
     s.inputs.height = static_cast<int>(spec.base.height);  // the average runs at the first model's input size
     s.inputs.width = static_cast<int>(spec.base.width);
     s.batch_size = batch_size;
