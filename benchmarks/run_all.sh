@@ -55,7 +55,9 @@ section "depthwise: eigennet vs PyTorch vs XNNPACK, interleaved (compare_depthwi
 run "$python" "$here/compare_depthwise.py" --build-dir "$build" --threads "$threads"
 
 section "MobileNetV2 end to end: eigennet vs PyTorch, interleaved, and peak memory (compare_mobilenet.py)"
-run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads" --rounds 9 "${before[@]}"
+# Five consecutive steps per turn: the median is of steady steps (a stream of camera frames, an
+# evaluation); the first step after each pause is printed apart.
+run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads" --rounds 9 --steps 5 "${before[@]}"
 
 section "image decoding: eigennet (libjpeg-turbo, libpng) vs stb_image, interleaved (bench_decode)"
 run "$bin/bench_decode"
