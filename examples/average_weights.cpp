@@ -168,7 +168,7 @@ int main(int argc, char** argv) {
       std::printf("greedy soup of %zu: validation %.2f%%\n", models.size(), 100 * soup_accuracy);
     }
     std::string averaged;
-    for (size_t m : members) averaged += (averaged.empty() ? "" : ",") + fs::path(paths[m]).filename().string();
+    for (size_t m : members) averaged += (averaged.empty() ? "" : ",") + paths[m];
     save_classifier(out, *soup.model, spec, {{"averaged_from", averaged}});
     std::printf("wrote %s (the mean of %s)\n", out.c_str(), averaged.c_str());
     return 0;

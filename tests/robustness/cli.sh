@@ -24,7 +24,7 @@ rejected() {
   expect_in "$name.err" "$text" "$name"
 }
 
-for program in train_emotions evaluate predict extract_features; do
+for program in train_emotions evaluate predict extract_features average_weights; do
   binary=$BIN/$program
   # --help: exit 0, every declared flag listed, nothing on stderr.
   run "${program}_help" "$binary" --help
@@ -60,6 +60,8 @@ for program in train_emotions evaluate predict extract_features; do
     --threads 99999999999999999999
   if [ "$program" = extract_features ]; then
     rejected "${program}_flag_value" 2 "$program: --threads: 'yes' is not an integer" "$binary" --threads=yes
+  elif [ "$program" = average_weights ]; then
+    rejected "${program}_flag_value" 2 "$program: --greedy takes no value" "$binary" --greedy=yes
   else
     rejected "${program}_flag_value" 2 "$program: --tta-flip takes no value" "$binary" --tta-flip=yes
   fi
@@ -130,6 +132,30 @@ rejected evaluate_ensemble_empty 2 "evaluate: --model: no file given" "$E" --mod
 run evaluate_ensemble "$E" --model "$MODEL,$MODEL_B" --data data --out evaluation_ensemble --threads 1
 expect_status evaluate_ensemble 0
 expect_in evaluate_ensemble.out "model.safetensors + model.safetensors on data" "evaluate ensemble title"
+
+# ---- average_weights -----------------------------------------------------------------------------
+A=$BIN/average_weights
+rejected average_one_model 2 "average_weights: --model: give at least two classifier files" \
+  "$A" --model "$MODEL" --data data --out avg.safetensors
+rejected average_missing 2 "average_weights: --model: 'no_such.safetensors' is not a file" \
+  "$A" --model "$MODEL,no_such.safetensors" --data data --out avg.safetensors
+rejected average_no_out 2 "average_weights: --out is required" "$A" --model "$MODEL,$MODEL_B" --data data
+rejected average_classes 1 "'model_c/model.safetensors' is a different network from 'model/model.safetensors'" \
+  "$A" --model "$MODEL,model_c/model.safetensors" --data data --out avg.safetensors
+rejected average_not_classifier 1 "is not an eigennet classifier" \
+  "$A" --model "$MODEL,base.safetensors" --data data --out avg.safetensors
+if [ -e avg.safetensors ]; then fail "a rejected average_weights run wrote avg.safetensors"; else pass; fi
+run average_ok "$A" --model "$MODEL,$MODEL_B" --data data --out avg.safetensors --threads 1
+expect_status average_ok 0
+expect_in average_ok.out "uniform soup of 2: validation" "average_weights"
+expect_loadable avg.safetensors "average_weights"
+run average_greedy "$A" --greedy --model "$MODEL,$MODEL_B" --data data --out greedy.safetensors --threads 1
+expect_status average_greedy 0
+expect_in average_greedy.out "greedy soup of" "average_weights --greedy"
+expect_loadable greedy.safetensors "average_weights --greedy"
+# The average is a classifier like any other: evaluate reads it.
+run average_evaluate "$E" --model avg.safetensors --data data --out evaluation_avg --threads 1
+expect_status average_evaluate 0
 
 # ---- predict -------------------------------------------------------------------------------------
 P=$PREDICT
