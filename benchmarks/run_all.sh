@@ -59,6 +59,9 @@ section "MobileNetV2 end to end: eigennet vs PyTorch, interleaved, and peak memo
 # evaluation); the first step after each pause is printed apart.
 run "$python" "$here/compare_mobilenet.py" --build-dir "$build" --threads "$threads" --rounds 9 --steps 5 "${before[@]}"
 
+section "waking the worker threads after a pause (bench_wake): what the first step after each pause pays"
+run "$bin/bench_wake" --threads "$threads"
+
 section "image decoding: eigennet (libjpeg-turbo, libpng) vs stb_image, interleaved (bench_decode)"
 run "$bin/bench_decode"
 
