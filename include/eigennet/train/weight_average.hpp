@@ -56,7 +56,9 @@ inline void average_parameters(Model& into, const std::vector<Model*>& models) {
 // Replaces every BatchNorm layer's moving statistics by the mean of its batch statistics over
 // `source`, one training-mode forward per batch of `batch_size` (the source's epoch 0 order).
 // Dropout runs in training mode too; it acts after the base and does not reach any BatchNorm of
-// MobileNetV2. Weights are not changed; gradients are not computed.
+// MobileNetV2. Weights are not changed; gradients are not computed. The source must sample the
+// data the network will see: a training split cut short after its first indices, which are
+// often sorted by class, measures one class (average_weights spaces its images evenly).
 inline void reestimate_batch_norm(Model& model, DataSource& source, int64_t batch_size) {
   EIGENNET_CHECK(batch_size > 1, "reestimate_batch_norm: batch_size must be at least 2, got ", batch_size);
   const int64_t n = source.size();
