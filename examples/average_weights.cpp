@@ -37,14 +37,7 @@ double validation_accuracy(LoadedClassifier& model, const Setup& s) {
   inputs.height = static_cast<int>(model.spec.base.height);
   inputs.width = static_cast<int>(model.spec.base.width);
   ImageSource source(*s.images, s.validation, inputs);
-  const Predictions p = predict(*model.model, source, {s.batch_size, false});
-  const int64_t n = p.probabilities.dim(0), k = p.probabilities.dim(1);
-  int64_t correct = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const float* row = p.probabilities.data() + i * k;
-    correct += (std::max_element(row, row + k) - row) == p.labels[static_cast<size_t>(i)];
-  }
-  return static_cast<double>(correct) / static_cast<double>(n);
+  return evaluate(*model.model, source, model.spec.class_names, {s.batch_size, false}).accuracy;
 }
 
 // soup = mean of `members`, BatchNorm statistics re-estimated; returns its validation accuracy.
