@@ -215,3 +215,52 @@ TEST_CASE("depthwise 3x3 backward to the input equals the direct scatter at ever
           CHECK(worst < 1e-5);
         }
 }
+
+// Stride-1 3x3 weight gradients sweep input rows (each feeds three output rows) with the bias
+// gradient on the middle one; stride 2 sweeps output rows. Both against the direct sums, with
+// full and partial channel packets (C = 37) and rows wider than the unrolled loops.
+TEST_CASE("depthwise 3x3 weight and bias gradients equal the direct sums at every border case") {
+  Rng rng(13);
+  for (int64_t h : {1, 2, 3, 4, 5, 8})
+    for (int64_t w : {1, 2, 3, 4, 5, 7, 8, 21})
+      for (int64_t stride : {1, 2})
+        for (Padding padding : {Padding::same, Padding::valid}) {
+          if (padding == Padding::valid && (h < 3 || w < 3)) continue;
+          const int64_t batch = 2, C = 37;
+          const auto g = make_window_geometry(batch, h, w, C, C, 3, 3, stride, stride, padding);
+          std::vector<float> dout(static_cast<size_t>(batch * g.out_h * g.out_w * C)),
+              in(static_cast<size_t>(batch * h * w * C));
+          for (float& v : dout) v = rng.uniform() * 2 - 1;
+          for (float& v : in) v = rng.uniform() * 2 - 1;
+          std::vector<double> expected_w(static_cast<size_t>(9 * C), 0.0), expected_b(static_cast<size_t>(C), 0.0);
+          for (int64_t n = 0; n < batch; ++n)
+            for (int64_t oh = 0; oh < g.out_h; ++oh)
+              for (int64_t ow = 0; ow < g.out_w; ++ow)
+                for (int64_t c = 0; c < C; ++c) {
+                  const double d = dout[static_cast<size_t>(((n * g.out_h + oh) * g.out_w + ow) * C + c)];
+                  expected_b[static_cast<size_t>(c)] += d;
+                  for (int64_t kh = 0; kh < 3; ++kh)
+                    for (int64_t kw = 0; kw < 3; ++kw) {
+                      const int64_t ih = oh * stride - g.pad_top + kh, iw = ow * stride - g.pad_left + kw;
+                      if (ih < 0 || ih >= h || iw < 0 || iw >= w) continue;
+                      expected_w[static_cast<size_t>((kh * 3 + kw) * C + c)] +=
+                          d * in[static_cast<size_t>(((n * h + ih) * w + iw) * C + c)];
+                    }
+                }
+          for (bool with_bias : {false, true}) {
+            CAPTURE(h);
+            CAPTURE(w);
+            CAPTURE(stride);
+            CAPTURE(with_bias);
+            // The kernel accumulates into what is there: start from 0.5 everywhere.
+            std::vector<float> dweight(static_cast<size_t>(9 * C), 0.5f), dbias(static_cast<size_t>(C), 0.5f);
+            kernels::depthwise_conv2d_backward_weight(dweight.data(), with_bias ? dbias.data() : nullptr, dout.data(),
+                                                      in.data(), g);
+            double worst = 0;
+            for (size_t j = 0; j < dweight.size(); ++j) worst = std::max(worst, std::abs(dweight[j] - 0.5 - expected_w[j]));
+            if (with_bias)
+              for (size_t j = 0; j < dbias.size(); ++j) worst = std::max(worst, std::abs(dbias[j] - 0.5 - expected_b[j]));
+            CHECK(worst < 1e-4);
+          }
+        }
+}

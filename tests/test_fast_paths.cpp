@@ -204,7 +204,7 @@ std::vector<float> depthwise_direct(const std::vector<float>& in, const std::vec
 }
 }  // namespace
 
-TEST_CASE("depthwise 3x3 rows (register-blocked interior) equal a direct loop, with and without a clamp") {
+TEST_CASE("depthwise 3x3 rows (sliding windows, register-blocked) equal a direct loop, with and without a clamp") {
   struct Case {
     int64_t batch, h, w, c, stride;
     Padding padding;
@@ -213,7 +213,10 @@ TEST_CASE("depthwise 3x3 rows (register-blocked interior) equal a direct loop, w
                         {1, 9, 13, 17, 1, Padding::same}, {1, 9, 13, 17, 2, Padding::same},
                         {3, 8, 8, 32, 2, Padding::same},  {1, 6, 11, 40, 1, Padding::valid},
                         {1, 7, 10, 16, 2, Padding::valid}, {2, 12, 12, 144, 1, Padding::same},
-                        {1, 4, 3, 24, 3, Padding::same}};
+                        {1, 4, 3, 24, 3, Padding::same},  {1, 3, 45, 150, 1, Padding::same},
+                        {1, 4, 40, 150, 1, Padding::valid}};
+  // The last two: rows wider than one L1 window of pixels (several windows per row) with a
+  // partial channel packet.
   for (const Case& k : cases)
     for (bool clamp : {false, true}) {
       CAPTURE(k.h);

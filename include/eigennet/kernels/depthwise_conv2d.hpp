@@ -32,83 +32,90 @@ inline void valid_output_range(int64_t kw, const WindowGeometry& g, int64_t& lo,
   hi = last < 0 ? 0 : std::min(g.out_w, last / g.stride_w + 1);
   lo = std::min(lo, hi);
 }
-// The channel packet at c of one output row of a 3x3 depthwise convolution with stride S
-// (`lanes` valid channels: a partial packet at the end of a row). The nine weights and the bias
-// stay in registers for the whole row. Interior pixels [first, last) go `block` at a time:
-// neighbours share input columns (stride 1: 4 outputs read 6 columns instead of 12) and their
-// per-kernel-row partial sums are 3 x block independent FMA chains. Border pixels check which
-// of their three columns are inside the image (rows outside are zero rows).
-template <int S, bool partial>
-inline void depthwise3x3_channels(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
-                                  const float* __restrict r2, const float* __restrict weight,
-                                  const float* __restrict bias, int64_t C, int64_t c, int lanes,
-                                  const WindowGeometry& g, int64_t first, int64_t last, int64_t begin, int64_t end,
-                                  const Clamp& clamp) {
+// GCC 12 warns about the undefined pass-through operand inside its own AVX-512 min/max
+// intrinsics when they are inlined here (GCC bug 105593, fixed in GCC 13): a false positive.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
+// Output pixels [begin, end) of one channel packet at c of one row of a stride-1 3x3 depthwise
+// convolution (`lanes` valid channels: a partial packet at the end of a row). A sliding window:
+// the nine weights and the bias stay in registers, the three input columns of the current pixel
+// (left, middle, right) too, so each pixel loads one new column of three rows and does 9 FMAs
+// in three chains; consecutive pixels' chains are independent, which out-of-order execution
+// overlaps. Columns outside [0, in_w) are zero (the padding).
+template <bool partial, bool clamped>
+inline void depthwise3x3_s1_channels(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
+                                     const float* __restrict r2, const float* __restrict weight,
+                                     const float* __restrict bias, int64_t C, int64_t c, int lanes,
+                                     const WindowGeometry& g, int64_t begin, int64_t end, const Clamp& clamp) {
   using simd::Packet;
   auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
-  auto finish = [&](Packet v, float* dst) {
-    if (clamp.active()) v = simd::min(simd::max(v, simd::set1(clamp.lo)), simd::set1(clamp.hi));
-    if (partial)
-      simd::store_partial(dst, v, lanes);
-    else
-      simd::store(dst, v);
-  };
-  constexpr int block = simd::registers >= 32 ? 4 : 2;
-  constexpr int columns = (block - 1) * S + 3;
-  const int64_t pad = g.pad_left, in_w = g.in_w;
-  Packet w[9];
-#pragma GCC unroll 9
-  for (int k = 0; k < 9; ++k) w[k] = load(weight + k * C + c);
+  const Packet w0 = load(weight + c), w1 = load(weight + C + c), w2 = load(weight + 2 * C + c);
+  const Packet w3 = load(weight + 3 * C + c), w4 = load(weight + 4 * C + c), w5 = load(weight + 5 * C + c);
+  const Packet w6 = load(weight + 6 * C + c), w7 = load(weight + 7 * C + c), w8 = load(weight + 8 * C + c);
   const Packet b = load(bias + c);
-  const float* rows[3] = {r0 + c, r1 + c, r2 + c};
-  auto pixel = [&](int64_t ow) {
-    Packet a0 = b, a1 = simd::zero(), a2 = simd::zero();
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) {
-      const int64_t iw = ow * S - pad + kw;
-      if (iw < 0 || iw >= in_w) continue;
-      a0 = simd::fmadd(load(rows[0] + iw * C), w[kw], a0);
-      a1 = simd::fmadd(load(rows[1] + iw * C), w[3 + kw], a1);
-      a2 = simd::fmadd(load(rows[2] + iw * C), w[6 + kw], a2);
+  const float lo = clamp.lo, hi = clamp.hi;
+  const float *a0 = r0 + c, *a1 = r1 + c, *a2 = r2 + c;
+  const int64_t pad = g.pad_left, in_w = g.in_w;
+  auto column = [&](int64_t iw, Packet& x0, Packet& x1, Packet& x2) {
+    if (iw < 0 || iw >= in_w) {
+      x0 = x1 = x2 = simd::zero();
+    } else {
+      x0 = load(a0 + iw * C);
+      x1 = load(a1 + iw * C);
+      x2 = load(a2 + iw * C);
     }
-    finish(simd::add(a0, simd::add(a1, a2)), orow + ow * C + c);
   };
-  const int64_t interior_begin = std::max(begin, first), interior_end = std::max(interior_begin, std::min(end, last));
-  for (int64_t ow = begin; ow < std::min(end, first); ++ow) pixel(ow);
-  int64_t ow = interior_begin;
-  for (; ow + block <= interior_end; ow += block) {
-    const int64_t in0 = (ow * S - pad) * C;
-    Packet acc[block][3];
-#pragma GCC unroll 4
-    for (int o = 0; o < block; ++o) {
-      acc[o][0] = b;
-      acc[o][1] = simd::zero();
-      acc[o][2] = simd::zero();
+  auto output = [&](int64_t ow, const Packet& l0, const Packet& l1, const Packet& l2, const Packet& m0,
+                    const Packet& m1, const Packet& m2, const Packet& q0, const Packet& q1, const Packet& q2) {
+    // The same order of operations as the nine-tap loop: (b + row 0) + (row 1 + row 2).
+    Packet s0 = simd::fmadd(l0, w0, b), s1 = simd::mul(l1, w3), s2 = simd::mul(l2, w6);
+    s0 = simd::fmadd(m0, w1, s0);
+    s1 = simd::fmadd(m1, w4, s1);
+    s2 = simd::fmadd(m2, w7, s2);
+    s0 = simd::fmadd(q0, w2, s0);
+    s1 = simd::fmadd(q1, w5, s1);
+    s2 = simd::fmadd(q2, w8, s2);
+    Packet v = simd::add(s0, simd::add(s1, s2));
+    if (clamped) v = simd::min(simd::max(v, simd::set1(lo)), simd::set1(hi));
+    if (partial)
+      simd::store_partial(orow + ow * C + c, v, lanes);
+    else
+      simd::store(orow + ow * C + c, v);
+  };
+  Packet l0, l1, l2, m0, m1, m2;
+  column(begin - pad, l0, l1, l2);
+  column(begin - pad + 1, m0, m1, m2);
+  auto step = [&](int64_t ow, bool checked) {
+    Packet q0, q1, q2;
+    if (checked) {
+      column(ow - pad + 2, q0, q1, q2);
+    } else {
+      const int64_t at = (ow - pad + 2) * C;
+      q0 = load(a0 + at), q1 = load(a1 + at), q2 = load(a2 + at);
     }
-#pragma GCC unroll 12
-    for (int j = 0; j < columns; ++j) {
-      const int64_t at = in0 + j * C;
-      const Packet x0 = load(rows[0] + at), x1 = load(rows[1] + at), x2 = load(rows[2] + at);
-#pragma GCC unroll 4
-      for (int o = 0; o < block; ++o) {
-        const int kw = j - o * S;
-        if (kw < 0 || kw > 2) continue;
-        acc[o][0] = simd::fmadd(x0, w[kw], acc[o][0]);
-        acc[o][1] = simd::fmadd(x1, w[3 + kw], acc[o][1]);
-        acc[o][2] = simd::fmadd(x2, w[6 + kw], acc[o][2]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int o = 0; o < block; ++o)
-      finish(simd::add(acc[o][0], simd::add(acc[o][1], acc[o][2])), orow + (ow + o) * C + c);
-  }
-  for (; ow < end; ++ow) pixel(ow);
+    output(ow, l0, l1, l2, m0, m1, m2, q0, q1, q2);
+    l0 = m0, l1 = m1, l2 = m2;
+    m0 = q0, m1 = q1, m2 = q2;
+  };
+  // Only pixels whose right column ow - pad + 2 lies outside the row check it.
+  const int64_t inside_begin = std::min(end, std::max(begin, pad - 2));
+  const int64_t inside_end = std::max(inside_begin, std::min(end, in_w + pad - 2));
+  int64_t ow = begin;
+  for (; ow < inside_begin; ++ow) step(ow, true);
+  for (; ow < inside_end; ++ow) step(ow, false);
+  for (; ow < end; ++ow) step(ow, true);
 }
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 // One output row of a 3x3 depthwise convolution with all nine taps at once, optionally clamped:
 // orow[ow, c] = clamp(bias[c] + sum over kh, kw of rows[kh][(ow * stride - pad_left + kw), c] * w[kh, kw, c]).
 // Rows outside the image are passed as a row of zeros, so every output pixel reads three rows.
-// Stride 1 goes through depthwise3x3_channels, a channel packet at a time; other strides through
+// Stride 1 goes through depthwise3x3_s1_channels, a channel packet at a time; other strides through
 // the nine-tap loop over all channels of a pixel.
 __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, const float* __restrict r0,
                                                        const float* __restrict r1, const float* __restrict r2,
@@ -119,19 +126,22 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
   const int64_t first = std::min(out_w, (pad + s - 1) / s);
   const int64_t last = std::max(first, std::min(out_w, in_w - 3 + pad >= 0 ? (in_w - 3 + pad) / s + 1 : 0));
   if (s == 1) {
-    // Output pixels in blocks whose three input-row windows stay in L1 while every channel packet
-    // passes over them (a packet at a time reads the rows with a stride of C floats).
-    const int64_t window = (24 * 1024) / (3 * 4 * std::max<int64_t>(C, 1));
-    const int64_t pixels = std::max<int64_t>(8, window - 2);
+    // Output pixels in windows whose three input rows stay in L1 while every channel packet
+    // slides over them (a packet at a time reads the rows with a stride of C floats).
+    const int64_t window = (32 * 1024) / (3 * 4 * std::max<int64_t>(C, 1));
+    const int64_t pixels = std::max<int64_t>(12, window);
+    const bool clamped = clamp.active();
     for (int64_t b0 = 0; b0 < out_w; b0 += pixels) {
       const int64_t b1 = std::min(out_w, b0 + pixels);
       int64_t c = 0;
+      const int full = simd::width;
       for (; c + simd::width <= C; c += simd::width)
-        depthwise3x3_channels<1, false>(orow, r0, r1, r2, weight, bias, C, c, simd::width, g, first, last, b0, b1,
-                                        clamp);
-      if (c < C)
-        depthwise3x3_channels<1, true>(orow, r0, r1, r2, weight, bias, C, c, static_cast<int>(C - c), g, first, last,
-                                       b0, b1, clamp);
+        clamped ? depthwise3x3_s1_channels<false, true>(orow, r0, r1, r2, weight, bias, C, c, full, g, b0, b1, clamp)
+                : depthwise3x3_s1_channels<false, false>(orow, r0, r1, r2, weight, bias, C, c, full, g, b0, b1, clamp);
+      const int rest = static_cast<int>(C - c);
+      if (rest > 0)
+        clamped ? depthwise3x3_s1_channels<true, true>(orow, r0, r1, r2, weight, bias, C, c, rest, g, b0, b1, clamp)
+                : depthwise3x3_s1_channels<true, false>(orow, r0, r1, r2, weight, bias, C, c, rest, g, b0, b1, clamp);
     }
     return;
   }
@@ -206,6 +216,66 @@ inline void depthwise_weight_grad_row(float* __restrict acc, const float* __rest
       a[c] += sum;
     }
   }
+}
+
+// The weight gradient of a stride-1 3x3 depthwise convolution from one input row and the three
+// output rows it feeds (orows[kh]: output row ih + pad_top - kh, or a row of zeros where that
+// lies outside the image), for one channel packet at c:
+//   acc[(kh * 3 + kw) * C + c] += sum over ow of orows[kh][ow, c] * irow[ow - pad_left + kw, c].
+// A sliding window over the row: per pixel one new input column and three output loads feed nine
+// independent FMA chains (the nine taps) held in registers for the whole row.
+template <bool partial>
+inline void depthwise3x3_s1_weight_grad_channels(float* __restrict acc, const float* const* orows,
+                                                 const float* __restrict irow, int64_t C, int64_t c, int lanes,
+                                                 const WindowGeometry& g) {
+  using simd::Packet;
+  auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
+  const float *o0 = orows[0] + c, *o1 = orows[1] + c, *o2 = orows[2] + c, *in = irow + c;
+  const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
+  auto column = [&](int64_t iw) { return iw < 0 || iw >= in_w ? simd::zero() : load(in + iw * C); };
+  Packet a[9];
+#pragma GCC unroll 9
+  for (int k = 0; k < 9; ++k) a[k] = simd::zero();
+  Packet l = column(-pad), m = column(1 - pad);
+  auto step = [&](int64_t ow, const Packet& r) {
+    const Packet d0 = load(o0 + ow * C), d1 = load(o1 + ow * C), d2 = load(o2 + ow * C);
+    a[0] = simd::fmadd(d0, l, a[0]);
+    a[1] = simd::fmadd(d0, m, a[1]);
+    a[2] = simd::fmadd(d0, r, a[2]);
+    a[3] = simd::fmadd(d1, l, a[3]);
+    a[4] = simd::fmadd(d1, m, a[4]);
+    a[5] = simd::fmadd(d1, r, a[5]);
+    a[6] = simd::fmadd(d2, l, a[6]);
+    a[7] = simd::fmadd(d2, m, a[7]);
+    a[8] = simd::fmadd(d2, r, a[8]);
+    l = m;
+    m = r;
+  };
+  // Pixels whose right column ow - pad + 2 lies inside the row load it without a check.
+  const int64_t inside_begin = std::min(out_w, std::max<int64_t>(0, pad - 2));
+  const int64_t inside_end = std::max(inside_begin, std::min(out_w, in_w + pad - 2));
+  int64_t ow = 0;
+  for (; ow < inside_begin; ++ow) step(ow, column(ow - pad + 2));
+  for (; ow < inside_end; ++ow) step(ow, load(in + (ow - pad + 2) * C));
+  for (; ow < out_w; ++ow) step(ow, column(ow - pad + 2));
+#pragma GCC unroll 9
+  for (int k = 0; k < 9; ++k) {
+    float* dst = acc + k * C + c;
+    if (partial)
+      simd::store_partial(dst, simd::add(load(dst), a[k]), lanes);
+    else
+      simd::store(dst, simd::add(load(dst), a[k]));
+  }
+}
+
+// All channels of the above: acc (9 x C floats) += the weight gradient of input row irow.
+inline void depthwise3x3_s1_weight_grad_rows(float* acc, const float* const* orows, const float* irow,
+                                             const WindowGeometry& g) {
+  const int64_t C = g.in_c;
+  int64_t c = 0;
+  for (; c + simd::width <= C; c += simd::width)
+    depthwise3x3_s1_weight_grad_channels<false>(acc, orows, irow, C, c, simd::width, g);
+  if (c < C) depthwise3x3_s1_weight_grad_channels<true>(acc, orows, irow, C, c, static_cast<int>(C - c), g);
 }
 
 // Zeros for rows outside the image and for a missing bias: at least `count` floats.
@@ -353,13 +423,36 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
                                              const WindowGeometry& g) {
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.out_h;
   const int64_t stride = (taps + 1) * C;  // per block: taps weight rows then the bias row
-  const int blocks = blocks_for(rows, g.out_w * C * taps);
+  // Stride-1 3x3 weight gradients go over input rows (each feeds three output rows, one
+  // register-blocked sweep); the bias gradient and other geometries over output rows.
+  // With at most one padding row above and below, each output row is the middle row (kh = 1) of
+  // exactly one input row, which then also adds it to the bias gradient.
+  const int64_t pad_bottom = g.out_h - g.in_h - g.pad_top + 2;
+  const bool by_input_rows =
+      detail::Stride1InputGradient::applies(g) && dweight && g.pad_top <= 1 && pad_bottom <= 1;
+  const int64_t items = by_input_rows ? g.batch * g.in_h : rows;
+  const int64_t work = (by_input_rows ? g.in_w : g.out_w) * C * taps;
+  const int blocks = blocks_for(items, work);
   float* partial = scratch<float>(static_cast<size_t>(blocks * stride));
   std::fill_n(partial, blocks * stride, 0.0f);
-  parallel_blocks(rows, g.out_w * C * taps, [&](int64_t begin, int64_t end, int t) {
+  const float* zero = by_input_rows ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
+  parallel_blocks(items, work, [&](int64_t begin, int64_t end, int t) {
     float* pw = partial + t * stride;
     float* pb = pw + taps * C;
     for (int64_t r = begin; r < end; ++r) {
+      if (by_input_rows) {
+        const int64_t n = r / g.in_h, ih = r % g.in_h;
+        const float* orows[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t oh = ih + g.pad_top - kh;
+          orows[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
+        }
+        detail::depthwise3x3_s1_weight_grad_rows(pw, orows, in + r * g.in_w * C, g);
+        if (dbias && orows[1] != zero)
+          for (int64_t ow = 0; ow < g.out_w; ++ow)
+            for (int64_t c = 0; c < C; ++c) pb[c] += orows[1][ow * C + c];
+        continue;
+      }
       const int64_t n = r / g.out_h, oh = r % g.out_h;
       const float* orow = dout + r * g.out_w * C;
       if (dbias)

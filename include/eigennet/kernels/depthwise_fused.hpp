@@ -266,6 +266,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   // Stride-1 3x3: the input gradient as a forward convolution (see Stride1InputGradient).
   std::optional<detail::Stride1InputGradient> stride1;
   if (detail::Stride1InputGradient::applies(g)) stride1.emplace(dout, weight, g);
+  // Read-only zeros shared by the threads: output rows outside the image (stride-1 weight gradient).
+  const float* zero_row = stride1 ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int thread) {
     double* pw_total = partial ? partial + thread * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
@@ -285,7 +287,16 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       }
       if (pw) std::fill_n(pw, taps * C, 0.0f);
-      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
+      if (stride1 && pw) {
+        // The three output rows this input row feeds, in one register-blocked sweep.
+        const float* orows[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t oh = ih + g.pad_top - kh;
+          orows[kh] = oh < 0 || oh >= g.out_h ? zero_row : output_gradient.row(n, oh);
+        }
+        detail::depthwise3x3_s1_weight_grad_rows(pw, orows, irow, g);
+      }
+      for (int64_t kh = 0; kh < (stride1 ? 0 : g.kernel_h); ++kh) {
         const int64_t oh_s = ih + g.pad_top - kh;
         if (oh_s < 0 || oh_s % g.stride_h) continue;
         const int64_t oh = oh_s / g.stride_h;
