@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../core/parallel.hpp"
@@ -108,6 +109,61 @@ inline void depthwise3x3_s1_channels(float* __restrict orow, const float* __rest
   for (; ow < end; ++ow) step(ow, true);
 }
 
+// The same for stride 2: output pixel ow reads input columns 2 ow - pad_left + (0, 1, 2), and its
+// right column is the next pixel's left one, so each pixel loads two new columns of three rows.
+template <bool partial, bool clamped>
+inline void depthwise3x3_s2_channels(float* __restrict orow, const float* __restrict r0, const float* __restrict r1,
+                                     const float* __restrict r2, const float* __restrict weight,
+                                     const float* __restrict bias, int64_t C, int64_t c, int lanes,
+                                     const WindowGeometry& g, const Clamp& clamp) {
+  using simd::Packet;
+  auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
+  const Packet w0 = load(weight + c), w1 = load(weight + C + c), w2 = load(weight + 2 * C + c);
+  const Packet w3 = load(weight + 3 * C + c), w4 = load(weight + 4 * C + c), w5 = load(weight + 5 * C + c);
+  const Packet w6 = load(weight + 6 * C + c), w7 = load(weight + 7 * C + c), w8 = load(weight + 8 * C + c);
+  const Packet b = load(bias + c);
+  const float lo = clamp.lo, hi = clamp.hi;
+  const float *a0 = r0 + c, *a1 = r1 + c, *a2 = r2 + c;
+  const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
+  auto column = [&](int64_t iw, bool checked, Packet& x0, Packet& x1, Packet& x2) {
+    if (checked && (iw < 0 || iw >= in_w)) {
+      x0 = x1 = x2 = simd::zero();
+    } else {
+      x0 = load(a0 + iw * C);
+      x1 = load(a1 + iw * C);
+      x2 = load(a2 + iw * C);
+    }
+  };
+  Packet l0, l1, l2;
+  column(-pad, true, l0, l1, l2);
+  auto step = [&](int64_t ow, bool checked) {
+    Packet m0, m1, m2, q0, q1, q2;
+    column(2 * ow - pad + 1, checked, m0, m1, m2);
+    column(2 * ow - pad + 2, checked, q0, q1, q2);
+    Packet s0 = simd::fmadd(l0, w0, b), s1 = simd::mul(l1, w3), s2 = simd::mul(l2, w6);
+    s0 = simd::fmadd(m0, w1, s0);
+    s1 = simd::fmadd(m1, w4, s1);
+    s2 = simd::fmadd(m2, w7, s2);
+    s0 = simd::fmadd(q0, w2, s0);
+    s1 = simd::fmadd(q1, w5, s1);
+    s2 = simd::fmadd(q2, w8, s2);
+    Packet v = simd::add(s0, simd::add(s1, s2));
+    if (clamped) v = simd::min(simd::max(v, simd::set1(lo)), simd::set1(hi));
+    if (partial)
+      simd::store_partial(orow + ow * C + c, v, lanes);
+    else
+      simd::store(orow + ow * C + c, v);
+    l0 = q0, l1 = q1, l2 = q2;
+  };
+  // Pixels whose columns 2 ow - pad + 1 and + 2 both lie inside the row load them unchecked.
+  const int64_t inside_begin = std::min(out_w, pad);
+  const int64_t inside_end = in_w - 3 + pad < 0 ? inside_begin
+                                                : std::max(inside_begin, std::min(out_w, (in_w - 3 + pad) / 2 + 1));
+  int64_t ow = 0;
+  for (; ow < inside_begin; ++ow) step(ow, true);
+  for (; ow < inside_end; ++ow) step(ow, false);
+  for (; ow < out_w; ++ow) step(ow, true);
+}
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
@@ -115,8 +171,8 @@ inline void depthwise3x3_s1_channels(float* __restrict orow, const float* __rest
 // One output row of a 3x3 depthwise convolution with all nine taps at once, optionally clamped:
 // orow[ow, c] = clamp(bias[c] + sum over kh, kw of rows[kh][(ow * stride - pad_left + kw), c] * w[kh, kw, c]).
 // Rows outside the image are passed as a row of zeros, so every output pixel reads three rows.
-// Stride 1 goes through depthwise3x3_s1_channels, a channel packet at a time; other strides through
-// the nine-tap loop over all channels of a pixel.
+// Strides 1 and 2 go through depthwise3x3_s1_channels / _s2_channels, a channel packet at a time;
+// other strides through the nine-tap loop over all channels of a pixel.
 __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, const float* __restrict r0,
                                                        const float* __restrict r1, const float* __restrict r2,
                                                        const float* __restrict weight, const float* __restrict bias,
@@ -145,8 +201,20 @@ __attribute__((noinline)) inline void depthwise3x3_row(float* __restrict orow, c
     }
     return;
   }
-  // Other strides (stride 2 reads twice as many columns, so pixel by pixel with every channel
-  // streams better): interior pixels with all nine taps at once, border pixels column by column.
+  if (s == 2) {
+    const bool clamped = clamp.active();
+    int64_t c = 0;
+    const int full = simd::width;
+    for (; c + simd::width <= C; c += simd::width)
+      clamped ? depthwise3x3_s2_channels<false, true>(orow, r0, r1, r2, weight, bias, C, c, full, g, clamp)
+              : depthwise3x3_s2_channels<false, false>(orow, r0, r1, r2, weight, bias, C, c, full, g, clamp);
+    const int rest = static_cast<int>(C - c);
+    if (rest > 0)
+      clamped ? depthwise3x3_s2_channels<true, true>(orow, r0, r1, r2, weight, bias, C, c, rest, g, clamp)
+              : depthwise3x3_s2_channels<true, false>(orow, r0, r1, r2, weight, bias, C, c, rest, g, clamp);
+    return;
+  }
+  // Other strides: interior pixels with all nine taps at once, border pixels column by column.
   const float* rows[3] = {r0, r1, r2};
   const float lo = clamp.lo, hi = clamp.hi;
   auto border = [&](int64_t ow) {
@@ -278,6 +346,71 @@ inline void depthwise3x3_s1_weight_grad_rows(float* acc, const float* const* oro
   if (c < C) depthwise3x3_s1_weight_grad_channels<true>(acc, orows, irow, C, c, static_cast<int>(C - c), g);
 }
 
+// The input gradient of a stride-2 3x3 depthwise convolution (pad_left 0 or 1) for one input row
+// and one channel packet at c, gathered: the row is fed by `rows` (0-2) output rows, orows[r]
+// through kernel row kh[r]. Input column iw = 2q - pad_left + kw' pairs up as: even offset
+// (2q - pad_left) reads output columns q (kw 0) and q - 1 (kw 2), odd offset (2q + 1 - pad_left)
+// reads q (kw 1). Sliding over q keeps output column q - 1 in registers: one load per output row
+// and pair of input columns, each written once (no zeroing, no read-modify-write).
+template <int rows, bool partial>
+inline void depthwise3x3_s2_input_gradient_channels(float* __restrict drow, const float* const* orows, const int* kh,
+                                                    const float* __restrict weight, int64_t C, int64_t c, int lanes,
+                                                    const WindowGeometry& g) {
+  using simd::Packet;
+  auto load = [lanes](const float* p) { return partial ? simd::load_partial(p, lanes) : simd::load(p); };
+  auto store = [lanes](float* p, const Packet& v) {
+    if (partial)
+      simd::store_partial(p, v, lanes);
+    else
+      simd::store(p, v);
+  };
+  Packet w[rows > 0 ? rows : 1][3], previous[rows > 0 ? rows : 1];
+  for (int r = 0; r < rows; ++r) {
+    for (int kw = 0; kw < 3; ++kw) w[r][kw] = load(weight + (kh[r] * 3 + kw) * C + c);
+    previous[r] = simd::zero();
+  }
+  const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
+  const int64_t pairs = (in_w - 1 + pad) / 2 + 1;
+  float* d = drow + c;
+  for (int64_t q = 0; q < pairs; ++q) {
+    Packet even = simd::zero(), odd = simd::zero();
+    for (int r = 0; r < rows; ++r) {
+      const Packet current = q < out_w ? load(orows[r] + q * C + c) : simd::zero();
+      even = simd::fmadd(current, w[r][0], even);
+      even = simd::fmadd(previous[r], w[r][2], even);
+      odd = simd::fmadd(current, w[r][1], odd);
+      previous[r] = current;
+    }
+    const int64_t iw_even = 2 * q - pad, iw_odd = iw_even + 1;
+    if (iw_even >= 0) store(d + iw_even * C, even);
+    if (iw_odd < in_w) store(d + iw_odd * C, odd);
+  }
+}
+
+// All channels of the above: writes input-gradient row drow.
+inline void depthwise3x3_s2_input_gradient_row(float* drow, const float* const* orows, const int* kh, int rows,
+                                               const float* weight, const WindowGeometry& g) {
+  const int64_t C = g.in_c;
+  auto run = [&](auto rows_constant) {
+    constexpr int n = decltype(rows_constant)::value;
+    int64_t c = 0;
+    for (; c + simd::width <= C; c += simd::width)
+      depthwise3x3_s2_input_gradient_channels<n, false>(drow, orows, kh, weight, C, c, simd::width, g);
+    if (c < C) depthwise3x3_s2_input_gradient_channels<n, true>(drow, orows, kh, weight, C, c, static_cast<int>(C - c), g);
+  };
+  if (rows == 0)
+    run(std::integral_constant<int, 0>{});
+  else if (rows == 1)
+    run(std::integral_constant<int, 1>{});
+  else
+    run(std::integral_constant<int, 2>{});
+}
+
+// The stride-2 3x3 gather above applies (at most two kernel rows reach an input row).
+inline bool stride2_gather_applies(const WindowGeometry& g) {
+  return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 2 && g.stride_w == 2 && g.pad_left <= 1;
+}
+
 // Zeros for rows outside the image and for a missing bias: at least `count` floats.
 inline const float* zeros(int64_t count) {
   thread_local std::vector<float> buffer;
@@ -391,6 +524,21 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
   if (detail::Stride1InputGradient::applies(g)) {
     const detail::Stride1InputGradient gradient(dout, weight, g);
     parallel_for(rows, rows * work, [&](int64_t r) { gradient.row(din + r * g.in_w * C, r / g.in_h, r % g.in_h); });
+    return;
+  }
+  if (detail::stride2_gather_applies(g)) {
+    parallel_for(rows, rows * work, [&](int64_t r) {
+      const int64_t n = r / g.in_h, ih = r % g.in_h;
+      const float* orows[2];
+      int kh[2], count = 0;
+      for (int k = 0; k < 3; ++k) {
+        const int64_t oh_s = ih + g.pad_top - k;
+        if (oh_s < 0 || oh_s % 2 || oh_s / 2 >= g.out_h) continue;
+        orows[count] = dout + (n * g.out_h + oh_s / 2) * g.out_w * C;
+        kh[count++] = k;
+      }
+      detail::depthwise3x3_s2_input_gradient_row(din + r * g.in_w * C, orows, kh, count, weight, g);
+    });
     return;
   }
   parallel_for(rows, rows * work, [&](int64_t r) {

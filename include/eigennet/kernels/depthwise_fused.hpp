@@ -268,6 +268,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   if (detail::Stride1InputGradient::applies(g)) stride1.emplace(dout, weight, g);
   // Read-only zeros shared by the threads: output rows outside the image (stride-1 weight gradient).
   const float* zero_row = stride1 ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
+  // Stride-2 3x3: the input gradient gathered from the (at most two) output rows of each input row.
+  const bool gather2 = !stride1 && detail::stride2_gather_applies(g);
   parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int thread) {
     double* pw_total = partial ? partial + thread * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
@@ -283,9 +285,11 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       const float* irow = input.row(n, ih);
       if (stride1) {
         stride1->row(drow, n, ih, [&](int64_t oh) { return output_gradient.row(n, oh); });
-      } else {
+      } else if (!gather2) {
         std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       }
+      const float* gather_rows[2];
+      int gather_kh[2], gathered = 0;
       if (pw) std::fill_n(pw, taps * C, 0.0f);
       if (stride1 && pw) {
         // The three output rows this input row feeds, in one register-blocked sweep.
@@ -303,7 +307,11 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         if (oh >= g.out_h) continue;
         const float* orow = output_gradient.row(n, oh);
         if (pw) detail::depthwise_weight_grad_row(pw + kh * g.kernel_w * C, orow, irow, g);
-        if (stride1) continue;
+        if (gather2) {
+          gather_rows[gathered] = orow;
+          gather_kh[gathered++] = static_cast<int>(kh);
+          continue;
+        }
         for (int64_t kw = 0; kw < g.kernel_w; ++kw) {
           const float* wk = weight + (kh * g.kernel_w + kw) * C;
           int64_t lo, hi;
@@ -315,6 +323,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
           }
         }
       }
+      if (gather2) detail::depthwise3x3_s2_input_gradient_row(drow, gather_rows, gather_kh, gathered, weight, g);
       if (pw)
         for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
       if (!below) continue;
