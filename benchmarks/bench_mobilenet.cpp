@@ -38,6 +38,7 @@ const char* usage =
     "  --threads N             OpenMP threads (default: OpenMP's default)\n"
     "  --profile               after timing, profile one step per configuration with eigennet::profiler()\n"
     "                          and print the per-layer-type breakdown\n"
+    "  --profile-steps N       profile N steps instead and print the breakdown per step (1)\n"
     "  --jsonl                 one JSON object per line instead of text\n"
     "  --list-configs          print the configuration names and exit\n"
     "  --serve                 read commands from stdin, one JSON line per command:\n"
@@ -156,17 +157,17 @@ std::string result_json(const Workload& w, const std::vector<double>& seconds, i
   return j.str();
 }
 
-void print_profile(Workload& w) {
+void print_profile(Workload& w, int steps) {
   eigennet::profiler().reset();
   eigennet::profiler().enable(true);
   const auto start = bench::Clock::now();
-  w.step();
-  const double wall = bench::seconds_since(start);
+  for (int s = 0; s < steps; ++s) w.step();
+  const double wall = bench::seconds_since(start) / steps;
   eigennet::profiler().enable(false);
-  std::printf("profile of one %s of %s (wall %.1f ms; scopes that nest inside others count twice, "
+  std::printf("profile of %d %s of %s, per step (wall %.1f ms; scopes that nest inside others count twice, "
               "work outside any scope, e.g. the loss and Adam, is not listed)\n%s\n",
-              w.config().train ? "training step" : "inference batch", w.config().name.c_str(), 1e3 * wall,
-              eigennet::profiler().report().c_str());
+              steps, w.config().train ? "training step(s)" : "inference batch(es)", w.config().name.c_str(),
+              1e3 * wall, eigennet::profiler().report(steps).c_str());
   eigennet::profiler().reset();
   std::fflush(stdout);
 }
@@ -218,10 +219,12 @@ int main(int argc, char** argv) {
   const int steps = static_cast<int>(args.number("steps", 5));
   const int threads = static_cast<int>(args.number("threads", 0));
   const bool profile = args.flag("profile"), jsonl = args.flag("jsonl");
+  const int profile_steps = static_cast<int>(args.number("profile-steps", 1));
   const bool list = args.flag("list-configs"), serve_mode = args.flag("serve");
   plain_inference = args.flag("plain-inference");
   args.done();
-  if (steps < 1 || warmup < 0) args.fail("--steps must be >= 1 and --warmup >= 0");
+  if (steps < 1 || warmup < 0 || profile_steps < 1)
+    args.fail("--steps and --profile-steps must be >= 1 and --warmup >= 0");
   if (threads > 0) eigennet::set_threads(threads);
 
   try {
@@ -252,7 +255,7 @@ int main(int argc, char** argv) {
                     static_cast<double>(c.batch) / med, bench::peak_rss_mib());
         std::fflush(stdout);
       }
-      if (profile) print_profile(w);
+      if (profile) print_profile(w, profile_steps);
     }
     if (!jsonl && selected.size() > 1)
       std::printf("* peak resident memory of this process so far (covers all configurations above)\n");

@@ -27,8 +27,10 @@ class Profiler {
   };
   const std::map<std::string, Entry>& totals() const { return totals_; }
 
-  // A table sorted by time, with each category's share of the total.
-  std::string report() const {
+  // A table sorted by time, with each category's share of the total; with `per` > 1 the times
+  // and call counts are divided by it (the totals of `per` steps shown per step).
+  std::string report(int per = 1) const {
+    const double divide = std::max(per, 1);
     std::vector<std::pair<std::string, Entry>> rows(totals_.begin(), totals_.end());
     std::sort(rows.begin(), rows.end(),
               [](const auto& a, const auto& b) { return a.second.seconds > b.second.seconds; });
@@ -39,11 +41,12 @@ class Profiler {
     std::snprintf(line, sizeof line, "%-32s %10s %8s %7s\n", "category", "ms", "calls", "share");
     out += line;
     for (const auto& r : rows) {
-      std::snprintf(line, sizeof line, "%-32s %10.2f %8ld %6.1f%%\n", r.first.c_str(),
-                    r.second.seconds * 1e3, r.second.calls, total > 0 ? 100 * r.second.seconds / total : 0.0);
+      std::snprintf(line, sizeof line, "%-32s %10.2f %8.4g %6.1f%%\n", r.first.c_str(),
+                    r.second.seconds * 1e3 / divide, static_cast<double>(r.second.calls) / divide,
+                    total > 0 ? 100 * r.second.seconds / total : 0.0);
       out += line;
     }
-    std::snprintf(line, sizeof line, "%-32s %10.2f\n", "total", total * 1e3);
+    std::snprintf(line, sizeof line, "%-32s %10.2f\n", "total", total * 1e3 / divide);
     return out + line;
   }
 
