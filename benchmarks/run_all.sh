@@ -66,10 +66,10 @@ section "image decoding: eigennet (libjpeg-turbo, libpng) vs stb_image, interlea
 run "$bin/bench_decode"
 
 section "where a training step goes (bench_mobilenet --profile)"
-run "$bin/bench_mobilenet" --config train_a1.00_96_b32 --warmup 1 --steps 1 --profile --threads "$threads"
+run "$bin/bench_mobilenet" --config train_a1.00_96_b32 --warmup 1 --steps 1 --profile --profile-steps 10 --threads "$threads"
 
 section "where an inference batch goes, step by step of the compiled net (bench_mobilenet --profile)"
-run "$bin/bench_mobilenet" --config infer_a1.00_96_b32 --warmup 2 --steps 1 --profile --threads "$threads"
+run "$bin/bench_mobilenet" --config infer_a1.00_96_b32 --warmup 2 --steps 1 --profile --profile-steps 20 --threads "$threads"
 
 section "done"
 echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
