@@ -235,21 +235,25 @@ inline void depthwise3x3_s1_weight_grad_channels(float* __restrict acc, const fl
   const float *o0 = orows[0] + c, *o1 = orows[1] + c, *o2 = orows[2] + c, *in = irow + c;
   const int64_t pad = g.pad_left, in_w = g.in_w, out_w = g.out_w;
   auto column = [&](int64_t iw) { return iw < 0 || iw >= in_w ? simd::zero() : load(in + iw * C); };
-  Packet a[9];
+  // Two sets of nine sums (even and odd pixels) where 32 registers hold them: each chain then
+  // waits for its previous FMA every other pixel, not every pixel.
+  constexpr int sets = simd::registers >= 32 ? 2 : 1;
+  Packet a[sets][9];
+  for (int s = 0; s < sets; ++s)
 #pragma GCC unroll 9
-  for (int k = 0; k < 9; ++k) a[k] = simd::zero();
+    for (int k = 0; k < 9; ++k) a[s][k] = simd::zero();
   Packet l = column(-pad), m = column(1 - pad);
-  auto step = [&](int64_t ow, const Packet& r) {
+  auto step = [&](Packet (&sum)[9], int64_t ow, const Packet& r) {
     const Packet d0 = load(o0 + ow * C), d1 = load(o1 + ow * C), d2 = load(o2 + ow * C);
-    a[0] = simd::fmadd(d0, l, a[0]);
-    a[1] = simd::fmadd(d0, m, a[1]);
-    a[2] = simd::fmadd(d0, r, a[2]);
-    a[3] = simd::fmadd(d1, l, a[3]);
-    a[4] = simd::fmadd(d1, m, a[4]);
-    a[5] = simd::fmadd(d1, r, a[5]);
-    a[6] = simd::fmadd(d2, l, a[6]);
-    a[7] = simd::fmadd(d2, m, a[7]);
-    a[8] = simd::fmadd(d2, r, a[8]);
+    sum[0] = simd::fmadd(d0, l, sum[0]);
+    sum[1] = simd::fmadd(d0, m, sum[1]);
+    sum[2] = simd::fmadd(d0, r, sum[2]);
+    sum[3] = simd::fmadd(d1, l, sum[3]);
+    sum[4] = simd::fmadd(d1, m, sum[4]);
+    sum[5] = simd::fmadd(d1, r, sum[5]);
+    sum[6] = simd::fmadd(d2, l, sum[6]);
+    sum[7] = simd::fmadd(d2, m, sum[7]);
+    sum[8] = simd::fmadd(d2, r, sum[8]);
     l = m;
     m = r;
   };
@@ -257,16 +261,24 @@ inline void depthwise3x3_s1_weight_grad_channels(float* __restrict acc, const fl
   const int64_t inside_begin = std::min(out_w, std::max<int64_t>(0, pad - 2));
   const int64_t inside_end = std::max(inside_begin, std::min(out_w, in_w + pad - 2));
   int64_t ow = 0;
-  for (; ow < inside_begin; ++ow) step(ow, column(ow - pad + 2));
-  for (; ow < inside_end; ++ow) step(ow, load(in + (ow - pad + 2) * C));
-  for (; ow < out_w; ++ow) step(ow, column(ow - pad + 2));
+  for (; ow < inside_begin; ++ow) step(a[0], ow, column(ow - pad + 2));
+  if constexpr (sets == 2) {
+    for (; ow + 2 <= inside_end; ow += 2) {
+      step(a[0], ow, load(in + (ow - pad + 2) * C));
+      step(a[1], ow + 1, load(in + (ow - pad + 3) * C));
+    }
+  }
+  for (; ow < inside_end; ++ow) step(a[0], ow, load(in + (ow - pad + 2) * C));
+  for (; ow < out_w; ++ow) step(a[0], ow, column(ow - pad + 2));
 #pragma GCC unroll 9
   for (int k = 0; k < 9; ++k) {
+    Packet total = a[0][k];
+    if constexpr (sets == 2) total = simd::add(total, a[1][k]);
     float* dst = acc + k * C + c;
     if (partial)
-      simd::store_partial(dst, simd::add(load(dst), a[k]), lanes);
+      simd::store_partial(dst, simd::add(load(dst), total), lanes);
     else
-      simd::store(dst, simd::add(load(dst), a[k]));
+      simd::store(dst, simd::add(load(dst), total));
   }
 }
 
