@@ -518,9 +518,9 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.out_h;
   const int64_t stride = (taps + 1) * C;  // per block: taps weight rows then the bias row
   // Stride-1 3x3 weight gradients go over input rows (each feeds three output rows, one
-  // register-blocked sweep); the bias gradient and other geometries over output rows.
-  // With at most one padding row above and below, each output row is the middle row (kh = 1) of
-  // exactly one input row, which then also adds it to the bias gradient.
+  // register-blocked sweep); other geometries over output rows. With at most one padding row
+  // above and below, each output row is the middle row (kh = 1) of exactly one input row, which
+  // then also adds it to the bias gradient.
   const int64_t pad_bottom = g.out_h - g.in_h - g.pad_top + 2;
   const bool by_input_rows =
       detail::Stride1InputGradient::applies(g) && dweight && g.pad_top <= 1 && pad_bottom <= 1;
