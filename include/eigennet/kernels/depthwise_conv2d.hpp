@@ -282,9 +282,17 @@ inline void depthwise3x3_s1_weight_grad_channels(float* __restrict acc, const fl
   }
 }
 
-// All channels of the above: acc (9 x C floats) += the weight gradient of input row irow.
-inline void depthwise3x3_s1_weight_grad_rows(float* acc, const float* const* orows, const float* irow,
-                                             const WindowGeometry& g) {
+// All channels of the above: acc (9 x C floats) += the weight gradient of input row irow (row ih
+// of its image), whose output-gradient rows come from dout_row(oh); rows outside the image read
+// `zero` (at least out_w * C zeros, shared read-only by the threads).
+template <typename DoutRow>
+inline void depthwise3x3_s1_weight_grad_rows(float* acc, const float* irow, int64_t ih, const WindowGeometry& g,
+                                             const float* zero, DoutRow&& dout_row) {
+  const float* orows[3];
+  for (int64_t kh = 0; kh < 3; ++kh) {
+    const int64_t oh = ih + g.pad_top - kh;
+    orows[kh] = oh < 0 || oh >= g.out_h ? zero : dout_row(oh);
+  }
   const int64_t C = g.in_c;
   int64_t c = 0;
   for (; c + simd::width <= C; c += simd::width)
@@ -536,15 +544,12 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
     for (int64_t r = begin; r < end; ++r) {
       if (by_input_rows) {
         const int64_t n = r / g.in_h, ih = r % g.in_h;
-        const float* orows[3];
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t oh = ih + g.pad_top - kh;
-          orows[kh] = oh < 0 || oh >= g.out_h ? zero : dout + (n * g.out_h + oh) * g.out_w * C;
-        }
-        detail::depthwise3x3_s1_weight_grad_rows(pw, orows, in + r * g.in_w * C, g);
-        if (dbias && orows[1] != zero)
+        auto dout_row = [&](int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; };
+        detail::depthwise3x3_s1_weight_grad_rows(pw, in + r * g.in_w * C, ih, g, zero, dout_row);
+        const int64_t middle = ih + g.pad_top - 1;  // the output row this input row centres
+        if (dbias && middle >= 0 && middle < g.out_h)
           for (int64_t ow = 0; ow < g.out_w; ++ow)
-            for (int64_t c = 0; c < C; ++c) pb[c] += orows[1][ow * C + c];
+            for (int64_t c = 0; c < C; ++c) pb[c] += dout_row(middle)[ow * C + c];
         continue;
       }
       const int64_t n = r / g.out_h, oh = r % g.out_h;

@@ -293,12 +293,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (pw) std::fill_n(pw, taps * C, 0.0f);
       if (stride1 && pw) {
         // The three output rows this input row feeds, in one register-blocked sweep.
-        const float* orows[3];
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t oh = ih + g.pad_top - kh;
-          orows[kh] = oh < 0 || oh >= g.out_h ? zero_row : output_gradient.row(n, oh);
-        }
-        detail::depthwise3x3_s1_weight_grad_rows(pw, orows, irow, g);
+        detail::depthwise3x3_s1_weight_grad_rows(pw, irow, ih, g, zero_row,
+                                                 [&](int64_t oh) { return output_gradient.row(n, oh); });
       }
       for (int64_t kh = 0; kh < (stride1 ? 0 : g.kernel_h); ++kh) {
         const int64_t oh_s = ih + g.pad_top - kh;
