@@ -176,6 +176,73 @@ TEST_CASE("Optimizer state never holds subnormal numbers") {
   }
 }
 
+// Adam updates in SIMD packets, split between threads: every element must get the formula of
+// the header comment, the last partial packet of each thread's share and of the tensor included.
+// The reference runs in double; float rounding (and a fused multiply-add) leave a few ulps.
+TEST_CASE("Adam's packet update is the scalar formula for every element, at every length") {
+  for (const int64_t n : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{37}, int64_t{40013}}) {
+    for (const float weight_decay : {0.0f, 0.05f}) {
+      CAPTURE(n);
+      CAPTURE(weight_decay);
+      Parameter w = Parameter::weight("w", Shape{n});
+      Adam::Options o;
+      o.learning_rate = 1e-2f;
+      o.weight_decay = weight_decay;
+      Adam adam(ParameterList{&w}, o);
+      Rng rng(static_cast<uint64_t>(n) * 7 + 1);
+      std::vector<double> wr(static_cast<size_t>(n)), mr(wr.size(), 0.0), vr(wr.size(), 0.0);
+      for (int64_t i = 0; i < n; ++i) wr[i] = w.value[i] = rng.uniform(-2.0f, 2.0f);
+      for (int step = 1; step <= 3; ++step) {
+        for (int64_t i = 0; i < n; ++i) w.grad[i] = i % 5 == 0 ? 0.0f : rng.uniform(-1.0f, 1.0f);
+        adam.step();
+        const double alpha = 1e-2 * std::sqrt(1.0 - std::pow(0.999, step)) / (1.0 - std::pow(0.9, step));
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double g = w.grad[i];
+          wr[i] -= 1e-2 * weight_decay * wr[i];
+          mr[i] = 0.9 * mr[i] + 0.1 * g;
+          vr[i] = 0.999 * vr[i] + 0.001 * g * g;
+          wr[i] -= alpha * mr[i] / (std::sqrt(vr[i]) + 1e-7);
+          wrong += std::fabs(w.value[i] - wr[i]) > 1e-6 * std::max(1.0, std::fabs(wr[i]));
+        }
+        REQUIRE(wrong == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("SGD's packet update is the scalar formula for every element, at every length") {
+  for (const int64_t n : {int64_t{1}, int64_t{15}, int64_t{16}, int64_t{37}, int64_t{40013}}) {
+    for (const bool nesterov : {false, true}) {
+      CAPTURE(n);
+      CAPTURE(nesterov);
+      Parameter w = Parameter::weight("w", Shape{n});
+      SGD::Options o;
+      o.learning_rate = 1e-2f;
+      o.momentum = 0.9f;
+      o.nesterov = nesterov;
+      o.weight_decay = nesterov ? 0.05f : 0.0f;
+      SGD sgd(ParameterList{&w}, o);
+      Rng rng(static_cast<uint64_t>(n) * 11 + 3);
+      std::vector<double> wr(static_cast<size_t>(n)), vr(wr.size(), 0.0);
+      for (int64_t i = 0; i < n; ++i) wr[i] = w.value[i] = rng.uniform(-2.0f, 2.0f);
+      for (int step = 1; step <= 3; ++step) {
+        for (int64_t i = 0; i < n; ++i) w.grad[i] = i % 5 == 0 ? 0.0f : rng.uniform(-1.0f, 1.0f);
+        sgd.step();
+        int64_t wrong = 0;
+        for (int64_t i = 0; i < n; ++i) {
+          const double g = w.grad[i];
+          wr[i] -= 1e-2 * o.weight_decay * wr[i];
+          vr[i] = 0.9 * vr[i] - 1e-2 * g;
+          wr[i] += nesterov ? 0.9 * vr[i] - 1e-2 * g : vr[i];
+          wrong += std::fabs(w.value[i] - wr[i]) > 1e-6 * std::max(1.0, std::fabs(wr[i]));
+        }
+        REQUIRE(wrong == 0);
+      }
+    }
+  }
+}
+
 // ---- fit() and its callbacks -------------------------------------------------------------------
 
 namespace {

@@ -5,8 +5,9 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstring>
-#if defined(__AVX512F__) || defined(__AVX__)
+#if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
 #include <immintrin.h>
 #endif
 
@@ -33,6 +34,23 @@ inline Packet sub(const Packet& a, const Packet& b) { return Eigen::internal::ps
 inline Packet mul(const Packet& a, const Packet& b) { return Eigen::internal::pmul(a, b); }
 inline Packet min(const Packet& a, const Packet& b) { return Eigen::internal::pmin(a, b); }
 inline Packet max(const Packet& a, const Packet& b) { return Eigen::internal::pmax(a, b); }
+inline Packet div(const Packet& a, const Packet& b) { return Eigen::internal::pdiv(a, b); }
+// Correctly rounded, as std::sqrt (Eigen's psqrt may use an approximation, EIGEN_FAST_MATH).
+inline Packet sqrt(const Packet& a) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  return _mm512_sqrt_ps(a);
+#elif defined(EIGEN_VECTORIZE_AVX)
+  return _mm256_sqrt_ps(a);
+#elif defined(EIGEN_VECTORIZE_SSE2)
+  return _mm_sqrt_ps(a);
+#else
+  alignas(64) float lanes[width];
+  Eigen::internal::pstoreu(lanes, a);
+  for (float& x : lanes) x = std::sqrt(x);
+  return Eigen::internal::ploadu<Packet>(lanes);
+#endif
+}
+inline Packet abs(const Packet& a) { return Eigen::internal::pabs(a); }
 // Lane masks (all bits set where true) and a select on them.
 inline Packet less(const Packet& a, const Packet& b) { return Eigen::internal::pcmp_lt(a, b); }
 inline Packet both(const Packet& a, const Packet& b) { return Eigen::internal::pand(a, b); }

@@ -2,6 +2,8 @@
 // equals PyTorch's for a constant learning rate), optional Nesterov and decoupled weight decay.
 #pragma once
 
+#include "../core/parallel.hpp"
+#include "../kernels/simd.hpp"
 #include "optimizer.hpp"
 
 namespace eigennet {
@@ -25,19 +27,49 @@ class SGD : public Optimizer {
 
   void step() override {
     ++steps_;
-    const float mu = options_.momentum, lr = lr_, decay = lr_ * options_.weight_decay;
+    Coefficients k;
+    k.momentum = options_.momentum;
+    k.learning_rate = lr_;
+    k.decay = lr_ * options_.weight_decay;
+    k.nesterov = options_.nesterov;
     for (size_t i = 0; i < params_.size(); ++i) {
       Parameter& p = *params_[i];
       if (!p.trainable()) continue;
       float* w = p.value.data();
       const float* g = p.grad.data();
       float* vel = velocity_[i].data();
-      for (int64_t j = 0; j < p.value.size(); ++j) {
-        if (decay != 0.0f) w[j] -= decay * w[j];
-        vel[j] = flush_subnormal(mu * vel[j] - lr * g[j]);
-        w[j] += options_.nesterov ? mu * vel[j] - lr * g[j] : vel[j];
-      }
+      parallel_blocks(p.value.size(), 1, [&](int64_t begin, int64_t end, int) {
+        update(w + begin, g + begin, vel + begin, end - begin, k);
+      });
     }
+  }
+
+  struct Coefficients {
+    float momentum = 0, learning_rate = 0, decay = 0;  // decay = lr * weight_decay
+    bool nesterov = false;
+  };
+  // One step for n values, in SIMD packets (the remainder in a partial packet):
+  //   w -= decay * w;  vel = flush(mu vel - lr g);  w += nesterov ? mu vel - lr g : vel
+  // with flush() the flush_subnormal of every value.
+  static void update(float* __restrict w, const float* __restrict g, float* __restrict vel, int64_t n,
+                     const Coefficients& k) {
+    using simd::Packet;
+    const Packet mu = simd::set1(k.momentum), lr = simd::set1(k.learning_rate), decay = simd::set1(k.decay);
+    const Packet tiny = simd::set1(FLT_MIN), zero = simd::zero();
+    const bool decays = k.decay != 0.0f, nesterov = k.nesterov;
+    auto one = [&](int64_t j, int lanes) {
+      Packet wj = simd::load_partial(w + j, lanes);
+      const Packet step = simd::mul(lr, simd::load_partial(g + j, lanes));
+      if (decays) wj = simd::sub(wj, simd::mul(decay, wj));
+      Packet vj = simd::sub(simd::mul(mu, simd::load_partial(vel + j, lanes)), step);
+      vj = simd::select(simd::less(simd::abs(vj), tiny), zero, vj);
+      wj = simd::add(wj, nesterov ? simd::sub(simd::mul(mu, vj), step) : vj);
+      simd::store_partial(vel + j, vj, lanes);
+      simd::store_partial(w + j, wj, lanes);
+    };
+    int64_t j = 0;
+    for (; j + simd::width <= n; j += simd::width) one(j, simd::width);
+    if (j < n) one(j, static_cast<int>(n - j));
   }
 
   std::vector<std::pair<std::string, Tensor*>> state() override {
