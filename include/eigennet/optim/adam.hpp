@@ -9,7 +9,6 @@
 #include <cmath>
 
 #include "../core/parallel.hpp"
-#include "../kernels/simd.hpp"
 #include "optimizer.hpp"
 
 namespace eigennet {
@@ -42,7 +41,8 @@ class Adam : public Optimizer {
     ++steps_;
     const double t = static_cast<double>(steps_);
     Coefficients k;
-    k.alpha = static_cast<float>(lr_ * std::sqrt(1.0 - std::pow(options_.beta2, t)) / (1.0 - std::pow(options_.beta1, t)));
+    k.alpha =
+        static_cast<float>(lr_ * std::sqrt(1.0 - std::pow(options_.beta2, t)) / (1.0 - std::pow(options_.beta1, t)));
     k.beta1 = options_.beta1;
     k.beta2 = options_.beta2;
     k.epsilon = options_.epsilon;
@@ -67,7 +67,7 @@ class Adam : public Optimizer {
   // One step for n values, in SIMD packets (the remainder in a partial packet):
   //   w -= decay * w;  m = flush(b1 m + (1 - b1) g);  v = flush(b2 v + (1 - b2) g^2);
   //   w -= alpha * m / (sqrt(v) + eps)
-  // with flush() the flush_subnormal of every value. Element by element, the same arithmetic as
+  // with flush() = flush_subnormal_packet. Element by element, the same arithmetic as
   // the scalar formula (up to the compiler's fusing of a multiply and an add).
   static void update(float* __restrict w, const float* __restrict g, float* __restrict m, float* __restrict v,
                      int64_t n, const Coefficients& k) {
@@ -75,15 +75,14 @@ class Adam : public Optimizer {
     const Packet b1 = simd::set1(k.beta1), c1 = simd::set1(1 - k.beta1);
     const Packet b2 = simd::set1(k.beta2), c2 = simd::set1(1 - k.beta2);
     const Packet alpha = simd::set1(k.alpha), eps = simd::set1(k.epsilon), decay = simd::set1(k.decay);
-    const Packet tiny = simd::set1(FLT_MIN), zero = simd::zero();
     const bool decays = k.decay != 0.0f;
-    auto flush = [&](const Packet& x) { return simd::select(simd::less(simd::abs(x), tiny), zero, x); };
     auto one = [&](int64_t j, int lanes) {
       Packet wj = simd::load_partial(w + j, lanes);
       const Packet gj = simd::load_partial(g + j, lanes);
       if (decays) wj = simd::sub(wj, simd::mul(decay, wj));
-      const Packet mj = flush(simd::fmadd(b1, simd::load_partial(m + j, lanes), simd::mul(c1, gj)));
-      const Packet vj = flush(simd::fmadd(b2, simd::load_partial(v + j, lanes), simd::mul(simd::mul(c2, gj), gj)));
+      const Packet mj = flush_subnormal_packet(simd::fmadd(b1, simd::load_partial(m + j, lanes), simd::mul(c1, gj)));
+      const Packet vj =
+          flush_subnormal_packet(simd::fmadd(b2, simd::load_partial(v + j, lanes), simd::mul(simd::mul(c2, gj), gj)));
       wj = simd::sub(wj, simd::div(simd::mul(alpha, mj), simd::add(simd::sqrt(vj), eps)));
       simd::store_partial(m + j, mj, lanes);
       simd::store_partial(v + j, vj, lanes);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../core/parameter.hpp"
+#include "../kernels/simd.hpp"
 
 namespace eigennet {
 
@@ -16,6 +17,10 @@ namespace eigennet {
 // the study's head trained 6x slower per epoch from its second epoch on. Flushing values below
 // FLT_MIN to zero changes an update by less than 1e-30.
 inline float flush_subnormal(float x) { return std::fabs(x) < FLT_MIN ? 0.0f : x; }
+// The same for every lane of a packet (the optimizers' updates).
+inline simd::Packet flush_subnormal_packet(const simd::Packet& x) {
+  return simd::select(simd::less(simd::abs(x), simd::set1(FLT_MIN)), simd::zero(), x);
+}
 
 class Optimizer {
  public:

@@ -3,7 +3,6 @@
 #pragma once
 
 #include "../core/parallel.hpp"
-#include "../kernels/simd.hpp"
 #include "optimizer.hpp"
 
 namespace eigennet {
@@ -50,19 +49,18 @@ class SGD : public Optimizer {
   };
   // One step for n values, in SIMD packets (the remainder in a partial packet):
   //   w -= decay * w;  vel = flush(mu vel - lr g);  w += nesterov ? mu vel - lr g : vel
-  // with flush() the flush_subnormal of every value.
+  // with flush() = flush_subnormal_packet.
   static void update(float* __restrict w, const float* __restrict g, float* __restrict vel, int64_t n,
                      const Coefficients& k) {
     using simd::Packet;
     const Packet mu = simd::set1(k.momentum), lr = simd::set1(k.learning_rate), decay = simd::set1(k.decay);
-    const Packet tiny = simd::set1(FLT_MIN), zero = simd::zero();
     const bool decays = k.decay != 0.0f, nesterov = k.nesterov;
     auto one = [&](int64_t j, int lanes) {
       Packet wj = simd::load_partial(w + j, lanes);
       const Packet step = simd::mul(lr, simd::load_partial(g + j, lanes));
       if (decays) wj = simd::sub(wj, simd::mul(decay, wj));
       Packet vj = simd::sub(simd::mul(mu, simd::load_partial(vel + j, lanes)), step);
-      vj = simd::select(simd::less(simd::abs(vj), tiny), zero, vj);
+      vj = flush_subnormal_packet(vj);
       wj = simd::add(wj, nesterov ? simd::sub(simd::mul(mu, vj), step) : vj);
       simd::store_partial(vel + j, vj, lanes);
       simd::store_partial(w + j, wj, lanes);
