@@ -60,6 +60,18 @@ class Adam : public Optimizer {
     }
   }
 
+  std::vector<std::pair<std::string, Tensor*>> state() override {
+    std::vector<std::pair<std::string, Tensor*>> out;
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (params_[i]->kind != ParameterKind::weight) continue;
+      out.emplace_back("optimizer/" + params_[i]->name + "/m", &m_[i]);
+      out.emplace_back("optimizer/" + params_[i]->name + "/v", &v_[i]);
+    }
+    return out;
+  }
+  const Options& options() const { return options_; }
+
+ private:
   // The step's constants: alpha = lr * sqrt(1 - b2^t) / (1 - b1^t), decay = lr * weight_decay.
   struct Coefficients {
     float alpha = 0, beta1 = 0, beta2 = 0, epsilon = 0, decay = 0;
@@ -93,18 +105,6 @@ class Adam : public Optimizer {
     if (j < n) one(j, static_cast<int>(n - j));
   }
 
-  std::vector<std::pair<std::string, Tensor*>> state() override {
-    std::vector<std::pair<std::string, Tensor*>> out;
-    for (size_t i = 0; i < params_.size(); ++i) {
-      if (params_[i]->kind != ParameterKind::weight) continue;
-      out.emplace_back("optimizer/" + params_[i]->name + "/m", &m_[i]);
-      out.emplace_back("optimizer/" + params_[i]->name + "/v", &v_[i]);
-    }
-    return out;
-  }
-  const Options& options() const { return options_; }
-
- private:
   Options options_;
   std::vector<Tensor> m_, v_;
 };

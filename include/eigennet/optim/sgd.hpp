@@ -43,6 +43,15 @@ class SGD : public Optimizer {
     }
   }
 
+  std::vector<std::pair<std::string, Tensor*>> state() override {
+    std::vector<std::pair<std::string, Tensor*>> out;
+    for (size_t i = 0; i < params_.size(); ++i)
+      if (params_[i]->kind == ParameterKind::weight)
+        out.emplace_back("optimizer/" + params_[i]->name + "/velocity", &velocity_[i]);
+    return out;
+  }
+
+ private:
   struct Coefficients {
     float momentum = 0, learning_rate = 0, decay = 0;  // decay = lr * weight_decay
     bool nesterov = false;
@@ -70,15 +79,6 @@ class SGD : public Optimizer {
     if (j < n) one(j, static_cast<int>(n - j));
   }
 
-  std::vector<std::pair<std::string, Tensor*>> state() override {
-    std::vector<std::pair<std::string, Tensor*>> out;
-    for (size_t i = 0; i < params_.size(); ++i)
-      if (params_[i]->kind == ParameterKind::weight)
-        out.emplace_back("optimizer/" + params_[i]->name + "/velocity", &velocity_[i]);
-    return out;
-  }
-
- private:
   Options options_;
   std::vector<Tensor> velocity_;
 };
