@@ -547,9 +547,11 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
         auto dout_row = [&](int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; };
         detail::depthwise3x3_s1_weight_grad_rows(pw, in + r * g.in_w * C, ih, g, zero, dout_row);
         const int64_t middle = ih + g.pad_top - 1;  // the output row this input row centres
-        if (dbias && middle >= 0 && middle < g.out_h)
+        if (dbias && middle >= 0 && middle < g.out_h) {
+          const float* centre = dout_row(middle);
           for (int64_t ow = 0; ow < g.out_w; ++ow)
-            for (int64_t c = 0; c < C; ++c) pb[c] += dout_row(middle)[ow * C + c];
+            for (int64_t c = 0; c < C; ++c) pb[c] += centre[ow * C + c];
+        }
         continue;
       }
       const int64_t n = r / g.out_h, oh = r % g.out_h;

@@ -6,6 +6,7 @@
 
 #include <Eigen/Core>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #if defined(__AVX512F__) || defined(__AVX__) || defined(__SSE2__)
 #include <immintrin.h>
@@ -107,6 +108,15 @@ inline void store_partial(float* p, const Packet& v, int n) {
   store(buffer, v);
   std::memcpy(p, buffer, static_cast<size_t>(n) * sizeof(float));
 #endif
+}
+
+// f(j, lanes) for j = 0, width, 2 width, ... < n: full packets (lanes == width), then one partial
+// packet for the last n % width values (for load_partial / store_partial).
+template <typename F>
+inline void for_each_packet(int64_t n, F&& f) {
+  int64_t j = 0;
+  for (; j + width <= n; j += width) f(j, width);
+  if (j < n) f(j, static_cast<int>(n - j));
 }
 
 }  // namespace eigennet::simd

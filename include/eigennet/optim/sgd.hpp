@@ -74,9 +74,7 @@ class SGD : public Optimizer {
       simd::store_partial(vel + j, vj, lanes);
       simd::store_partial(w + j, wj, lanes);
     };
-    int64_t j = 0;
-    for (; j + simd::width <= n; j += simd::width) one(j, simd::width);
-    if (j < n) one(j, static_cast<int>(n - j));
+    simd::for_each_packet(n, one);
   }
 
   Options options_;
