@@ -1,8 +1,13 @@
 // Tensor, Shape, Rng and the Sequential container: the basics everything else stands on.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <eigennet/eigennet.hpp>
 
@@ -115,6 +120,55 @@ TEST_CASE("Rng is deterministic and uniform in [0, 1)") {
   }
   CHECK(differs);
   CHECK(sum / 10000 == doctest::Approx(0.5).epsilon(0.02));
+}
+
+TEST_CASE("parallel_chunks covers every item once, in chunks that do not depend on the thread count") {
+  const int saved = max_threads();
+  for (const int64_t n : {int64_t{1}, int64_t{5}, int64_t{16}, int64_t{17}, int64_t{1000}}) {
+    for (const int threads : {1, 2, 3}) {
+      CAPTURE(n);
+      CAPTURE(threads);
+      set_threads(threads);
+      const int64_t work = parallel_grain;  // every item worth a team
+      const int chunks = chunks_for(n, work);
+      CHECK(chunks == (n < 2 ? 1 : std::min<int64_t>(n, 16)));
+      std::vector<int> seen(static_cast<size_t>(n), 0);
+      std::vector<std::pair<int64_t, int64_t>> ranges(static_cast<size_t>(chunks), {-1, -1});
+      parallel_chunks(n, work, [&](int64_t begin, int64_t end, int chunk) {
+        ranges[static_cast<size_t>(chunk)] = {begin, end};
+        for (int64_t i = begin; i < end; ++i) seen[static_cast<size_t>(i)]++;  // distinct items per chunk
+      });
+      for (int64_t i = 0; i < n; ++i) CHECK(seen[static_cast<size_t>(i)] == 1);
+      for (int c = 0; c < chunks; ++c) {
+        CHECK(ranges[static_cast<size_t>(c)].first == n * c / chunks);
+        CHECK(ranges[static_cast<size_t>(c)].second == n * (c + 1) / chunks);
+      }
+    }
+  }
+  // Little work runs as one chunk, without a team.
+  CHECK(chunks_for(1000, 1) == 1);
+  set_threads(saved);
+}
+
+TEST_CASE("parallel_chunks hands the chunks of a delayed thread to the others") {
+#ifdef _OPENMP
+  const int saved = max_threads();
+  set_threads(2);
+  std::vector<int> runner(16, -1);
+  std::atomic<int> stalled_thread{-1};
+  parallel_chunks(16, parallel_grain, [&](int64_t, int64_t, int chunk) {
+    runner[static_cast<size_t>(chunk)] = thread_index();
+    // The thread that takes the first chunk stalls, as a thread preempted by another process.
+    int none = -1;
+    if (stalled_thread.compare_exchange_strong(none, thread_index()))
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  });
+  set_threads(saved);
+  int by_stalled = 0;
+  for (int r : runner) by_stalled += r == stalled_thread.load();
+  CHECK(by_stalled >= 1);
+  CHECK(by_stalled < 8);  // a static split would give it 8 of the 16 chunks
+#endif
 }
 
 TEST_CASE("Sequential builds shapes as layers are added") {

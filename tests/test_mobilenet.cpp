@@ -409,6 +409,51 @@ TEST_CASE("fused blocks equal the plain-layer reference: forward, gradients, mov
                             by_name(initial->parameters()).at("block_5_project_BN/moving_mean")->value) > 1e-3);
 }
 
+TEST_CASE("a training step is bit-identical on 1, 2 and 3 threads and run after run") {
+  // Every sum the kernels split between threads is split into the same chunks on 1 to 4
+  // threads and reduced in chunk order, whichever thread ran which chunk (parallel_chunks).
+  const int saved_threads = max_threads();
+  const int64_t size = 48, batch = 4;
+  for (const bool fused : {true, false}) {
+    CAPTURE(build_name(fused));
+    Rng rng(21);
+    const Tensor x = random_tensor(Shape{batch, size, size, 3}, rng);
+    const Tensor dy = random_tensor(Shape{batch, 2, 2, 1280}, rng);
+    struct Result {
+      Tensor y, dx;
+      std::vector<Tensor> values;  // after the step: moving statistics updated
+      std::vector<Tensor> grads;
+    };
+    auto run = [&](int threads) {
+      set_threads(threads);
+      auto net = make_mobilenet_v2(config_for(0.35f, size, size, fused), 1);
+      perturb(net->parameters(), 11);
+      zero_grad(net->parameters());
+      Result r;
+      net->forward(x, r.y, Mode::train);
+      net->backward(x, r.y, dy, &r.dx);
+      for (Parameter* p : net->parameters()) {
+        r.values.push_back(p->value);
+        r.grads.push_back(p->grad);
+      }
+      return r;
+    };
+    const Result one = run(1);
+    for (const int threads : {2, 2, 3}) {
+      CAPTURE(threads);
+      const Result other = run(threads);
+      CHECK(bit_equal(other.y, one.y));
+      CHECK(bit_equal(other.dx, one.dx));
+      REQUIRE(other.grads.size() == one.grads.size());
+      int differing = 0;
+      for (size_t i = 0; i < one.grads.size(); ++i)
+        differing += !bit_equal(other.grads[i], one.grads[i]) || !bit_equal(other.values[i], one.values[i]);
+      CHECK(differing == 0);
+    }
+  }
+  set_threads(saved_threads);
+}
+
 TEST_CASE("both ImageNet weight files load; a file of the wrong alpha is an error naming the tensor") {
   if (!weights_available()) return;
   for (const bool fused : {true, false}) {

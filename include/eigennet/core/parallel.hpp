@@ -39,6 +39,7 @@ constexpr int64_t parallel_grain = 1 << 14;
 }  // namespace eigennet
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <vector>
 
@@ -68,17 +69,74 @@ void parallel_blocks(int64_t n, int64_t work_per_item, Body&& body) {
   }
 }
 
-// Runs body(i) for i in [0, n): split statically over all threads when total_work is worth a
-// team, inline otherwise. An OpenMP region is never entered just to run serially: libgomp
-// allocates a new team whenever the team size changes, and a training step must not allocate.
+// Chunks per parallel region: several per thread, so that a thread the machine's other load
+// slows down leaves its last chunks to the others instead of making them wait at the region's
+// end (see detail::run_chunks); and the same number on 1 to 4 threads, so that sums reduced chunk by chunk do
+// not depend on the thread count there.
+inline int64_t chunk_target() { return std::max<int64_t>(16, int64_t{4} * max_threads()); }
+
+// Number of chunks parallel_chunks splits n items of this much work into.
+inline int chunks_for(int64_t n, int64_t work_per_item) {
+  if (n * work_per_item < parallel_grain || n < 2) return 1;
+  return static_cast<int>(std::min(n, chunk_target()));
+}
+
+namespace detail {
+// Runs run(c) for every chunk c in [0, chunks) on a team of all threads. Thread t first runs
+// the chunks a static split gives it, in order, so it mostly touches the rows it touched in the
+// previous region (still in its core's cache); when done, it takes the next unclaimed chunks of
+// the other threads' shares, so one thread slowed down by the machine's other load does not
+// keep the others waiting. Each chunk is claimed once, through its owner's counter.
+template <typename Run>
+void run_chunks(int chunks, Run&& run) {
+  constexpr int max_team = 64;
+  struct alignas(64) Counter {
+    std::atomic<int> next;
+  };
+  const int team = std::min(max_threads(), max_team);
+  Counter counters[max_team];
+  for (int t = 0; t < team; ++t) counters[t].next.store(t * chunks / team, std::memory_order_relaxed);
+#pragma omp parallel num_threads(team)
+  {
+    const int self = thread_index();
+    for (int k = 0; k < team; ++k) {
+      const int owner = (self + k) % team;
+      const int end = (owner + 1) * chunks / team;
+      for (int c = counters[owner].next.fetch_add(1, std::memory_order_relaxed); c < end;
+           c = counters[owner].next.fetch_add(1, std::memory_order_relaxed))
+        run(c);
+    }
+  }
+}
+}  // namespace detail
+
+// Splits [0, n) into chunks_for(n, work_per_item) contiguous chunks and calls
+// body(begin, end, chunk) for each (see run_chunks for which thread runs which; one thread: in
+// order). The split does not depend on which thread runs a chunk, so per-chunk partial sums
+// reduced in chunk order give bit-identical results run after run, on 1 to 4 threads alike.
+template <typename Body>
+void parallel_chunks(int64_t n, int64_t work_per_item, Body&& body) {
+  const int chunks = chunks_for(n, work_per_item);
+  if (chunks <= 1 || max_threads() <= 1) {
+    for (int c = 0; c < chunks; ++c) body(n * c / chunks, n * (c + 1) / chunks, c);
+    return;
+  }
+  detail::run_chunks(chunks, [&](int c) { body(n * c / chunks, n * (c + 1) / chunks, c); });
+}
+
+// Runs body(i) for i in [0, n): in chunks as parallel_chunks when total_work is worth a team,
+// inline otherwise. An OpenMP region is never entered just to run serially: libgomp allocates a
+// new team whenever the team size changes, and a training step must not allocate.
 template <typename Body>
 void parallel_for(int64_t n, int64_t total_work, Body&& body) {
   if (total_work < parallel_grain || n < 2 || max_threads() <= 1) {
     for (int64_t i = 0; i < n; ++i) body(i);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) body(i);
+  const int chunks = static_cast<int>(std::min(n, chunk_target()));
+  detail::run_chunks(chunks, [&](int c) {
+    for (int64_t i = n * c / chunks, end = n * (c + 1) / chunks; i < end; ++i) body(i);
+  });
 }
 
 // Runs body(i) for i in [0, n), one item per thread at a time: for a few items of large, uneven

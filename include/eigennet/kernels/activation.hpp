@@ -17,7 +17,7 @@ inline void relu_forward(float* y, const float* x, int64_t n, float cap) {
 // dx = dy where 0 < y < cap, else 0 (also where y is NaN). dx may alias dy. In SIMD packets:
 // written as a plain loop, the compiler guards the possible aliasing with a scalar fallback.
 inline void relu_backward(float* dx, const float* dy, const float* y, int64_t n, float cap) {
-  parallel_blocks(n, 1, [&](int64_t begin, int64_t end, int) {
+  parallel_chunks(n, 1, [&](int64_t begin, int64_t end, int) {
     const simd::Packet zero = simd::zero(), upper = simd::set1(cap);
     int64_t i = begin;
     for (; i + simd::width <= end; i += simd::width) {

@@ -36,8 +36,9 @@ inline float activation_mask(float y) {
     return (void)y, 1.0f;
 }
 
-// Per-channel sums accumulated per thread block: float within a row (short, exact enough),
-// double across rows. Reduced in block order, so results do not depend on scheduling.
+// Per-channel sums accumulated per block of rows (a chunk of parallel_chunks): float within a
+// row (short, exact enough), double across rows. Reduced in block order, so results do not
+// depend on which thread ran which block.
 class ChannelSums {
  public:
   // Prepares `blocks` x `count` x C double accumulators, zeroed (thread-local scratch).
@@ -85,9 +86,8 @@ __attribute__((noinline)) inline void accumulate_shifted_row(double* __restrict 
 inline void channel_statistics(float* mean, float* variance, const float* x, int64_t m, int64_t c,
                                const float* shift = nullptr) {
   if (!shift) shift = x;
-  const int blocks = blocks_for(m, c);
-  ChannelSums sums(blocks, 2, c);
-  parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
+  ChannelSums sums(chunks_for(m, c), 2, c);
+  parallel_chunks(m, c, [&](int64_t begin, int64_t end, int t) {
     double* s = sums.block(t, 0);
     double* ss = sums.block(t, 1);
     for (int64_t r = begin; r < end; ++r) detail::accumulate_shifted_row(s, ss, x + r * c, shift, c);
@@ -130,9 +130,8 @@ inline void batch_norm_add_forward(float* y, const float* x, const float* scale,
 template <Activation act>
 inline void batch_norm_act_backward_sums(double* s1, double* s2, const float* dy, const float* y_act, const float* x,
                                          const float* mean, const float* inv_std, int64_t m, int64_t c) {
-  const int blocks = blocks_for(m, c);
-  ChannelSums sums(blocks, 2, c);
-  parallel_blocks(m, c, [&](int64_t begin, int64_t end, int t) {
+  ChannelSums sums(chunks_for(m, c), 2, c);
+  parallel_chunks(m, c, [&](int64_t begin, int64_t end, int t) {
     double* a = sums.block(t, 0);
     double* b = sums.block(t, 1);
     float* fa = scratch<float, 2>(static_cast<size_t>(2 * c));

@@ -101,7 +101,7 @@ inline void conv2d_forward_packed(float* out, const float* in, const pointwise::
                                    ? (g.in_w - g.kernel_w + g.pad_left) / g.stride_w + 1
                                    : int64_t{0}));
   const bool direct = last - first >= pw::tile_rows && first + g.out_w - last <= pw::tile_rows;
-  parallel_blocks(rows, g.out_w * patch * g.out_c, [&](int64_t r0, int64_t r1, int) {
+  parallel_chunks(rows, g.out_w * patch * g.out_c, [&](int64_t r0, int64_t r1, int) {
     // Zero-initialized once: a border tile reads tile_rows rows, only the first ones are set.
     float* col = aligned_scratch<32>(static_cast<size_t>(std::max<int64_t>(g.out_w, pw::tile_rows) * patch));
     Packet acc[pw::tile_rows][pw::vectors];

@@ -520,11 +520,11 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
 }
 
 // dweight += sum over n, oh, ow of dout * in at the window position; dbias += sum of dout.
-// Per-thread partial sums over blocks of output rows, reduced in thread order (deterministic).
+// Partial sums per chunk of output rows, reduced in chunk order (deterministic).
 inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const float* dout, const float* in,
                                              const WindowGeometry& g) {
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.out_h;
-  const int64_t stride = (taps + 1) * C;  // per block: taps weight rows then the bias row
+  const int64_t stride = (taps + 1) * C;  // per chunk: taps weight rows then the bias row
   // Stride-1 3x3 weight gradients go over input rows (each feeds three output rows, one
   // register-blocked sweep); other geometries over output rows. With at most one padding row
   // above and below, each output row is the middle row (kh = 1) of exactly one input row, which
@@ -534,11 +534,11 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
       detail::Stride1InputGradient::applies(g) && dweight && g.pad_top <= 1 && pad_bottom <= 1;
   const int64_t items = by_input_rows ? g.batch * g.in_h : rows;
   const int64_t work = (by_input_rows ? g.in_w : g.out_w) * C * taps;
-  const int blocks = blocks_for(items, work);
-  float* partial = scratch<float>(static_cast<size_t>(blocks * stride));
-  std::fill_n(partial, blocks * stride, 0.0f);
+  const int chunks = chunks_for(items, work);
+  float* partial = scratch<float>(static_cast<size_t>(chunks * stride));
+  std::fill_n(partial, chunks * stride, 0.0f);
   const float* zero = by_input_rows ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
-  parallel_blocks(items, work, [&](int64_t begin, int64_t end, int t) {
+  parallel_chunks(items, work, [&](int64_t begin, int64_t end, int t) {
     float* pw = partial + t * stride;
     float* pb = pw + taps * C;
     for (int64_t r = begin; r < end; ++r) {
@@ -567,7 +567,7 @@ inline void depthwise_conv2d_backward_weight(float* dweight, float* dbias, const
       }
     }
   });
-  for (int b = 0; b < blocks; ++b) {
+  for (int b = 0; b < chunks; ++b) {
     const float* p = partial + b * stride;
     if (dweight)
       for (int64_t j = 0; j < taps * C; ++j) dweight[j] += p[j];

@@ -42,7 +42,7 @@ __attribute__((noinline)) inline void relu6_affine_row_in_place(float* __restric
       data[p * channels + c] = activate<Activation::relu6>(data[p * channels + c] * scale[c] + shift[c]);
 }
 
-// The last few transformed input rows of one thread: with stride 1 consecutive output rows share
+// The last few transformed input rows of one chunk of rows: with stride 1 consecutive output rows share
 // two of their three input rows, so each input row is transformed about once.
 class TransformedRows {
  public:
@@ -108,9 +108,9 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
   const bool three_by_three = g.kernel_h == 3 && g.kernel_w == 3;
   // Read-only zeros shared by the threads: padding rows and the (absent) bias.
   const float* zero = three_by_three ? detail::zeros(std::max(g.in_w, int64_t{1}) * C) : nullptr;
-  const int blocks = blocks_for(rows, work);
-  ChannelSums sums(blocks, 2, stats ? C : 0);
-  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int t) {
+  const int chunks = chunks_for(rows, work);
+  ChannelSums sums(chunks, 2, stats ? C : 0);
+  parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int t) {
     double* s = stats ? sums.block(t, 0) : nullptr;
     double* ss = stats ? sums.block(t, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
@@ -189,8 +189,8 @@ __attribute__((noinline)) inline void batch_norm_backward_row(float* __restrict 
     }
 }
 
-// The output-gradient rows of one thread, transformed by an AboveBatchNorm when there is one;
-// the last few are kept, so each row is transformed about once per thread.
+// The output-gradient rows of one chunk of rows, transformed by an AboveBatchNorm when there is
+// one; the last few are kept, so each row is transformed about once per chunk.
 class DoutRows {
  public:
   DoutRows(const float* dout, const AboveBatchNorm* above, const WindowGeometry& g)
@@ -248,7 +248,7 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate(float* __restric
 }  // namespace detail
 
 // One sweep over input rows: din = depthwise input gradient (gather, no write conflicts),
-// dweight += weight gradient (per-thread partials reduced in order; null to skip). The
+// dweight += weight gradient (per-chunk partials reduced in order; null to skip). The
 // depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
 // input_transform (as in the forward). With `below`, din is replaced by
 // dz = din * relu6'(input) and below's sums are accumulated.
@@ -258,11 +258,11 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
                                             const AboveBatchNorm* above = nullptr) {
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
   const int64_t work = row_len * taps;
-  const int blocks = blocks_for(rows, work);
-  // Weight gradient: float sums within an input row, double across rows and threads.
-  double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(blocks * taps * C)) : nullptr;
-  if (partial) std::fill_n(partial, blocks * taps * C, 0.0);
-  ChannelSums sums(blocks, 2, below ? C : 0);
+  const int chunks = chunks_for(rows, work);
+  // Weight gradient: float sums within an input row, double across rows and chunks.
+  double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(chunks * taps * C)) : nullptr;
+  if (partial) std::fill_n(partial, chunks * taps * C, 0.0);
+  ChannelSums sums(chunks, 2, below ? C : 0);
   // Stride-1 3x3: the input gradient as a forward convolution (see Stride1InputGradient).
   std::optional<detail::Stride1InputGradient> stride1;
   if (detail::Stride1InputGradient::applies(g)) stride1.emplace(dout, weight, g);
@@ -270,13 +270,13 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   const float* zero_row = stride1 ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
   // Stride-2 3x3: the input gradient gathered from the (at most two) output rows of each input row.
   const bool gather2 = !stride1 && detail::stride2_gather_applies(g);
-  parallel_blocks(rows, work, [&](int64_t begin, int64_t end, int thread) {
-    double* pw_total = partial ? partial + thread * taps * C : nullptr;
+  parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int chunk) {
+    double* pw_total = partial ? partial + chunk * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
     float* fa = scratch<float, 2>(static_cast<size_t>(2 * C));
     float* fb = fa + C;
-    double* sa = below ? sums.block(thread, 0) : nullptr;
-    double* sb = below ? sums.block(thread, 1) : nullptr;
+    double* sa = below ? sums.block(chunk, 0) : nullptr;
+    double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
     detail::DoutRows output_gradient(dout, above, g);
     for (int64_t r = begin; r < end; ++r) {
@@ -339,7 +339,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   if (partial)
     for (int64_t j = 0; j < taps * C; ++j) {
       double total = 0;
-      for (int b = 0; b < blocks; ++b) total += partial[b * taps * C + j];
+      for (int b = 0; b < chunks; ++b) total += partial[b * taps * C + j];
       dweight[j] += static_cast<float>(total);
     }
   if (below) {

@@ -1,13 +1,13 @@
 // Matrix products on raw row-major buffers, with Eigen's GEBP kernels doing the arithmetic.
 //
 // Eigen's own product entry point allocates its packing buffers on every call and splits the
-// work its own way; here each thread calls Eigen's sequential product on its share with packing
-// buffers from thread-local scratch, so a training step allocates nothing, and the split fits
-// our shapes (one dimension is batch x pixels, far larger than the others):
-//   C = A B and C = A B^T: the rows of C are split between threads;
-//   C = A^T B (weight gradients, a sum over pixels): the pixel dimension is split, each thread
-//   sums its part into its own partial C, and the partials are added in thread order
-//   (deterministic for a given thread count).
+// work its own way; here each chunk of parallel_chunks is Eigen's sequential product on its
+// share with packing buffers from thread-local scratch, so a training step allocates nothing,
+// and the split fits our shapes (one dimension is batch x pixels, far larger than the others):
+//   C = A B and C = A B^T: the rows of C are split into chunks;
+//   C = A^T B (weight gradients, a sum over pixels): the pixel dimension is split, each chunk
+//   is summed into its own partial C, and the partials are added in chunk order
+//   (deterministic, and the same on 1 to 4 threads).
 #pragma once
 
 #include <Eigen/Core>
@@ -52,20 +52,20 @@ template <bool transpose_a, bool transpose_b>
 void gemm_dispatch(float* c, const float* a, const float* b, int64_t m, int64_t n, int64_t k) {
   const int64_t lda = transpose_a ? m : k, ldb = transpose_b ? k : n;
   if constexpr (!transpose_a) {
-    // Rows of C (and of A) to threads.
-    parallel_blocks(m, n * k, [&](int64_t begin, int64_t end, int) {
+    // Chunks of rows of C (and of A) to threads.
+    parallel_chunks(m, n * k, [&](int64_t begin, int64_t end, int) {
       gemm_serial<false, transpose_b>(c + begin * n, n, a + begin * lda, lda, b, ldb, end - begin, n, k);
     });
   } else {
-    // The summed dimension k to threads; partial products reduced in thread order.
-    const int blocks = blocks_for(k, m * n);
+    // Chunks of the summed dimension k to threads; partial products reduced in chunk order.
+    const int blocks = chunks_for(k, m * n);
     if (blocks <= 1) {
       gemm_serial<true, transpose_b>(c, n, a, lda, b, ldb, m, n, k);
       return;
     }
     float* partial = aligned_scratch<12>(static_cast<size_t>(blocks * m * n));
     std::fill_n(partial, blocks * m * n, 0.0f);
-    parallel_blocks(k, m * n, [&](int64_t begin, int64_t end, int t) {
+    parallel_chunks(k, m * n, [&](int64_t begin, int64_t end, int t) {
       const float* b_part = transpose_b ? b + begin : b + begin * ldb;
       gemm_serial<true, transpose_b>(partial + t * m * n, n, a + begin * lda, lda, b_part, ldb, m, n, end - begin);
     });
@@ -105,12 +105,12 @@ inline void add_row_bias(float* out, const float* bias, int64_t rows, int64_t co
   });
 }
 
-// dbias += column sums of dout[rows, cols], summed in per-thread blocks then in thread order.
+// dbias += column sums of dout[rows, cols], summed in chunks of rows then in chunk order.
 inline void accumulate_column_sums(float* dbias, const float* dout, int64_t rows, int64_t cols) {
-  const int blocks = blocks_for(rows, cols);
+  const int blocks = chunks_for(rows, cols);
   double* partial = scratch<double>(static_cast<size_t>(blocks * cols));
   std::fill_n(partial, blocks * cols, 0.0);
-  parallel_blocks(rows, cols, [&](int64_t begin, int64_t end, int t) {
+  parallel_chunks(rows, cols, [&](int64_t begin, int64_t end, int t) {
     double* p = partial + t * cols;
     for (int64_t r = begin; r < end; ++r) {
       const float* row = dout + r * cols;

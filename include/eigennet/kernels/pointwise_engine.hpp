@@ -12,8 +12,9 @@
 //   output, no separate passes.
 // Weight gradient:  C[K, N] (+)= A^T B  with A [M, K] and B [M, N] both tall: the same
 //   micro-kernel with A's roles of rows and k exchanged (a tile is `tile_rows` input channels
-//   x one panel of output channels, summed over pixels), rows split between threads and the
-//   per-thread partial sums added in thread order (deterministic for a thread count).
+//   x one panel of output channels, summed over pixels), rows split into chunks that threads
+//   take as they become free, and the per-chunk partial sums added in chunk order
+//   (deterministic, and the same on 1 to 4 threads).
 //
 // Sizes that are not multiples of the blocking: the last tile of rows overlaps the previous
 // one (recomputed, stored once) when there are at least `tile_rows` rows, and otherwise runs on
@@ -347,29 +348,41 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
   }
 }
 
-// Splits the [m, n] output between threads: by rows when there are enough, otherwise by panels
-// (a few rows and many columns: a late layer at batch 1).
+namespace detail {
+// How the [m, n] output is split: by tiles of rows when there are enough, otherwise by panels
+// (a few rows and many columns: a late layer at batch 1), in `chunks` chunks of parallel_chunks.
+struct Shares {
+  bool by_rows;
+  int64_t items, work_per_item;
+  int chunks;
+};
+inline Shares plan_shares(int64_t m, int64_t n, int64_t k) {
+  const int64_t panels = panel_count(n), tiles = (m + tile_rows - 1) / tile_rows;
+  const bool by_rows = tiles >= chunk_target() || tiles >= panels;
+  const int64_t items = by_rows ? tiles : panels;
+  const int64_t work = k * panel_width * (by_rows ? panels * tile_rows : m);
+  return {by_rows, items, work, chunks_for(items, work)};
+}
+}  // namespace detail
+
+// Calls body(row_begin, row_end, panel_begin, panel_end, chunk) for each chunk of the [m, n]
+// output (see plan_shares), on all threads.
 template <typename Body>
 void for_each_share(int64_t m, int64_t n, int64_t k, Body&& body) {
-  const int64_t panels = panel_count(n), tiles = (m + tile_rows - 1) / tile_rows;
-  const int threads = blocks_for(tiles * panels, k * tile_rows * panel_width);
-  if (threads <= 1) {
-    body(int64_t{0}, m, int64_t{0}, panels, 0);
-    return;
-  }
-  const bool by_rows = tiles >= 4 * threads || tiles >= panels;
-  parallel_blocks(by_rows ? tiles : panels, k * panel_width * (by_rows ? panels * tile_rows : m),
-                  [&](int64_t begin, int64_t end, int t) {
-                    if (by_rows)
-                      body(begin * tile_rows, std::min(m, end * tile_rows), int64_t{0}, panels, t);
-                    else
-                      body(int64_t{0}, m, begin, end, t);
-                  });
+  const detail::Shares shares = detail::plan_shares(m, n, k);
+  const int64_t panels = panel_count(n);
+  parallel_chunks(shares.items, shares.work_per_item, [&](int64_t begin, int64_t end, int chunk) {
+    if (shares.by_rows)
+      body(begin * tile_rows, std::min(m, end * tile_rows), int64_t{0}, panels, chunk);
+    else
+      body(int64_t{0}, m, begin, end, chunk);
+  });
 }
 
 namespace detail {
-// multiply() on all threads; with `shift`, every thread accumulates ColumnSums (with `other` if
-// given) into totals[2 * n * thread ...] (n sums, then n sums of squares), which the caller reduces.
+// multiply() on all threads; with `shift`, every chunk accumulates ColumnSums (with `other` if
+// given) into totals[2 * n * chunk ...] (n sums, then n sums of squares), which the caller
+// reduces in chunk order.
 inline void multiply_threads(float* out, int64_t ldo, const float* a, int64_t lda, int64_t m, const Packed& b,
                              const Epilogue& e, const float* shift, const float* other, int64_t ld_other,
                              double* totals) {
@@ -387,9 +400,7 @@ inline void multiply_threads(float* out, int64_t ldo, const float* a, int64_t ld
   });
 }
 
-inline int share_count(int64_t m, const Packed& b) {
-  return blocks_for(((m + tile_rows - 1) / tile_rows) * panel_count(b.n), b.k * tile_rows * panel_width);
-}
+inline int share_count(int64_t m, const Packed& b) { return plan_shares(m, b.n, b.k).chunks; }
 }  // namespace detail
 
 // out [m, n] (ldo) = epilogue(a [m, k] (lda) x b), on all threads. With mean and variance,
@@ -501,9 +512,9 @@ inline void multiply_transposed_by_panels(float* c, const float* a, int64_t lda,
 // c [k, n] (+)= a^T b, where a is [m, k] (lda) and b is [m, n] (ldb): the weight gradient of a
 // 1x1 convolution (a: its input, b: its output gradient). Few rows and many columns (the late
 // layers: 288 pixels, 160-1280 channels) are split by panels of columns: each thread sums its
-// panels over all rows, and nothing is reduced. Otherwise rows (pixels) are split between
-// threads; each sums its share into its own partial [k, n] in chunks of rows that stay in cache,
-// and the partials are added in thread order.
+// panels over all rows, and nothing is reduced. Otherwise rows (pixels) are split into
+// parallel chunks; each is summed into its own partial [k, n] in runs of rows that stay in
+// cache, and the partials are added in chunk order.
 inline void multiply_transposed(float* c, const float* a, int64_t lda, const float* b, int64_t ldb, int64_t m,
                                 int64_t k, int64_t n, bool accumulate) {
   if (k <= 0 || n <= 0) return;
@@ -517,11 +528,11 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
     return detail::multiply_transposed_by_panels(c, a, lda, b, ldb, m, k, n, accumulate);
   const int64_t kp = narrow ? tile_rows : k;
   const int64_t panels = panel_count(n), width = panels * panel_width;
-  const int blocks = blocks_for(m, k * n);
+  const int blocks = chunks_for(m, k * n);
   float* partial = aligned_scratch<24>(static_cast<size_t>(blocks * kp * width));
   // Chunk of rows whose a and b rows stay in L2 while every tile of c passes over them.
   const int64_t chunk = std::clamp<int64_t>((512 * 1024) / (4 * (kp + width)), 16, 1024);
-  parallel_blocks(m, k * n, [&](int64_t begin, int64_t end, int t) {
+  parallel_chunks(m, k * n, [&](int64_t begin, int64_t end, int t) {
     float* cp = partial + t * kp * width;
     std::fill_n(cp, kp * width, 0.0f);
     // b's last panel, when partial, goes through a zero-padded copy (the kernel reads whole panels).

@@ -54,7 +54,7 @@ class Adam : public Optimizer {
       const float* g = p.grad.data();
       float* m = m_[i].data();
       float* v = v_[i].data();
-      parallel_blocks(p.value.size(), 1, [&](int64_t begin, int64_t end, int) {
+      parallel_chunks(p.value.size(), 1, [&](int64_t begin, int64_t end, int) {
         update(w + begin, g + begin, m + begin, v + begin, end - begin, k);
       });
     }

@@ -37,7 +37,7 @@ class SGD : public Optimizer {
       float* w = p.value.data();
       const float* g = p.grad.data();
       float* vel = velocity_[i].data();
-      parallel_blocks(p.value.size(), 1, [&](int64_t begin, int64_t end, int) {
+      parallel_chunks(p.value.size(), 1, [&](int64_t begin, int64_t end, int) {
         update(w + begin, g + begin, vel + begin, end - begin, k);
       });
     }
