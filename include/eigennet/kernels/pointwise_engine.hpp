@@ -12,9 +12,9 @@
 //   output, no separate passes.
 // Weight gradient:  C[K, N] (+)= A^T B  with A [M, K] and B [M, N] both tall: the same
 //   micro-kernel with A's roles of rows and k exchanged (a tile is `tile_rows` input channels
-//   x one panel of output channels, summed over pixels), rows split into chunks that threads
-//   take as they become free, and the per-chunk partial sums added in chunk order
-//   (deterministic, and the same on 1 to 4 threads).
+//   x one panel of output channels, summed over pixels), rows split into chunks
+//   (parallel_chunks), and the per-chunk partial sums added in chunk order (deterministic, and
+//   the same on 1 to 4 threads).
 //
 // Sizes that are not multiples of the blocking: the last tile of rows overlaps the previous
 // one (recomputed, stored once) when there are at least `tile_rows` rows, and otherwise runs on
