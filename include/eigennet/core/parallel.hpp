@@ -71,8 +71,8 @@ void parallel_blocks(int64_t n, int64_t work_per_item, Body&& body) {
 
 // Chunks per parallel region: several per thread, so that a thread the machine's other load
 // slows down leaves its last chunks to the others instead of making them wait at the region's
-// end (see detail::run_chunks); and the same number on 1 to 4 threads, so that sums reduced chunk by chunk do
-// not depend on the thread count there.
+// end (see detail::run_chunks); and the same number on 1 to 4 threads, so that sums reduced
+// chunk by chunk do not depend on the thread count there.
 inline int64_t chunk_target() { return std::max<int64_t>(16, int64_t{4} * max_threads()); }
 
 // Number of chunks parallel_chunks splits n items of this much work into.

@@ -42,8 +42,8 @@ __attribute__((noinline)) inline void relu6_affine_row_in_place(float* __restric
       data[p * channels + c] = activate<Activation::relu6>(data[p * channels + c] * scale[c] + shift[c]);
 }
 
-// The last few transformed input rows of one chunk of rows: with stride 1 consecutive output rows share
-// two of their three input rows, so each input row is transformed about once.
+// The last few transformed input rows of one chunk of rows: with stride 1 consecutive output
+// rows share two of their three input rows, so each input row is transformed about once.
 class TransformedRows {
  public:
   TransformedRows(const float* source, const Relu6Affine* transform, const WindowGeometry& g)
