@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -233,6 +234,19 @@ TEST_CASE("depthwise 3x3 rows (sliding windows, register-blocked) equal a direct
       std::vector<float> out(static_cast<size_t>(g.out_pixels() * k.c), NAN);
       kernels::depthwise_conv2d_forward(out.data(), in.data(), w.data(), bias.data(), g, c);
       CHECK(relative_error(out, depthwise_direct(in, w, bias, g, c.lo, c.hi)) < 1e-5);
+      // Rows computed in pairs (stride 1) give the same bits as rows one at a time.
+      std::vector<float> single(out.size(), NAN), zero(static_cast<size_t>(k.w * k.c), 0.0f);
+      for (int64_t r = 0; r < g.batch * g.out_h; ++r) {
+        const int64_t n = r / g.out_h, oh = r % g.out_h;
+        const float* rows[3];
+        for (int64_t kh = 0; kh < 3; ++kh) {
+          const int64_t ih = oh * g.stride_h - g.pad_top + kh;
+          rows[kh] = ih < 0 || ih >= g.in_h ? zero.data() : in.data() + (n * g.in_h + ih) * g.in_w * k.c;
+        }
+        kernels::detail::depthwise3x3_row(single.data() + r * g.out_w * k.c, rows[0], rows[1], rows[2], w.data(),
+                                          bias.data(), g, c);
+      }
+      CHECK(std::memcmp(out.data(), single.data(), out.size() * sizeof(float)) == 0);
     }
 }
 

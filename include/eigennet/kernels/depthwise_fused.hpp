@@ -43,12 +43,13 @@ __attribute__((noinline)) inline void relu6_affine_row_in_place(float* __restric
 }
 
 // The last few transformed input rows of one chunk of rows: with stride 1 consecutive output
-// rows share two of their three input rows, so each input row is transformed about once.
+// rows share two of their three input rows, so each input row is transformed about once. Holds
+// kernel_h + 1 rows: a pair of output rows (depthwise3x3_row_pair) reads four at once.
 class TransformedRows {
  public:
   TransformedRows(const float* source, const Relu6Affine* transform, const WindowGeometry& g)
       : source_(source), transform_(transform), row_len_(g.in_w * g.in_c), in_h_(g.in_h), c_(g.in_c),
-        pixels_(g.in_w), slots_(static_cast<int>(std::min<int64_t>(g.kernel_h, 8))) {
+        pixels_(g.in_w), slots_(static_cast<int>(std::min<int64_t>(g.kernel_h + 1, 8))) {
     if (transform_) buffer_ = scratch<float, 7>(static_cast<size_t>(slots_ * row_len_));
     for (int k = 0; k < 8; ++k) tag_[k] = -1;
   }
@@ -114,20 +115,26 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
     double* s = stats ? sums.block(t, 0) : nullptr;
     double* ss = stats ? sums.block(t, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
+    // The row's output transform and statistics, once the row is written.
+    auto finish = [&](int64_t r) {
+      float* orow = out + r * row_len;
+      if (output_transform)
+        detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
+      if (!stats) return;
+      // In double value by value, as channel_statistics: the same statistics as a separate pass.
+      for (int64_t ow = 0; ow < g.out_w; ++ow) detail::accumulate_shifted_row(s, ss, orow + ow * C, shift, C);
+    };
+    if (three_by_three) {
+      detail::depthwise3x3_output_rows(
+          begin, end, [&](int64_t r) { return out + r * row_len; },
+          [&](int64_t n, int64_t ih) { return input.row(n, ih); }, zero, weight, zero, g, Clamp{}, finish);
+      return;
+    }
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.out_h, oh = r % g.out_h;
       float* orow = out + r * row_len;
-      if (three_by_three) {
-        const float* row[3];
-        for (int64_t kh = 0; kh < 3; ++kh) {
-          const int64_t ih = oh * g.stride_h - g.pad_top + kh;
-          row[kh] = ih < 0 || ih >= g.in_h ? zero : input.row(n, ih);
-        }
-        detail::depthwise3x3_row(orow, row[0], row[1], row[2], weight, zero, g);
-      } else {
-        std::memset(orow, 0, static_cast<size_t>(row_len) * sizeof(float));
-      }
-      for (int64_t kh = 0; kh < (three_by_three ? 0 : g.kernel_h); ++kh) {
+      std::memset(orow, 0, static_cast<size_t>(row_len) * sizeof(float));
+      for (int64_t kh = 0; kh < g.kernel_h; ++kh) {
         const int64_t ih = oh * g.stride_h - g.pad_top + kh;
         if (ih < 0 || ih >= g.in_h) continue;
         const float* irow = input.row(n, ih);
@@ -142,11 +149,7 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
           }
         }
       }
-      if (output_transform)
-        detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
-      if (!stats) continue;
-      // In double value by value, as channel_statistics: the same statistics as a separate pass.
-      for (int64_t ow = 0; ow < g.out_w; ++ow) detail::accumulate_shifted_row(s, ss, orow + ow * C, shift, C);
+      finish(r);
     }
   });
   if (!stats) return;
@@ -279,13 +282,20 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
     detail::DoutRows output_gradient(dout, above, g);
+    int64_t written = -1;  // the row whose input gradient the previous row's pair already wrote
     for (int64_t r = begin; r < end; ++r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
       const float* irow = input.row(n, ih);
-      if (stride1) {
-        stride1->row(drow, n, ih, [&](int64_t oh) { return output_gradient.row(n, oh); });
-      } else if (!gather2) {
+      if (stride1 && r != written) {
+        auto dout_row = [&](int64_t oh) { return output_gradient.row(n, oh); };
+        if (r + 1 < end && ih + 1 < g.in_h) {
+          stride1->row_pair(drow, drow + row_len, ih, dout_row);  // DoutRows holds the four rows
+          written = r + 1;
+        } else {
+          stride1->row(drow, n, ih, dout_row);
+        }
+      } else if (!stride1 && !gather2) {
         std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       }
       const float* gather_rows[2];

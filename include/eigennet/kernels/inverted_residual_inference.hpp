@@ -168,15 +168,11 @@ inline void inverted_residual_inference(float* y, const float* x, int64_t in_c, 
       // Depthwise rows of the band.
       for (int64_t n = n0; n < n1; ++n) {
         const float* image = source + (n - n0) * image_stride;
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const float* rows[3];
-          for (int64_t kh = 0; kh < 3; ++kh) {
-            const int64_t ih = oh * g.stride_h - g.pad_top + kh;
-            rows[kh] = ih < 0 || ih >= g.in_h ? zero : image + (ih - lo) * in_row;
-          }
-          detail::depthwise3x3_row(band + ((n - n0) * (oh1 - oh0) + oh - oh0) * out_row, rows[0], rows[1], rows[2],
-                                   w.depthwise, w.depthwise_bias, g, w.depthwise_clamp);
-        }
+        detail::depthwise3x3_output_rows(
+            n * g.out_h + oh0, n * g.out_h + oh1,
+            [&](int64_t r) { return band + ((n - n0) * (oh1 - oh0) + r - n * g.out_h - oh0) * out_row; },
+            [&](int64_t, int64_t ih) { return image + (ih - lo) * in_row; }, zero, w.depthwise, w.depthwise_bias, g,
+            w.depthwise_clamp);
       }
       // Project the band into y, with the skip connection.
       const int64_t pixels = (n1 - n0) * (oh1 - oh0) * g.out_w;
