@@ -439,13 +439,13 @@ inline const float* zeros(int64_t count) {
 // The input gradient of a stride-1 3x3 depthwise convolution is itself a 3x3 depthwise
 // convolution of dout, with the kernel rotated by 180 degrees and padding 2 - pad:
 // din[ih, iw] = sum dout[ih - (2 - pad) + kh', iw - (2 - pad) + kw'] * w[2 - kh', 2 - kw'].
-// Built on the calling thread; row() is then safe to call from every thread.
+// Built on the calling thread; rows() is then safe to call from every thread.
 class Stride1InputGradient {
  public:
   static bool applies(const WindowGeometry& g) {
     return g.kernel_h == 3 && g.kernel_w == 3 && g.stride_h == 1 && g.stride_w == 1;
   }
-  Stride1InputGradient(const float* dout, const float* weight, const WindowGeometry& g) : dout_(dout), g_(g), t_(g) {
+  Stride1InputGradient(const float* weight, const WindowGeometry& g) : t_(g) {
     const int64_t C = g.in_c;
     t_.in_h = g.out_h;
     t_.in_w = g.out_w;
@@ -459,36 +459,19 @@ class Stride1InputGradient {
     rotated_ = rotated;
     zero_ = zeros(std::max({g.in_w, g.out_w, int64_t{1}}) * C);
   }
-  // Writes the input-gradient row (n, ih).
-  void row(float* drow, int64_t n, int64_t ih) const {
-    row(drow, n, ih, [&](int64_t oh) { return dout_ + (n * g_.out_h + oh) * g_.out_w * g_.in_c; });
-  }
-  // The same, with the output-gradient rows of image n from dout_row(oh).
-  template <typename DoutRow>
-  void row(float* drow, int64_t n, int64_t ih, DoutRow&& dout_row) const {
-    (void)n;
-    const float* rows[3];
-    for (int64_t kh = 0; kh < 3; ++kh) {
-      const int64_t oh = ih - t_.pad_top + kh;
-      rows[kh] = oh < 0 || oh >= g_.out_h ? zero_ : dout_row(oh);
-    }
-    depthwise3x3_row(drow, rows[0], rows[1], rows[2], rotated_, zero_, t_);
-  }
-  // Writes the input-gradient rows (n, ih) and (n, ih + 1) in one sweep (depthwise3x3_row_pair),
-  // with the output-gradient rows from dout_row(oh); dout_row must keep four rows valid at once.
-  template <typename DoutRow>
-  void row_pair(float* drow0, float* drow1, int64_t ih, DoutRow&& dout_row) const {
-    const float* rows[4];
-    for (int64_t k = 0; k < 4; ++k) {
-      const int64_t oh = ih - t_.pad_top + k;
-      rows[k] = oh < 0 || oh >= g_.out_h ? zero_ : dout_row(oh);
-    }
-    depthwise3x3_row_pair(drow0, drow1, rows[0], rows[1], rows[2], rows[3], rotated_, zero_, t_);
+  // Writes the input-gradient rows [begin, end) of din (row r: image r / in_h, row r % in_h),
+  // with the output-gradient rows from dout_row(n, oh), which must keep four rows valid at once
+  // (rows go in pairs, see depthwise3x3_output_rows); then done(r) for each row, in order.
+  template <typename DoutRow, typename Done = void (*)(int64_t)>
+  void rows(float* din, int64_t begin, int64_t end, DoutRow&& dout_row, Done&& done = [](int64_t) {}) const {
+    const int64_t row_len = t_.out_w * t_.in_c;
+    depthwise3x3_output_rows(
+        begin, end, [&](int64_t r) { return din + r * row_len; }, dout_row, zero_, rotated_, zero_, t_, Clamp{},
+        done);
   }
 
  private:
-  const float* dout_;
-  WindowGeometry g_, t_;  // the convolution's geometry, and that of dout -> din
+  WindowGeometry t_;  // the geometry of dout -> din
   const float* rotated_ = nullptr;
   const float* zero_ = nullptr;
 };
@@ -547,20 +530,9 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
   const int64_t C = g.in_c, rows = g.batch * g.in_h;
   const int64_t work = g.in_w * C * g.kernel_h * g.kernel_w;
   if (detail::Stride1InputGradient::applies(g)) {
-    const detail::Stride1InputGradient gradient(dout, weight, g);
+    const detail::Stride1InputGradient gradient(weight, g);
     parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int) {
-      for (int64_t r = begin; r < end;) {
-        const int64_t n = r / g.in_h, ih = r % g.in_h;
-        float* drow = din + r * g.in_w * C;
-        if (r + 1 < end && ih + 1 < g.in_h) {
-          gradient.row_pair(drow, drow + g.in_w * C, ih,
-                            [&](int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; });
-          r += 2;
-        } else {
-          gradient.row(drow, n, ih);
-          r += 1;
-        }
-      }
+      gradient.rows(din, begin, end, [&](int64_t n, int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; });
     });
     return;
   }

@@ -268,7 +268,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   ChannelSums sums(chunks, 2, below ? C : 0);
   // Stride-1 3x3: the input gradient as a forward convolution (see Stride1InputGradient).
   std::optional<detail::Stride1InputGradient> stride1;
-  if (detail::Stride1InputGradient::applies(g)) stride1.emplace(dout, weight, g);
+  if (detail::Stride1InputGradient::applies(g)) stride1.emplace(weight, g);
   // Read-only zeros shared by the threads: output rows outside the image (stride-1 weight gradient).
   const float* zero_row = stride1 ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
   // Stride-2 3x3: the input gradient gathered from the (at most two) output rows of each input row.
@@ -282,22 +282,12 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
     detail::DoutRows output_gradient(dout, above, g);
-    int64_t written = -1;  // the row whose input gradient the previous row's pair already wrote
-    for (int64_t r = begin; r < end; ++r) {
+    // Input row r's work; with stride 1 its input gradient is already written (rows go in pairs).
+    auto input_row = [&](int64_t r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
       float* drow = din + r * row_len;
       const float* irow = input.row(n, ih);
-      if (stride1 && r != written) {
-        auto dout_row = [&](int64_t oh) { return output_gradient.row(n, oh); };
-        if (r + 1 < end && ih + 1 < g.in_h) {
-          stride1->row_pair(drow, drow + row_len, ih, dout_row);  // DoutRows holds the four rows
-          written = r + 1;
-        } else {
-          stride1->row(drow, n, ih, dout_row);
-        }
-      } else if (!stride1 && !gather2) {
-        std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
-      }
+      if (!stride1 && !gather2) std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       const float* gather_rows[2];
       int gather_kh[2], gathered = 0;
       if (pw) std::fill_n(pw, taps * C, 0.0f);
@@ -332,7 +322,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (gather2) detail::depthwise3x3_s2_input_gradient_row(drow, gather_rows, gather_kh, gathered, weight, g);
       if (pw)
         for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
-      if (!below) continue;
+      if (!below) return;
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
       std::fill_n(fa, 2 * C, 0.0f);
       float* sum_dz = fa;
@@ -344,6 +334,12 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         sa[c] += sum_dz[c];
         sb[c] += static_cast<double>(sum_dz_x[c]) * below->inv_std[c];
       }
+    };
+    if (stride1) {
+      // DoutRows holds the four output-gradient rows a pair of input rows reads.
+      stride1->rows(din, begin, end, [&](int64_t n, int64_t oh) { return output_gradient.row(n, oh); }, input_row);
+    } else {
+      for (int64_t r = begin; r < end; ++r) input_row(r);
     }
   });
   if (partial)
