@@ -50,9 +50,10 @@ struct ProductShape {
 const ProductShape product_shapes[] = {
     {1, 1, 1},    {3, 5, 7},     {11, 16, 24},  {12, 12, 32},  {13, 17, 33},   {25, 24, 16},
     {100, 24, 144}, {37, 160, 96}, {288, 96, 17}, {9, 320, 1280}, {700, 32, 192}, {64, 7, 5},
-    // Weight gradients split by columns over several chunks of rows (last tile and panel partial),
-    // and split by rows with several panels.
-    {1500, 300, 136}, {2500, 40, 200},
+    // Weight gradients split by blocks of the result over several chunks of rows (last panel
+    // partial; a block whose last tile overlaps the one before; a block that is only such a
+    // tile), and split by rows (more than by_blocks_max_rows) with several panels.
+    {1500, 300, 136}, {2500, 40, 200}, {500, 20, 30}, {9000, 20, 40},
 };
 
 class ThreadCount {
