@@ -23,23 +23,39 @@ struct Relu6Affine {
 };
 
 namespace detail {
-// dst = relu6(src * scale + shift) over `pixels` pixels of C channels. Out of line so that the
-// restrict qualifiers hold and the loop vectorizes.
-__attribute__((noinline)) inline void relu6_affine_row(float* __restrict dst, const float* __restrict src,
-                                                       const float* __restrict scale, const float* __restrict shift,
-                                                       int64_t pixels, int64_t channels) {
-  for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t c = 0; c < channels; ++c)
-      dst[p * channels + c] = activate<Activation::relu6>(src[p * channels + c] * scale[c] + shift[c]);
-}
-
-// data = relu6(data * scale + shift), in place.
-__attribute__((noinline)) inline void relu6_affine_row_in_place(float* __restrict data, const float* __restrict scale,
+// s[c] += sum (x - shift[c]), ss[c] += sum (x - shift[c])^2 over one row of `pixels` pixels of
+// C channels: a channel packet at a time, summed in float registers along the row (two
+// accumulators: even and odd pixels) and added to the double totals once per row.
+__attribute__((noinline)) inline void accumulate_row_statistics(double* __restrict s, double* __restrict ss,
+                                                                const float* __restrict row,
                                                                 const float* __restrict shift, int64_t pixels,
                                                                 int64_t channels) {
-  for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t c = 0; c < channels; ++c)
-      data[p * channels + c] = activate<Activation::relu6>(data[p * channels + c] * scale[c] + shift[c]);
+  using simd::Packet;
+  simd::for_each_packet(channels, [&](int64_t c, int lanes) {
+    const Packet sh = simd::load_partial(shift + c, lanes);
+    Packet a0 = simd::zero(), a1 = simd::zero(), b0 = simd::zero(), b1 = simd::zero();
+    int64_t p = 0;
+    for (; p + 2 <= pixels; p += 2) {
+      const Packet d0 = simd::sub(simd::load_partial(row + p * channels + c, lanes), sh);
+      const Packet d1 = simd::sub(simd::load_partial(row + (p + 1) * channels + c, lanes), sh);
+      a0 = simd::add(a0, d0);
+      b0 = simd::fmadd(d0, d0, b0);
+      a1 = simd::add(a1, d1);
+      b1 = simd::fmadd(d1, d1, b1);
+    }
+    if (p < pixels) {
+      const Packet d0 = simd::sub(simd::load_partial(row + p * channels + c, lanes), sh);
+      a0 = simd::add(a0, d0);
+      b0 = simd::fmadd(d0, d0, b0);
+    }
+    alignas(64) float sums[2 * simd::width];
+    simd::store(sums, simd::add(a0, a1));
+    simd::store(sums + simd::width, simd::add(b0, b1));
+    for (int j = 0; j < lanes; ++j) {
+      s[c + j] += sums[j];
+      ss[c + j] += sums[simd::width + j];
+    }
+  });
 }
 
 // The last few transformed input rows of one chunk of rows: with stride 1 consecutive output
@@ -61,7 +77,7 @@ class TransformedRows {
     const int slot = static_cast<int>(index % slots_);
     float* dst = buffer_ + slot * row_len_;
     if (tag_[slot] != index) {
-      relu6_affine_row(dst, src, transform_->scale, transform_->shift, pixels_, c_);
+      affine_act_rows<Activation::relu6>(dst, src, transform_->scale, transform_->shift, pixels_, c_);
       tag_[slot] = index;
     }
     return dst;
@@ -82,7 +98,8 @@ class TransformedRows {
 // stored. With an output_transform, out receives relu6(depthwise * scale + shift) (inference:
 // the depthwise BatchNorm + ReLU6 in the same sweep). When mean/variance are given (training, no
 // output transform), also the output's per-channel mean and biased variance, accumulated around
-// the first output pixel (see channel_statistics for why a shift) in double, value by value.
+// the first output pixel (see channel_statistics for why a shift): in float along each output
+// row, in double across rows.
 inline void depthwise_conv2d_forward_fused(float* out, const float* in, const float* weight, const WindowGeometry& g,
                                            const Relu6Affine* input_transform, const Relu6Affine* output_transform,
                                            float* mean, float* variance) {
@@ -119,10 +136,9 @@ inline void depthwise_conv2d_forward_fused(float* out, const float* in, const fl
     auto finish = [&](int64_t r) {
       float* orow = out + r * row_len;
       if (output_transform)
-        detail::relu6_affine_row_in_place(orow, output_transform->scale, output_transform->shift, g.out_w, C);
-      if (!stats) return;
-      // In double value by value, as channel_statistics: the same statistics as a separate pass.
-      for (int64_t ow = 0; ow < g.out_w; ++ow) detail::accumulate_shifted_row(s, ss, orow + ow * C, shift, C);
+        detail::affine_act_rows<Activation::relu6>(orow, orow, output_transform->scale, output_transform->shift, g.out_w,
+                                                   C);
+      if (stats) detail::accumulate_row_statistics(s, ss, orow, shift, g.out_w, C);
     };
     if (three_by_three) {
       detail::depthwise3x3_output_rows(
@@ -176,20 +192,23 @@ struct AboveBatchNorm {
 };
 
 namespace detail {
-// dst = k * (dz - a - (x - mean) * b) over one row. Out of line so that the restrict qualifiers
-// hold and the loop vectorizes.
+// dst = k * (dz - a - (x - mean) * b) over one row of `pixels` pixels of C channels, a channel
+// packet at a time with the coefficients in registers (the operations of
+// batch_norm_act_backward_apply, in its order).
 __attribute__((noinline)) inline void batch_norm_backward_row(float* __restrict dst, const float* __restrict dz,
                                                               const float* __restrict x, const AboveBatchNorm& bn,
                                                               int64_t pixels, int64_t channels) {
-  const float* __restrict mean = bn.mean;
-  const float* __restrict k = bn.k;
-  const float* __restrict a = bn.a;
-  const float* __restrict b = bn.b;
-  for (int64_t p = 0; p < pixels; ++p)
-    for (int64_t c = 0; c < channels; ++c) {
+  using simd::Packet;
+  simd::for_each_packet(channels, [&](int64_t c, int lanes) {
+    const Packet mean = simd::load_partial(bn.mean + c, lanes), k = simd::load_partial(bn.k + c, lanes);
+    const Packet a = simd::load_partial(bn.a + c, lanes), b = simd::load_partial(bn.b + c, lanes);
+    for (int64_t p = 0; p < pixels; ++p) {
       const int64_t i = p * channels + c;
-      dst[i] = k[c] * (dz[i] - a[c] - (x[i] - mean[c]) * b[c]);
+      const Packet centred = simd::sub(simd::load_partial(x + i, lanes), mean);
+      const Packet inner = simd::sub(simd::sub(simd::load_partial(dz + i, lanes), a), simd::mul(centred, b));
+      simd::store_partial(dst + i, simd::mul(k, inner), lanes);
     }
+  });
 }
 
 // The output-gradient rows of one chunk of rows, transformed by an AboveBatchNorm when there is
@@ -234,19 +253,35 @@ struct BelowBatchNormRelu6 {
 };
 
 namespace detail {
-// dz = d * relu6'(y) in place, sum_dz += dz, sum_dz_x += dz * (x - mean), over one pixel's
-// channels. Out of line so that the restrict qualifiers hold and the loop vectorizes.
-__attribute__((noinline)) inline void mask_relu6_and_accumulate(float* __restrict d, const float* __restrict y,
-                                                                const float* __restrict x,
-                                                                const float* __restrict mean,
-                                                                float* __restrict sum_dz,
-                                                                float* __restrict sum_dz_x, int64_t channels) {
-  for (int64_t c = 0; c < channels; ++c) {
-    const float dz = d[c] * activation_mask<Activation::relu6>(y[c]);
-    d[c] = dz;
-    sum_dz[c] += dz;
-    sum_dz_x[c] += dz * (x[c] - mean[c]);
-  }
+// dz = d * relu6'(y) in place over one row of `pixels` pixels of C channels, and the sums of the
+// BatchNorm below: s1[c] += sum dz, s2[c] += inv_std[c] * sum dz * (x - mean[c]). A channel packet
+// at a time, summed in float registers along the row and added to the double totals once per row.
+__attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __restrict d, const float* __restrict y,
+                                                                    const float* __restrict x,
+                                                                    const BelowBatchNormRelu6& below, double* s1,
+                                                                    double* s2, int64_t pixels, int64_t channels) {
+  using simd::Packet;
+  const Packet zero = simd::zero(), six = simd::set1(6.0f);
+  simd::for_each_packet(channels, [&](int64_t c, int lanes) {
+    const Packet mean = simd::load_partial(below.mean + c, lanes);
+    Packet a = simd::zero(), b = simd::zero();
+    for (int64_t p = 0; p < pixels; ++p) {
+      const int64_t i = p * channels + c;
+      const Packet yv = simd::load_partial(y + i, lanes);
+      const Packet dz =
+          simd::select(simd::both(simd::less(zero, yv), simd::less(yv, six)), simd::load_partial(d + i, lanes), zero);
+      simd::store_partial(d + i, dz, lanes);
+      a = simd::add(a, dz);
+      b = simd::fmadd(dz, simd::sub(simd::load_partial(x + i, lanes), mean), b);
+    }
+    alignas(64) float sums[2 * simd::width];
+    simd::store(sums, a);
+    simd::store(sums + simd::width, b);
+    for (int j = 0; j < lanes; ++j) {
+      s1[c + j] += sums[j];
+      s2[c + j] += static_cast<double>(sums[simd::width + j]) * below.inv_std[c + j];
+    }
+  });
 }
 }  // namespace detail
 
@@ -276,8 +311,6 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int chunk) {
     double* pw_total = partial ? partial + chunk * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
-    float* fa = scratch<float, 2>(static_cast<size_t>(2 * C));
-    float* fb = fa + C;
     double* sa = below ? sums.block(chunk, 0) : nullptr;
     double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
@@ -322,18 +355,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (gather2) detail::depthwise3x3_s2_input_gradient_row(drow, gather_rows, gather_kh, gathered, weight, g);
       if (pw)
         for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
-      if (!below) return;
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
-      std::fill_n(fa, 2 * C, 0.0f);
-      float* sum_dz = fa;
-      float* sum_dz_x = fb;
-      for (int64_t iw = 0; iw < g.in_w; ++iw)
-        detail::mask_relu6_and_accumulate(drow + iw * C, irow + iw * C, below->x + r * row_len + iw * C, below->mean,
-                                          sum_dz, sum_dz_x, C);
-      for (int64_t c = 0; c < C; ++c) {
-        sa[c] += sum_dz[c];
-        sb[c] += static_cast<double>(sum_dz_x[c]) * below->inv_std[c];
-      }
+      if (below) detail::mask_relu6_and_accumulate_row(drow, irow, below->x + r * row_len, *below, sa, sb, g.in_w, C);
     };
     if (stride1) {
       // DoutRows holds the four output-gradient rows a pair of input rows reads.
