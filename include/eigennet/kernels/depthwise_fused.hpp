@@ -290,6 +290,10 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
 // depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
 // input_transform (as in the forward). With `below`, din is replaced by
 // dz = din * relu6'(input) and below's sums are accumulated.
+// Input rows whose weight-gradient terms are summed in float before they are added in double:
+// converting and adding taps x C doubles after every row cost a fifth of the row's convolution.
+constexpr int weight_rows_in_float = 4;
+
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
                                             const Relu6Affine* input_transform, const BelowBatchNormRelu6* below,
@@ -297,7 +301,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
   const int64_t work = row_len * taps;
   const int chunks = chunks_for(rows, work);
-  // Weight gradient: float sums within an input row, double across rows and chunks.
+  // Weight gradient: float sums over runs of weight_rows_in_float input rows of a chunk, double
+  // across runs and chunks.
   double* partial = dweight ? scratch<double, 4>(static_cast<size_t>(chunks * taps * C)) : nullptr;
   if (partial) std::fill_n(partial, chunks * taps * C, 0.0);
   ChannelSums sums(chunks, 2, below ? C : 0);
@@ -311,6 +316,13 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int chunk) {
     double* pw_total = partial ? partial + chunk * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
+    if (pw) std::fill_n(pw, taps * C, 0.0f);
+    int rows_in_pw = 0;  // input rows summed in pw since it was last added to pw_total
+    auto flush_pw = [&] {
+      for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
+      std::fill_n(pw, taps * C, 0.0f);
+      rows_in_pw = 0;
+    };
     double* sa = below ? sums.block(chunk, 0) : nullptr;
     double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
@@ -323,7 +335,6 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (!stride1 && !gather2) std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       const float* gather_rows[2];
       int gather_kh[2], gathered = 0;
-      if (pw) std::fill_n(pw, taps * C, 0.0f);
       if (stride1 && pw) {
         // The three output rows this input row feeds, in one register-blocked sweep.
         detail::depthwise3x3_s1_weight_grad_rows(pw, irow, ih, g, zero_row,
@@ -354,7 +365,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       }
       if (gather2) detail::depthwise3x3_s2_input_gradient_row(drow, gather_rows, gather_kh, gathered, weight, g);
       if (pw)
-        for (int64_t j = 0; j < taps * C; ++j) pw_total[j] += pw[j];
+        if (++rows_in_pw == weight_rows_in_float) flush_pw();
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
       if (below) detail::mask_relu6_and_accumulate_row(drow, irow, below->x + r * row_len, *below, sa, sb, g.in_w, C);
     };
@@ -364,6 +375,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     } else {
       for (int64_t r = begin; r < end; ++r) input_row(r);
     }
+    if (pw && rows_in_pw) flush_pw();
   });
   if (partial)
     for (int64_t j = 0; j < taps * C; ++j) {
