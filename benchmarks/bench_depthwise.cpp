@@ -8,7 +8,17 @@
 //   fwd:        read input  + write output
 //   bwd_input:  read dout   + write din
 //   bwd_weight: read dout   + read input
-// GFLOP/s counts 2 * 9 flops per output element per channel in every direction. Fractions:
+//   fused_fwd:  read E      + write D     (an inverted residual block's training forward: the
+//               expand BatchNorm + ReLU6 applied to each input row of E, the convolution, and
+//               the output's BatchNorm statistics; depthwise_conv2d_forward_fused)
+//   fused_bwd:  read dz + D + E + write dA (its backward: the depthwise BatchNorm's backward
+//               applied to each row of dz, the input recomputed from E, the input gradient
+//               masked by the ReLU6 below with the expand BatchNorm's sums, the weight gradient;
+//               depthwise_conv2d_backward_fused)
+// The fused directions are not part of `all`: they measure what the training step's depthwise
+// sweeps cost beyond the plain convolution.
+// GFLOP/s counts 2 * 9 flops per output element per channel in every direction (twice that in
+// fused_bwd: both gradients). Fractions:
 // of the DRAM triad for every shape, of the L3 triad when the working set fits in half the L3,
 // of the L2 triad when it fits in 3/4 of the L2 of the cores in use.
 #include <cstdio>
@@ -20,13 +30,15 @@
 #include "eigennet/core/parallel.hpp"
 #include "eigennet/core/rng.hpp"
 #include "eigennet/kernels/depthwise_conv2d.hpp"
+#include "eigennet/kernels/depthwise_fused.hpp"
 
 namespace {
 
 const char* usage =
     "usage: bench_depthwise [options]\n"
     "  --config train|infer|all        shapes: 96x96 batch 32, 224x224 batch 1, or both (all)\n"
-    "  --direction fwd|bwd_input|bwd_weight|all   (all)\n"
+    "  --direction fwd|bwd_input|bwd_weight|all   (all), or fused_fwd|fused_bwd: the training step's\n"
+    "                                  fused depthwise sweeps (see the top of bench_depthwise.cpp)\n"
     "  --samples N                     timed samples per measurement, median reported (7)\n"
     "  --min-sample-ms X               calls per sample are chosen so one sample lasts >= X ms (2)\n"
     "  --threads N                     OpenMP threads (default: OpenMP's default)\n"
@@ -161,8 +173,48 @@ Result run_shape(const bench::DepthwiseShape& shape, const std::string& directio
     r.timing = bench::time_calls(
         [&] { k::depthwise_conv2d_backward_weight(dw.data(), nullptr, dout.data(), in.data(), g); }, samples,
         min_sample_s);
+  } else if (direction == "fused_fwd" || direction == "fused_bwd") {
+    // BatchNorm coefficients of plausible size; E around zero, so that ReLU6 masks some values.
+    const size_t c = static_cast<size_t>(g.in_c);
+    std::vector<float> e(in_size), w(weight_size), scale(c), shift(c), mean(c), k(c), a(c), b(c), inv_std(c);
+    fill_uniform(e, 1);
+    fill_uniform(w, 2);
+    for (auto* v : {&scale, &k, &inv_std}) {
+      fill_uniform(*v, 4);
+      for (float& x : *v) x = 1.0f + 0.5f * x;
+    }
+    for (auto* v : {&shift, &mean, &a, &b}) fill_uniform(*v, 5);
+    const k::Relu6Affine expand{scale.data(), shift.data()};
+    if (direction == "fused_fwd") {
+      std::vector<float> d(out_size), d_mean(c), d_variance(c);
+      r.bytes = 4.0 * static_cast<double>(in_size + out_size);
+      r.timing = bench::time_calls(
+          [&] {
+            k::depthwise_conv2d_forward_fused(d.data(), e.data(), w.data(), g, &expand, nullptr, d_mean.data(),
+                                              d_variance.data());
+          },
+          samples, min_sample_s);
+    } else {
+      std::vector<float> dz(out_size), d(out_size), da(in_size), dw(weight_size, 0.0f);
+      std::vector<double> s1(c), s2(c);
+      fill_uniform(dz, 3);
+      fill_uniform(d, 6);
+      const k::AboveBatchNorm above{d.data(), mean.data(), k.data(), a.data(), b.data()};
+      const k::BelowBatchNormRelu6 below{e.data(), mean.data(), inv_std.data(), s1.data(), s2.data()};
+      r.bytes = 4.0 * static_cast<double>(2 * out_size + 2 * in_size);
+      r.flops *= 2;  // the input and the weight gradient
+      r.timing = bench::time_calls(
+          [&] {
+            std::fill(s1.begin(), s1.end(), 0.0);
+            std::fill(s2.begin(), s2.end(), 0.0);
+            k::depthwise_conv2d_backward_fused(da.data(), dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
+                                               &above);
+          },
+          samples, min_sample_s);
+    }
   } else {
-    eigennet::fail("bench_depthwise: unknown direction '", direction, "' (fwd, bwd_input, bwd_weight)");
+    eigennet::fail("bench_depthwise: unknown direction '", direction,
+                   "' (fwd, bwd_input, bwd_weight, fused_fwd, fused_bwd)");
   }
   return r;
 }
@@ -275,8 +327,9 @@ int main(int argc, char** argv) {
   const bool list = args.flag("list-shapes"), serve_mode = args.flag("serve");
   args.done();
   if (config != "all" && config != "train" && config != "infer") args.fail("--config must be train, infer or all");
-  if (direction != "all" && direction != "fwd" && direction != "bwd_input" && direction != "bwd_weight")
-    args.fail("--direction must be fwd, bwd_input, bwd_weight or all");
+  if (direction != "all" && direction != "fwd" && direction != "bwd_input" && direction != "bwd_weight" &&
+      direction != "fused_fwd" && direction != "fused_bwd")
+    args.fail("--direction must be fwd, bwd_input, bwd_weight, all, fused_fwd or fused_bwd");
   if (samples < 1) args.fail("--samples must be at least 1");
   if (threads > 0) eigennet::set_threads(threads);
 

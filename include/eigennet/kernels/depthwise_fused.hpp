@@ -58,6 +58,11 @@ __attribute__((noinline)) inline void accumulate_row_statistics(double* __restri
   });
 }
 
+// Asks the cache for `floats` floats from p (a row that a sweep reads next), line by line.
+inline void prefetch_row(const float* p, int64_t floats) {
+  for (int64_t i = 0; i < floats; i += 64 / static_cast<int64_t>(sizeof(float))) __builtin_prefetch(p + i, 0, 3);
+}
+
 // The last few transformed input rows of one chunk of rows: with stride 1 consecutive output
 // rows share two of their three input rows, so each input row is transformed about once. Holds
 // kernel_h + 1 rows: a pair of output rows (depthwise3x3_row_pair) reads four at once.
@@ -65,7 +70,7 @@ class TransformedRows {
  public:
   TransformedRows(const float* source, const Relu6Affine* transform, const WindowGeometry& g)
       : source_(source), transform_(transform), row_len_(g.in_w * g.in_c), in_h_(g.in_h), c_(g.in_c),
-        pixels_(g.in_w), slots_(static_cast<int>(std::min<int64_t>(g.kernel_h + 1, 8))) {
+        pixels_(g.in_w), rows_(g.batch * g.in_h), slots_(static_cast<int>(std::min<int64_t>(g.kernel_h + 1, 8))) {
     if (transform_) buffer_ = scratch<float, 7>(static_cast<size_t>(slots_ * row_len_));
     for (int k = 0; k < 8; ++k) tag_[k] = -1;
   }
@@ -79,6 +84,8 @@ class TransformedRows {
     if (tag_[slot] != index) {
       affine_act_rows<Activation::relu6>(dst, src, transform_->scale, transform_->shift, pixels_, c_);
       tag_[slot] = index;
+      // The next row is usually the next one needed: ask for it while this one is used.
+      if (index + 1 < rows_) prefetch_row(src + row_len_, row_len_);
     }
     return dst;
   }
@@ -86,7 +93,7 @@ class TransformedRows {
  private:
   const float* source_;
   const Relu6Affine* transform_;
-  int64_t row_len_, in_h_, c_, pixels_;
+  int64_t row_len_, in_h_, c_, pixels_, rows_;
   int slots_;
   float* buffer_ = nullptr;
   int64_t tag_[8];
@@ -216,7 +223,8 @@ __attribute__((noinline)) inline void batch_norm_backward_row(float* __restrict 
 class DoutRows {
  public:
   DoutRows(const float* dout, const AboveBatchNorm* above, const WindowGeometry& g)
-      : dout_(dout), above_(above), row_len_(g.out_w * g.in_c), out_h_(g.out_h), pixels_(g.out_w), c_(g.in_c) {
+      : dout_(dout), above_(above), row_len_(g.out_w * g.in_c), out_h_(g.out_h), pixels_(g.out_w), c_(g.in_c),
+        rows_(g.batch * g.out_h) {
     if (above_) buffer_ = scratch<float, 9>(static_cast<size_t>(slots * row_len_));
     for (int k = 0; k < slots; ++k) tag_[k] = -1;
   }
@@ -229,6 +237,10 @@ class DoutRows {
     if (tag_[slot] != index) {
       batch_norm_backward_row(dst, src, above_->x + index * row_len_, *above_, pixels_, c_);
       tag_[slot] = index;
+      if (index + 1 < rows_) {  // as TransformedRows: the next row is usually the next one needed
+        prefetch_row(src + row_len_, row_len_);
+        prefetch_row(above_->x + (index + 1) * row_len_, row_len_);
+      }
     }
     return dst;
   }
@@ -237,7 +249,7 @@ class DoutRows {
   static constexpr int slots = 4;
   const float* dout_;
   const AboveBatchNorm* above_;
-  int64_t row_len_, out_h_, pixels_, c_;
+  int64_t row_len_, out_h_, pixels_, c_, rows_;
   float* buffer_ = nullptr;
   int64_t tag_[slots];
 };
