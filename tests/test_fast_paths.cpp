@@ -206,6 +206,86 @@ std::vector<float> depthwise_direct(const std::vector<float>& in, const std::vec
 }
 }  // namespace
 
+// ---- BatchNorm passes (a channel packet at a time over blocks of rows) -------------------------
+
+TEST_CASE("BatchNorm + ReLU6 forward is std::min(std::max(x * scale + shift, 0), 6) bit for bit, NaN kept") {
+  // Values at and around the clamps, signed zeros, infinities and NaN, through scale 1, shift 0
+  // (so the multiply-add is exact), over channel counts with partial packets and row blocks.
+  const float special[] = {-1.0f, -0.0f, 0.0f, 1e-30f, 3.0f, 6.0f, 6.0000005f, 7.0f, -INFINITY, INFINITY, NAN, 5.9999995f};
+  for (int64_t c : {1, 5, 16, 19, 40, 300}) {
+    CAPTURE(c);
+    const int64_t m = 37;
+    std::vector<float> x(static_cast<size_t>(m * c)), y(x.size()), expected(x.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = special[i % (sizeof(special) / sizeof(float))];
+    const std::vector<float> scale(static_cast<size_t>(c), 1.0f), shift(static_cast<size_t>(c), 0.0f);
+    kernels::batch_norm_act_forward<kernels::Activation::relu6>(y.data(), x.data(), scale.data(), shift.data(), m, c);
+    for (size_t i = 0; i < x.size(); ++i) {
+      const float v = x[i] * scale[0] + shift[0];  // exact here; -0 becomes +0
+      expected[i] = std::min(std::max(v, 0.0f), 6.0f);
+    }
+    bool same = true;
+    for (size_t i = 0; i < x.size(); ++i)
+      same = same && (std::isnan(expected[i]) ? std::isnan(y[i]) : std::memcmp(&y[i], &expected[i], sizeof(float)) == 0);
+    CHECK(same);
+  }
+}
+
+TEST_CASE("BatchNorm passes (forward + residual, backward sums and apply) equal a double-precision loop") {
+  for (kernels::Activation act : {kernels::Activation::none, kernels::Activation::relu6})
+    for (int64_t c : {1, 5, 16, 19, 40, 300})
+      for (int64_t m : {1, 7, 100}) {
+        CAPTURE(c);
+        CAPTURE(m);
+        const size_t n = static_cast<size_t>(m * c);
+        const auto x = random_vector(m * c, 21, -2, 2), dy = random_vector(m * c, 22), residual = random_vector(m * c, 23);
+        const auto y_act = random_vector(m * c, 24, -2, 8);  // a ReLU6 output stand-in: some outside (0, 6)
+        const auto mean = random_vector(c, 25), k = random_vector(c, 26, 0.5f, 2), a = random_vector(c, 27),
+                   b = random_vector(c, 28), scale = random_vector(c, 29, 0.5f, 2), inv_std = random_vector(c, 30, 0.5f, 2);
+        auto mask = [&](size_t i) {
+          return act == kernels::Activation::relu6 && !(y_act[i] > 0.0f && y_act[i] < 6.0f) ? 0.0 : 1.0;
+        };
+        std::vector<double> s1(static_cast<size_t>(c)), s2(s1.size()), ref1(s1.size()), ref2(s1.size());
+        std::vector<float> dx(n), ref_dx(n), y(n), ref_y(n);
+        for (size_t i = 0; i < n; ++i) {
+          const size_t j = i % static_cast<size_t>(c);
+          const double dz = dy[i] * mask(i);
+          ref1[j] += dz;
+          ref2[j] += dz * (x[i] - mean[j]) * inv_std[j];
+          ref_dx[i] = static_cast<float>(k[j] * (dz - a[j] - (static_cast<double>(x[i]) - mean[j]) * b[j]));
+          ref_y[i] = static_cast<float>(static_cast<double>(x[i]) * scale[j] + mean[j] + residual[i]);
+        }
+        if (act == kernels::Activation::relu6) {
+          kernels::batch_norm_act_backward_sums<kernels::Activation::relu6>(s1.data(), s2.data(), dy.data(), y_act.data(),
+                                                                            x.data(), mean.data(), inv_std.data(), m, c);
+          kernels::batch_norm_act_backward_apply<kernels::Activation::relu6>(
+              dx.data(), dy.data(), y_act.data(), x.data(), mean.data(), k.data(), a.data(), b.data(), m, c);
+        } else {
+          kernels::batch_norm_act_backward_sums<kernels::Activation::none>(s1.data(), s2.data(), dy.data(), y_act.data(),
+                                                                           x.data(), mean.data(), inv_std.data(), m, c);
+          kernels::batch_norm_act_backward_apply<kernels::Activation::none>(
+              dx.data(), dy.data(), y_act.data(), x.data(), mean.data(), k.data(), a.data(), b.data(), m, c);
+        }
+        double worst_sum = 0;
+        for (size_t j = 0; j < s1.size(); ++j)
+          worst_sum = std::max({worst_sum, std::fabs(s1[j] - ref1[j]), std::fabs(s2[j] - ref2[j])});
+        CHECK(worst_sum < 1e-4);
+        CHECK(relative_error(dx, ref_dx) < 1e-5);
+        // In place (dx aliasing dy), as the layers call it.
+        std::vector<float> in_place = dy;
+        if (act == kernels::Activation::relu6)
+          kernels::batch_norm_act_backward_apply<kernels::Activation::relu6>(in_place.data(), in_place.data(), y_act.data(),
+                                                                             x.data(), mean.data(), k.data(), a.data(),
+                                                                             b.data(), m, c);
+        else
+          kernels::batch_norm_act_backward_apply<kernels::Activation::none>(in_place.data(), in_place.data(), y_act.data(),
+                                                                            x.data(), mean.data(), k.data(), a.data(),
+                                                                            b.data(), m, c);
+        CHECK(in_place == dx);
+        kernels::batch_norm_add_forward(y.data(), x.data(), scale.data(), mean.data(), residual.data(), m, c);
+        CHECK(relative_error(y, ref_y) < 1e-5);
+      }
+}
+
 TEST_CASE("depthwise 3x3 rows (sliding windows, register-blocked) equal a direct loop, with and without a clamp") {
   struct Case {
     int64_t batch, h, w, c, stride;
