@@ -159,6 +159,40 @@ TEST_CASE("pointwise engine: ReLU6, residual (also in place) and output statisti
   }
 }
 
+TEST_CASE("pointwise engine: a ReLU6 mask from the BatchNorm's input equals the mask from its output, bit for bit") {
+  namespace pw = kernels::pointwise;
+  for (const ProductShape& s : product_shapes) {
+    CAPTURE(s.m);
+    CAPTURE(s.k);
+    CAPTURE(s.n);
+    const auto a = random_vector(s.m * s.k, 31), w = random_vector(s.k * s.n, 32);
+    // d: a BatchNorm's input; scale and shift put a good share of it outside (0, 6) and some
+    // exactly on the edges after the multiply-add.
+    auto d = random_vector(s.m * s.n, 33, -4, 10);
+    for (size_t i = 0; i < d.size(); i += 7) d[i] = 0.0f;
+    const auto scale = random_vector(s.n, 34, 0.5f, 1.5f), shift = random_vector(s.n, 35, -1, 1);
+    std::vector<float> b(d.size());
+    kernels::batch_norm_act_forward<kernels::Activation::relu6>(b.data(), d.data(), scale.data(), shift.data(), s.m, s.n);
+    std::vector<float> packed(static_cast<size_t>(pw::packed_size(s.k, s.n)));
+    pw::pack_panels(packed.data(), w.data(), s.k, s.n, false);
+    const pw::Packed p{packed.data(), s.k, s.n};
+    pw::Epilogue from_output, from_input;
+    from_output.relu6_mask = b.data();
+    from_output.ld_mask = s.n;
+    from_input.relu6_mask = d.data();
+    from_input.ld_mask = s.n;
+    from_input.mask_scale = scale.data();
+    from_input.mask_shift = shift.data();
+    std::vector<float> expected(d.size()), out(d.size());
+    pw::multiply(expected.data(), s.n, a.data(), s.k, s.m, p, from_output);
+    pw::multiply(out.data(), s.n, a.data(), s.k, s.m, p, from_input);
+    CHECK(std::memcmp(out.data(), expected.data(), out.size() * sizeof(float)) == 0);
+    int64_t masked = 0;
+    for (float v : b) masked += !(v > 0.0f && v < 6.0f);
+    CHECK(masked > 0);  // the mask did something
+  }
+}
+
 TEST_CASE("pointwise engine: statistics stay accurate when the mean is far larger than the spread") {
   namespace pw = kernels::pointwise;
   const int64_t m = 5000, k = 8, n = 19;

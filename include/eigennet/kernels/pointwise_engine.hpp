@@ -76,6 +76,12 @@ struct Epilogue {
   float hi = std::numeric_limits<float>::infinity();
   const float* relu6_mask = nullptr;  // [rows, ld_mask], applied last
   int64_t ld_mask = 0;
+  // With these ([n] each), relu6_mask holds the ReLU6's input v instead of its output, as a
+  // BatchNorm + ReLU6 forward saw it: kept where 0 < v * mask_scale + mask_shift < 6, computed
+  // as detail::affine_act_rows computes it, so the mask is the one its output would give (and
+  // that output need not be read again).
+  const float* mask_scale = nullptr;
+  const float* mask_shift = nullptr;
 
   static Epilogue relu6(const float* bias) {
     Epilogue e;
@@ -245,6 +251,12 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
   const bool clamps = e.clamps();
   const Packet lo = simd::set1(e.lo), hi = simd::set1(e.hi);
   const Packet zero = simd::zero(), six = simd::set1(6.0f);
+  Packet mask_scale[vectors], mask_shift[vectors];
+  for (int v = 0; v < vectors; ++v) {
+    const bool affine = e.mask_scale && count[v];
+    mask_scale[v] = affine ? simd::load_partial(e.mask_scale + n0 + v * simd::width, count[v]) : simd::zero();
+    mask_shift[v] = affine ? simd::load_partial(e.mask_shift + n0 + v * simd::width, count[v]) : simd::zero();
+  }
   TileSums tile_sums;
   if (sums) tile_sums.start(*sums, n0, count);
   for (int i = first; i < last; ++i) {
@@ -259,7 +271,8 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
       if (clamps) x = simd::min(simd::max(x, lo), hi);
       if (mk) {
         // Keep x where 0 < mask < 6.
-        const Packet y = simd::load_partial(mk + v * simd::width, count[v]);
+        Packet y = simd::load_partial(mk + v * simd::width, count[v]);
+        if (e.mask_scale) y = simd::fmadd(y, mask_scale[v], mask_shift[v]);
         x = simd::select(simd::both(simd::less(zero, y), simd::less(y, six)), x, zero);
       }
       simd::store_partial(o + v * simd::width, x, count[v]);

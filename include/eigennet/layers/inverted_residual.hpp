@@ -202,10 +202,13 @@ class InvertedResidual : public Layer {
       kernels::pointwise_conv2d_backward(nullptr, grad_or_null(project_.kernel()), nullptr, grad_p.data(), b_.data(),
                                          project_.kernel().value.data(), m_out, e, out_channels_);
       // dz = relu6'(dB) and the depthwise BatchNorm's backward sums in the input gradient's
-      // epilogue, then dD = bn'(dz) in place.
+      // epilogue, then dD = bn'(dz) in place. The mask comes from D (read for the sums anyway)
+      // and the BatchNorm's coefficients, as the forward computed B = relu6(bn(D)).
       kernels::pointwise::Epilogue mask;
-      mask.relu6_mask = b_.data();
+      mask.relu6_mask = d_.data();
       mask.ld_mask = e;
+      mask.mask_scale = depthwise_bn_.scale();
+      mask.mask_shift = depthwise_bn_.shift();
       const kernels::pointwise::Packed wp =
           kernels::pointwise::pack_to_scratch<27>(project_.kernel().value.data(), out_channels_, e, true);
       const bool need_sums = depthwise_bn_.needs_backward_sums();
