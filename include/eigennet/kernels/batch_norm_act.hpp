@@ -103,6 +103,30 @@ namespace detail {
 // through memory, measured twice as slow at 96 channels and more).
 inline int64_t row_block(int64_t channels) { return std::clamp<int64_t>(256 / std::max<int64_t>(channels, 1), 1, 64); }
 
+// f(j, lanes, r0, r1) for each block [r0, r1) of row_block(c) rows of [begin, end) and, within
+// it, each channel packet j (lanes valid) of the c channels.
+template <typename F>
+inline void for_each_block_packet(int64_t begin, int64_t end, int64_t c, F&& f) {
+  const int64_t block = row_block(c);
+  for (int64_t r0 = begin; r0 < end; r0 += block) {
+    const int64_t r1 = std::min(end, r0 + block);
+    simd::for_each_packet(c, [&](int64_t j, int lanes) { f(j, lanes, r0, r1); });
+  }
+}
+
+// s[j + l] += a[l] and ss[j + l] += b[l] (times b_scale[j + l] when given) for the packet's
+// lanes: float sums of a packet added to double totals.
+inline void add_packet_sums(double* s, double* ss, const simd::Packet& a, const simd::Packet& b,
+                            const float* b_scale, int64_t j, int lanes) {
+  alignas(64) float sums[2 * simd::width];
+  simd::store(sums, a);
+  simd::store(sums + simd::width, b);
+  for (int l = 0; l < lanes; ++l) {
+    s[j + l] += sums[l];
+    ss[j + l] += b_scale ? static_cast<double>(sums[simd::width + l]) * b_scale[j + l] : sums[simd::width + l];
+  }
+}
+
 // y = act(x * scale + shift) per channel over `pixels` pixels of C channels (y may be x): a
 // channel packet at a time, the packet's coefficients in registers, over blocks of pixels that
 // stay in L1. One fused multiply-add, then ReLU6 as max then min, whose argument order gives
@@ -113,18 +137,14 @@ __attribute__((noinline)) void affine_act_rows(float* y, const float* x, const f
                                                int64_t pixels, int64_t channels) {
   using simd::Packet;
   const Packet zero = simd::zero(), six = simd::set1(6.0f);
-  const int64_t block = row_block(channels);
-  for (int64_t p0 = 0; p0 < pixels; p0 += block) {
-    const int64_t p1 = std::min(pixels, p0 + block);
-    simd::for_each_packet(channels, [&](int64_t c, int lanes) {
-      const Packet sc = simd::load_partial(scale + c, lanes), sh = simd::load_partial(shift + c, lanes);
-      for (int64_t p = p0; p < p1; ++p) {
-        Packet v = simd::fmadd(simd::load_partial(x + p * channels + c, lanes), sc, sh);
-        if constexpr (act == Activation::relu6) v = simd::min(simd::max(v, zero), six);
-        simd::store_partial(y + p * channels + c, v, lanes);
-      }
-    });
-  }
+  for_each_block_packet(0, pixels, channels, [&](int64_t c, int lanes, int64_t p0, int64_t p1) {
+    const Packet sc = simd::load_partial(scale + c, lanes), sh = simd::load_partial(shift + c, lanes);
+    for (int64_t p = p0; p < p1; ++p) {
+      Packet v = simd::fmadd(simd::load_partial(x + p * channels + c, lanes), sc, sh);
+      if constexpr (act == Activation::relu6) v = simd::min(simd::max(v, zero), six);
+      simd::store_partial(y + p * channels + c, v, lanes);
+    }
+  });
 }
 }  // namespace detail
 
@@ -141,18 +161,14 @@ inline void batch_norm_add_forward(float* y, const float* x, const float* scale,
                                    const float* residual, int64_t m, int64_t c) {
   using simd::Packet;
   parallel_chunks(m, c, [&](int64_t begin, int64_t end, int) {
-    const int64_t block = detail::row_block(c);
-    for (int64_t r0 = begin; r0 < end; r0 += block) {
-      const int64_t r1 = std::min(end, r0 + block);
-      simd::for_each_packet(c, [&](int64_t j, int lanes) {
-        const Packet sc = simd::load_partial(scale + j, lanes), sh = simd::load_partial(shift + j, lanes);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t i = r * c + j;
-          const Packet v = simd::fmadd(simd::load_partial(x + i, lanes), sc, sh);
-          simd::store_partial(y + i, simd::add(v, simd::load_partial(residual + i, lanes)), lanes);
-        }
-      });
-    }
+    detail::for_each_block_packet(begin, end, c, [&](int64_t j, int lanes, int64_t r0, int64_t r1) {
+      const Packet sc = simd::load_partial(scale + j, lanes), sh = simd::load_partial(shift + j, lanes);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r * c + j;
+        const Packet v = simd::fmadd(simd::load_partial(x + i, lanes), sc, sh);
+        simd::store_partial(y + i, simd::add(v, simd::load_partial(residual + i, lanes)), lanes);
+      }
+    });
   });
 }
 
@@ -192,13 +208,7 @@ inline void batch_norm_act_backward_sums(double* s1, double* s2, const float* dy
           fa = simd::add(fa, dz);
           fb = simd::fmadd(dz, simd::sub(simd::load_partial(x + i, lanes), mu), fb);
         }
-        alignas(64) float block_sums[2 * simd::width];
-        simd::store(block_sums, fa);
-        simd::store(block_sums + simd::width, fb);
-        for (int l = 0; l < lanes; ++l) {
-          a[j + l] += block_sums[l];
-          b[j + l] += static_cast<double>(block_sums[simd::width + l]) * inv_std[j + l];
-        }
+        detail::add_packet_sums(a, b, fa, fb, inv_std, j, lanes);
       });
     }
   });
@@ -214,21 +224,17 @@ inline void batch_norm_act_backward_apply(float* dx, const float* dy, const floa
                                           int64_t c) {
   using simd::Packet;
   parallel_chunks(m, c, [&](int64_t begin, int64_t end, int) {
-    const int64_t block = detail::row_block(c);
-    for (int64_t r0 = begin; r0 < end; r0 += block) {
-      const int64_t r1 = std::min(end, r0 + block);
-      simd::for_each_packet(c, [&](int64_t j, int lanes) {
-        const Packet mu = simd::load_partial(mean + j, lanes), kk = simd::load_partial(k + j, lanes);
-        const Packet aa = simd::load_partial(a + j, lanes), bb = simd::load_partial(b + j, lanes);
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t i = r * c + j;
-          const Packet dz = detail::masked_gradient<act>(dy, y_act, i, lanes);
-          const Packet centred = simd::sub(simd::load_partial(x + i, lanes), mu);
-          const Packet inner = simd::sub(simd::sub(dz, aa), simd::mul(centred, bb));
-          simd::store_partial(dx + i, simd::mul(kk, inner), lanes);
-        }
-      });
-    }
+    detail::for_each_block_packet(begin, end, c, [&](int64_t j, int lanes, int64_t r0, int64_t r1) {
+      const Packet mu = simd::load_partial(mean + j, lanes), kk = simd::load_partial(k + j, lanes);
+      const Packet aa = simd::load_partial(a + j, lanes), bb = simd::load_partial(b + j, lanes);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i = r * c + j;
+        const Packet dz = detail::masked_gradient<act>(dy, y_act, i, lanes);
+        const Packet centred = simd::sub(simd::load_partial(x + i, lanes), mu);
+        const Packet inner = simd::sub(simd::sub(dz, aa), simd::mul(centred, bb));
+        simd::store_partial(dx + i, simd::mul(kk, inner), lanes);
+      }
+    });
   });
 }
 

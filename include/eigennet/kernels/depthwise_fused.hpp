@@ -48,13 +48,7 @@ __attribute__((noinline)) inline void accumulate_row_statistics(double* __restri
       a0 = simd::add(a0, d0);
       b0 = simd::fmadd(d0, d0, b0);
     }
-    alignas(64) float sums[2 * simd::width];
-    simd::store(sums, simd::add(a0, a1));
-    simd::store(sums + simd::width, simd::add(b0, b1));
-    for (int j = 0; j < lanes; ++j) {
-      s[c + j] += sums[j];
-      ss[c + j] += sums[simd::width + j];
-    }
+    add_packet_sums(s, ss, simd::add(a0, a1), simd::add(b0, b1), nullptr, c, lanes);
   });
 }
 
@@ -286,13 +280,7 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
       a = simd::add(a, dz);
       b = simd::fmadd(dz, simd::sub(simd::load_partial(x + i, lanes), mean), b);
     }
-    alignas(64) float sums[2 * simd::width];
-    simd::store(sums, a);
-    simd::store(sums + simd::width, b);
-    for (int j = 0; j < lanes; ++j) {
-      s1[c + j] += sums[j];
-      s2[c + j] += static_cast<double>(sums[simd::width + j]) * below.inv_std[c + j];
-    }
+    add_packet_sums(s1, s2, a, b, below.inv_std, c, lanes);
   });
 }
 }  // namespace detail
