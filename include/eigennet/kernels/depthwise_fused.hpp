@@ -285,15 +285,16 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
 }
 }  // namespace detail
 
+// Input rows whose weight-gradient terms are summed in float before they are added in double:
+// converting and adding taps x C doubles after every row is about a fifth of the operations of
+// the row's convolution.
+constexpr int weight_rows_in_float = 4;
+
 // One sweep over input rows: din = depthwise input gradient (gather, no write conflicts),
 // dweight += weight gradient (per-chunk partials reduced in order; null to skip). The
 // depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
 // input_transform (as in the forward). With `below`, din is replaced by
 // dz = din * relu6'(input) and below's sums are accumulated.
-// Input rows whose weight-gradient terms are summed in float before they are added in double:
-// converting and adding taps x C doubles after every row cost a fifth of the row's convolution.
-constexpr int weight_rows_in_float = 4;
-
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
                                             const Relu6Affine* input_transform, const BelowBatchNormRelu6* below,
