@@ -285,10 +285,12 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
 }
 }  // namespace detail
 
+namespace detail {
 // Input rows whose weight-gradient terms are summed in float before they are added in double:
 // converting and adding taps x C doubles after every row is about a fifth of the operations of
 // the row's convolution.
 constexpr int weight_rows_in_float = 4;
+}  // namespace detail
 
 // One sweep over input rows: din = depthwise input gradient (gather, no write conflicts),
 // dweight += weight gradient (per-chunk partials reduced in order; null to skip). The
@@ -365,8 +367,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
         }
       }
       if (gather2) detail::depthwise3x3_s2_input_gradient_row(drow, gather_rows, gather_kh, gathered, weight, g);
-      if (pw)
-        if (++rows_in_pw == weight_rows_in_float) flush_pw();
+      if (pw && ++rows_in_pw == detail::weight_rows_in_float) flush_pw();
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
       if (below) detail::mask_relu6_and_accumulate_row(drow, irow, below->x + r * row_len, *below, sa, sb, g.in_w, C);
     };
