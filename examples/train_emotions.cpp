@@ -13,7 +13,8 @@
 // Explicit flags override the recipe. Run with --help for every flag.
 // `--teacher A.safetensors[,B...]` distills trained classifiers (an ensemble, each member at its
 // own input size) into the network trained here (loss/distillation.hpp); `--ema-decay` validates
-// and saves an exponential moving average of its weights (train/ema.hpp).
+// and saves an exponential moving average of its weights (train/ema.hpp); `--mixup`/`--cutmix`
+// blend the training images of each batch and their targets (data/mixing.hpp).
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -48,6 +49,7 @@ struct Config {
   std::string pooling = "max", class_weights = "none", sampler = "shuffle", color = "gray";
   std::string teacher, init_from;
   double distill_temperature = 2.0, distill_weight = 0.5, ema_decay = 0.0;
+  double mixup = 0.0, cutmix = 0.0, mix_probability = 1.0;
   double alpha = 1.0, lr = 1e-3, momentum = 0.9, weight_decay = 0.0, label_smoothing = 0.0, dropout = 0.4;
   double val_fraction = 0.1, clip_norm = 0.0, warmup_epochs = 0.0, min_lr = 0.0;
   double augment_flip = 0.0, augment_shift = 0.0, augment_rotate = 0.0, augment_scale = 0.0;
@@ -153,6 +155,16 @@ cli::Parser make_parser(Config& c) {
   p.option("distill-temperature", c.distill_temperature, "with --teacher: temperature of the soft targets", 0.05, 100.0);
   p.option("distill-weight", c.distill_weight,
            "with --teacher: weight of the soft-target term (the hard-label cross-entropy gets 1 - this)", 0.0, 1.0);
+  p.option("mixup", c.mixup,
+           "mixup: blend each training image with another of its batch, lam ~ Beta(X, X), and the targets alike "
+           "(0 = off; with --teacher the teachers see the blended images)",
+           0.0, 100.0);
+  p.option("cutmix", c.cutmix,
+           "cutmix: paste a box of another image of the batch, of area 1 - lam, lam ~ Beta(X, X), the targets mixed by "
+           "area (0 = off; with --mixup each mixed batch picks one at even odds)",
+           0.0, 100.0);
+  p.option("mix-probability", c.mix_probability, "with --mixup/--cutmix: the fraction of batches that are mixed", 0.0,
+           1.0);
   p.option("ema-decay", c.ema_decay,
            "exponential moving average of the weights with this decay per step (e.g. 0.999; 0 = off): it is what "
            "validation measures and the saved model holds",
@@ -255,6 +267,8 @@ RunSettings run_settings(const Config& c, const std::string& data) {
     s.add("--distill-weight", c.distill_weight);
   }
   if (c.ema_decay > 0) s.add("--ema-decay", c.ema_decay);
+  if (c.mixup > 0 || c.cutmix > 0)
+    s.add("--mixup", c.mixup).add("--cutmix", c.cutmix).add("--mix-probability", c.mix_probability);
   if (!c.init_from.empty()) s.add("--init-from", c.init_from + " (fnv1a64 " + file_fingerprint(c.init_from) + ")");
   if (c.sync_bn) s.add("--sync-bn", true);  // (absent in checkpoints written before the flag existed)
   return s;
@@ -305,6 +319,8 @@ int run(int argc, char** argv, Communicator& world) {
   if (!c.teacher.empty() && c.mode != "finetune")
     throw cli::UsageError("--teacher needs --mode finetune (the teachers see augmented images, not cached features)");
   if (!c.init_from.empty() && c.mode != "finetune") throw cli::UsageError("--init-from needs --mode finetune");
+  if (c.cutmix > 0 && c.mode != "finetune")
+    throw cli::UsageError("--cutmix needs --mode finetune (frozen mode trains on cached features, not images)");
   if (!c.init_from.empty() && !fs::is_regular_file(c.init_from))
     throw cli::UsageError("--init-from: '" + c.init_from + "' is not a file");
   for (const std::string& path : cli::split_list(c.teacher))
@@ -513,6 +529,14 @@ int run(int argc, char** argv, Communicator& world) {
       images_source->also_render(static_cast<int>(member.spec.base.height), static_cast<int>(member.spec.base.width));
     train = std::move(images_source);
     validation = std::make_unique<ImageSource>(images, split.validation, inputs);
+  }
+  // Mixup/cutmix wrap the training source (after the teachers' sizes are added, so their images are mixed too).
+  std::unique_ptr<DataSource> unmixed_train;
+  if (c.mixup > 0 || c.cutmix > 0) {
+    unmixed_train = std::move(train);
+    train = std::make_unique<MixingSource>(
+        *unmixed_train, MixingSource::Options{static_cast<float>(c.mixup), static_cast<float>(c.cutmix),
+                                              static_cast<float>(c.mix_probability), static_cast<uint64_t>(c.seed)});
   }
 
   // ---- Training -------------------------------------------------------------------------------

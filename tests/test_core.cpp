@@ -122,6 +122,47 @@ TEST_CASE("Rng is deterministic and uniform in [0, 1)") {
   CHECK(sum / 10000 == doctest::Approx(0.5).epsilon(0.02));
 }
 
+TEST_CASE("Rng::gamma and Rng::beta have their distributions' moments") {
+  // Gamma(k): mean k, variance k; Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)). 40,000 draws
+  // each: the standard error of the mean is below 0.011 k^0.5 for gamma and 0.0025 for beta.
+  Rng rng(7);
+  const int n = 40000;
+  for (const double k : {0.2, 0.5, 1.0, 2.5, 9.0}) {
+    CAPTURE(k);
+    double sum = 0, squares = 0;
+    for (int i = 0; i < n; ++i) {
+      const double x = rng.gamma(k);
+      REQUIRE(x >= 0);
+      sum += x;
+      squares += x * x;
+    }
+    const double mean = sum / n, variance = squares / n - mean * mean;
+    CHECK(std::fabs(mean - k) < 0.05 * std::sqrt(k));
+    CHECK(variance == doctest::Approx(k).epsilon(0.1));
+  }
+  for (const double a : {0.2, 0.4, 1.0, 4.0}) {
+    CAPTURE(a);
+    double sum = 0, squares = 0;
+    int below_quarter = 0;
+    for (int i = 0; i < n; ++i) {
+      const double x = rng.beta(a, a);
+      REQUIRE(x >= 0);
+      REQUIRE(x <= 1);
+      sum += x;
+      squares += x * x;
+      below_quarter += x < 0.25;
+    }
+    const double mean = sum / n, variance = squares / n - mean * mean;
+    CHECK(std::fabs(mean - 0.5) < 0.01);
+    CHECK(variance == doctest::Approx(1 / (4 * (2 * a + 1))).epsilon(0.05));
+    if (a == 1.0) CHECK(below_quarter / static_cast<double>(n) == doctest::Approx(0.25).epsilon(0.04));  // uniform
+  }
+  // Beta(a, b) with a != b: mean a / (a + b).
+  double sum = 0;
+  for (int i = 0; i < n; ++i) sum += rng.beta(2.0, 6.0);
+  CHECK(std::fabs(sum / n - 0.25) < 0.005);
+}
+
 TEST_CASE("parallel_chunks covers every item once, in chunks that do not depend on the thread count") {
   const int saved = max_threads();
   for (const int64_t n : {int64_t{1}, int64_t{5}, int64_t{16}, int64_t{17}, int64_t{1000}}) {

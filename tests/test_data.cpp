@@ -845,6 +845,181 @@ TEST_CASE("epoch orders: shuffled and class-balanced") {
   CHECK(count_per_class(labels, balanced_order(labels, no_middle, 3, 1, 0), 3) == std::vector<int64_t>{35, 0, 35});
 }
 
+// ---- Mixup and cutmix (data/mixing.hpp) ----------------------------------------------------------
+
+namespace {
+
+// A source of n distinct images [n, h, w, c] (every value unique: item * 1000 + offset) with
+// labels i % classes, and the same images at a second size, as a teacher would read them.
+struct DistinctImages : DataSource {
+  int64_t n, h, w, c, h2, w2;
+  int64_t epochs_started = 0;
+  DistinctImages(int64_t n_, int64_t h_, int64_t w_, int64_t c_, int64_t h2_, int64_t w2_)
+      : n(n_), h(h_), w(w_), c(c_), h2(h2_), w2(w2_) {}
+  int64_t size() const override { return n; }
+  void start_epoch(int64_t) override { ++epochs_started; }
+  static void fill(Tensor& t, int64_t begin, int64_t count, int64_t hh, int64_t ww, int64_t cc) {
+    t.resize(Shape{count, hh, ww, cc});
+    const int64_t per = hh * ww * cc;
+    for (int64_t i = 0; i < count; ++i)
+      for (int64_t k = 0; k < per; ++k) t[i * per + k] = static_cast<float>((begin + i) * 1000 + k);
+  }
+  void get(int64_t begin, int64_t count, Batch& batch) override {
+    fill(batch.inputs, begin, count, h, w, c);
+    batch.other_sizes.resize(1);
+    fill(batch.other_sizes[0], begin, count, h2, w2, c);
+    batch.labels.resize(static_cast<size_t>(count));
+    batch.items.resize(static_cast<size_t>(count));
+    for (int64_t i = 0; i < count; ++i) {
+      batch.labels[static_cast<size_t>(i)] = static_cast<int32_t>((begin + i) % 3);
+      batch.items[static_cast<size_t>(i)] = begin + i;
+    }
+    batch.clear_mixing();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("mixup blends each image with its partner's, and the labels by the same weight") {
+  DistinctImages images(10, 4, 5, 3, 8, 10);
+  MixingSource mixed(images, {/*mixup_alpha=*/0.4f, /*cutmix_alpha=*/0, /*probability=*/1, /*seed=*/5});
+  Batch plain, batch;
+  std::vector<float> weights;
+  for (int64_t epoch = 0; epoch < 2; ++epoch) {
+    mixed.start_epoch(epoch);
+    for (const int64_t begin : {int64_t{0}, int64_t{2}}) {
+      images.get(begin, 8, plain);
+      mixed.get(begin, 8, batch);
+      const MixDraw& d = mixed.last_draw();
+      REQUIRE(d.kind == MixDraw::Kind::mixup);
+      REQUIRE(batch.mixed());
+      CHECK(batch.mix_weight == d.weight);
+      CHECK(d.weight >= 0.0f);
+      CHECK(d.weight <= 1.0f);
+      weights.push_back(d.weight);
+      std::vector<int64_t> sorted = d.partner;
+      std::sort(sorted.begin(), sorted.end());
+      for (int64_t i = 0; i < 8; ++i) CHECK(sorted[static_cast<size_t>(i)] == i);  // a permutation
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t j = d.partner[static_cast<size_t>(i)];
+        CHECK(batch.labels[static_cast<size_t>(i)] == plain.labels[static_cast<size_t>(i)]);
+        CHECK(batch.mixed_labels[static_cast<size_t>(i)] == plain.labels[static_cast<size_t>(j)]);
+        for (const auto& [mixed_t, plain_t] : {std::pair<const Tensor*, const Tensor*>{&batch.inputs, &plain.inputs},
+                                               {&batch.other_sizes[0], &plain.other_sizes[0]}}) {
+          const int64_t per = mixed_t->size() / 8;
+          for (int64_t k = 0; k < per; ++k) {
+            const double expected = static_cast<double>(d.weight) * (*plain_t)[i * per + k] +
+                                    (1.0 - d.weight) * (*plain_t)[j * per + k];
+            REQUIRE(std::fabs((*mixed_t)[i * per + k] - expected) <= 1e-6 * std::fabs(expected) + 1e-3);
+          }
+        }
+      }
+      // The same (epoch, batch) draws the same: a resumed run mixes as the uninterrupted one.
+      MixingSource again(images, {0.4f, 0, 1, 5});
+      again.start_epoch(epoch);
+      Batch repeat;
+      again.get(begin, 8, repeat);
+      CHECK(again.last_draw().partner == d.partner);
+      CHECK(again.last_draw().weight == d.weight);
+      CHECK(std::memcmp(repeat.inputs.data(), batch.inputs.data(), sizeof(float) * batch.inputs.size()) == 0);
+    }
+  }
+  // Different batches and epochs draw differently.
+  std::sort(weights.begin(), weights.end());
+  CHECK(std::unique(weights.begin(), weights.end()) == weights.end());
+}
+
+TEST_CASE("cutmix pastes the same box of the partner at every size, and weighs the labels by area") {
+  DistinctImages images(6, 12, 16, 2, 24, 32);
+  MixingSource mixed(images, {0, /*cutmix_alpha=*/1.0f, 1, 9});
+  Batch plain, batch;
+  mixed.start_epoch(3);
+  images.get(0, 6, plain);
+  mixed.get(0, 6, batch);
+  const MixDraw& d = mixed.last_draw();
+  REQUIRE(d.kind == MixDraw::Kind::cutmix);
+  // The box at each size: rows [top, bottom), columns [left, right).
+  for (const auto& [mixed_t, plain_t] : {std::pair<const Tensor*, const Tensor*>{&batch.inputs, &plain.inputs},
+                                         {&batch.other_sizes[0], &plain.other_sizes[0]}}) {
+    const int64_t h = mixed_t->dim(1), w = mixed_t->dim(2), c = mixed_t->dim(3), per = h * w * c;
+    const auto [top, bottom] = box_span(d.box.top, d.box.bottom, h);
+    const auto [left, right] = box_span(d.box.left, d.box.right, w);
+    int64_t inside_count = 0;
+    for (int64_t i = 0; i < 6; ++i) {
+      const int64_t j = d.partner[static_cast<size_t>(i)];
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x)
+          for (int64_t ch = 0; ch < c; ++ch) {
+            const bool inside = y >= top && y < bottom && x >= left && x < right;
+            const int64_t k = (y * w + x) * c + ch;
+            REQUIRE((*mixed_t)[i * per + k] == (*plain_t)[(inside ? j : i) * per + k]);
+            inside_count += inside && i == 0 && ch == 0;
+          }
+    }
+    CAPTURE(h);
+    CHECK(inside_count > 0);  // this draw's box is not empty
+    // The label weight is the fraction of the own image left at the model's size.
+    if (h == 12) CHECK(batch.mix_weight == doctest::Approx(1.0 - inside_count / static_cast<double>(h * w)).epsilon(1e-6));
+  }
+  // Over many batches, with lam ~ Beta(1, 1) = U(0, 1): a box of side s = sqrt(1 - lam) centred
+  // uniformly keeps s - s^2 / 4 of its side on average after clipping to the image, so the mean
+  // area is E[u - u^1.5 / 2 + u^2 / 16] = 1/2 - 1/5 + 1/48 over u = 1 - lam, and the weight
+  // 1 - that = 0.679 (before rounding the box to pixels). And the box moves about.
+  double weight_sum = 0;
+  std::set<double> tops;
+  for (int64_t epoch = 0; epoch < 400; ++epoch) {
+    mixed.start_epoch(epoch);
+    mixed.get(0, 6, batch);
+    weight_sum += batch.mix_weight;
+    tops.insert(mixed.last_draw().box.top);
+  }
+  CHECK(weight_sum / 400 == doctest::Approx(1 - (0.5 - 0.2 + 1.0 / 48)).epsilon(0.03));
+  CHECK(tops.size() > 100);
+}
+
+TEST_CASE("mixing: probability, both kinds, the main label, and clear errors") {
+  DistinctImages images(8, 4, 4, 1, 4, 4);
+  Batch batch;
+  // probability 0: never mixed; a later plain batch from the inner source is unmixed again.
+  MixingSource never(images, {1.0f, 1.0f, 0.0f, 1});
+  never.get(0, 8, batch);
+  CHECK_FALSE(batch.mixed());
+  CHECK(batch.mix_weight == 1.0f);
+  // Both kinds at even odds, half of the batches mixed.
+  MixingSource both(images, {0.2f, 1.0f, 0.5f, 2});
+  int kinds[3] = {0, 0, 0};
+  for (int64_t epoch = 0; epoch < 600; ++epoch) {
+    both.start_epoch(epoch);
+    both.get(0, 8, batch);
+    const MixDraw::Kind kind = both.last_draw().kind;
+    ++kinds[static_cast<int>(kind)];
+    CHECK(batch.mixed() == (kind != MixDraw::Kind::none));
+    if (batch.mixed())
+      for (int64_t i = 0; i < 8; ++i)
+        CHECK(batch.main_label(i) == (batch.mix_weight < 0.5f ? batch.mixed_labels[static_cast<size_t>(i)]
+                                                                : batch.labels[static_cast<size_t>(i)]));
+  }
+  CHECK(kinds[0] == doctest::Approx(300).epsilon(0.15));
+  CHECK(kinds[1] == doctest::Approx(150).epsilon(0.25));
+  CHECK(kinds[2] == doctest::Approx(150).epsilon(0.25));
+  images.get(0, 8, batch);
+  CHECK_FALSE(batch.mixed());
+  CHECK(both.mirrored() == nullptr);
+
+  CHECK_THROWS_WITH_AS(MixingSource(images, {-1.0f, 0, 1, 0}), doctest::Contains("mixup_alpha must be >= 0"), Error);
+  CHECK_THROWS_WITH_AS(MixingSource(images, {0, NAN, 1, 0}), doctest::Contains("cutmix_alpha must be >= 0"), Error);
+  CHECK_THROWS_WITH_AS(MixingSource(images, {1, 0, 1.5f, 0}), doctest::Contains("probability must be in [0, 1]"), Error);
+  // Cutmix needs images; features [N, C] are refused by name.
+  Tensor features(Shape{8, 5});
+  std::vector<int32_t> labels(8, 0);
+  TensorSource flat(features, labels);
+  MixingSource cut(flat, {0, 1.0f, 1, 0});
+  CHECK_THROWS_WITH_AS(cut.get(0, 8, batch), doctest::Contains("cutmix: inputs must be images"), Error);
+  MixingSource blend(flat, {1.0f, 0, 1, 0});
+  blend.get(0, 8, batch);  // mixup works on any rank
+  CHECK(batch.mixed());
+}
+
 TEST_CASE("a slice of the real FER-2013") {
   const fs::path root = fs::path(EIGENNET_SHARED_DIR) / "data/fer2013";
   if (!fs::is_directory(root / "test")) {

@@ -23,6 +23,7 @@
 #include "data/feature_cache.hpp"
 #include "data/image_set.hpp"
 #include "data/image_source.hpp"
+#include "data/mixing.hpp"
 #include "data/sampling.hpp"
 #include "data/source.hpp"
 #include "data/split.hpp"

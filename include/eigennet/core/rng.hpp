@@ -55,6 +55,24 @@ class Rng {
     const double u2 = static_cast<double>(next_u64() >> 11) * (1.0 / 9007199254740992.0);
     return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
   }
+  // Gamma(shape, 1), shape > 0: Marsaglia and Tsang's squeeze method (2000); below shape 1 by
+  // Gamma(shape) = Gamma(shape + 1) U^(1 / shape).
+  double gamma(double shape) {
+    if (shape < 1) return gamma(shape + 1) * std::pow(1.0 - static_cast<double>(uniform()), 1.0 / shape);
+    const double d = shape - 1.0 / 3.0, c = 1.0 / std::sqrt(9.0 * d);
+    for (;;) {
+      const double x = normal(), v0 = 1 + c * x;
+      if (v0 <= 0) continue;
+      const double v = v0 * v0 * v0, u = uniform();
+      if (u < 1 - 0.0331 * x * x * x * x) return d * v;
+      if (std::log(u) < 0.5 * x * x + d * (1 - v + std::log(v))) return d * v;
+    }
+  }
+  // Beta(a, b), a, b > 0, in [0, 1]: X / (X + Y) of X ~ Gamma(a), Y ~ Gamma(b).
+  double beta(double a, double b) {
+    const double x = gamma(a), y = gamma(b);
+    return x + y > 0 ? x / (x + y) : (uniform() < a / (a + b) ? 1.0 : 0.0);
+  }
   // A new independent generator derived from this one (for per-layer or per-thread streams).
   Rng split() { return Rng(next_u64()); }
 

@@ -116,6 +116,7 @@ class FeatureSource : public DataSource {
     batch.inputs.resize(Shape{count, c});
     batch.items.assign(order_.begin() + begin, order_.begin() + begin + count);
     batch.labels.resize(static_cast<size_t>(count));
+    batch.clear_mixing();
     for (int64_t i = 0; i < count; ++i) {
       const int64_t item = batch.items[static_cast<size_t>(i)];
       const Tensor& src = flip_[static_cast<size_t>(begin + i)] ? cache_.mirrored : cache_.features;

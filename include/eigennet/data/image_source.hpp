@@ -45,6 +45,7 @@ class ImageSource : public DataSource {
     for (int64_t i = 0; i < count; ++i)
       images_[static_cast<size_t>(i)] = indices_[static_cast<size_t>(batch.items[static_cast<size_t>(i)])];
     assemble_batch(set_, images_.data(), count, epoch_, options_, batch.inputs, batch.labels);
+    batch.clear_mixing();
     batch.other_sizes.resize(other_sizes_.size());
     for (size_t s = 0; s < other_sizes_.size(); ++s) {
       BatchOptions options = options_;

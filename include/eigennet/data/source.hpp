@@ -31,6 +31,11 @@ struct Batch {
   // The same inputs at other sizes, with the same augmentation draws, for models that read the
   // batch at another input size (e.g. distillation teachers; ImageSource::also_render).
   std::vector<Tensor> other_sizes;
+  // A mixed batch (data/mixing.hpp: mixup, cutmix): item i is a blend of its own image and that
+  // of another item, whose label is mixed_labels[i]; its target is mix_weight of labels[i] and
+  // 1 - mix_weight of mixed_labels[i]. Empty: not mixed.
+  std::vector<int32_t> mixed_labels;
+  float mix_weight = 1;
 
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
   // The images [N, height, width, C] of this batch: `inputs` or one of `other_sizes`; null when
@@ -41,6 +46,16 @@ struct Batch {
     for (const Tensor& t : other_sizes)
       if (fits(t)) return &t;
     return nullptr;
+  }
+  bool mixed() const { return !mixed_labels.empty(); }
+  // The label of item i with the larger weight (its own label when the batch is not mixed).
+  int32_t main_label(int64_t i) const {
+    return mixed() && mix_weight < 0.5f ? mixed_labels[static_cast<size_t>(i)] : labels[static_cast<size_t>(i)];
+  }
+  // A source filling this batch starts unmixed.
+  void clear_mixing() {
+    mixed_labels.clear();
+    mix_weight = 1;
   }
 };
 
@@ -127,6 +142,7 @@ class TensorSource : public DataSource {
     batch.items.assign(order_.begin() + begin, order_.begin() + begin + count);
     gather_rows(inputs_, batch.items.data(), count, batch.inputs);
     batch.other_sizes.clear();
+    batch.clear_mixing();
     batch.labels.resize(static_cast<size_t>(count));
     for (int64_t i = 0; i < count; ++i) batch.labels[static_cast<size_t>(i)] = labels_[static_cast<size_t>(batch.items[static_cast<size_t>(i)])];
   }

@@ -77,4 +77,25 @@ inline double softmax_cross_entropy(float* dlogits, const float* logits, const i
   return loss / weight_total;
 }
 
+// The cross-entropy of a mixed batch (data/mixing.hpp: mixup, cutmix), each term the mean above:
+//   loss = weight * CE(z, labels) + (1 - weight) * CE(z, mixed_labels)
+// With mixed_labels null it is CE(z, labels). `scratch` [batch x classes] holds the second term's
+// gradient when dlogits is not null.
+inline double mixed_softmax_cross_entropy(float* dlogits, float* scratch, const float* logits, const int32_t* labels,
+                                          const int32_t* mixed_labels, double weight, int64_t batch, int64_t classes,
+                                          const float* class_weights, float label_smoothing) {
+  if (mixed_labels == nullptr)
+    return softmax_cross_entropy(dlogits, logits, labels, batch, classes, class_weights, label_smoothing);
+  EIGENNET_CHECK(weight >= 0 && weight <= 1, "mixed cross-entropy: the weight of the own labels must be in [0, 1], got ",
+                 weight);
+  EIGENNET_CHECK(dlogits == nullptr || scratch != nullptr, "mixed cross-entropy: no scratch for the gradient");
+  const double own = softmax_cross_entropy(dlogits, logits, labels, batch, classes, class_weights, label_smoothing);
+  const double other = softmax_cross_entropy(dlogits ? scratch : nullptr, logits, mixed_labels, batch, classes,
+                                             class_weights, label_smoothing);
+  if (dlogits)
+    for (int64_t i = 0; i < batch * classes; ++i)
+      dlogits[i] = static_cast<float>(weight * dlogits[i] + (1 - weight) * scratch[i]);
+  return weight * own + (1 - weight) * other;
+}
+
 }  // namespace eigennet::kernels

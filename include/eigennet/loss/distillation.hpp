@@ -128,13 +128,17 @@ struct DistillationTerms {
 // it is null:
 //   (1 - w) d CE / dz + w T (softmax(z / T) - p) / N
 // (the soft term's gradient assumes each row of p sums to 1, as probabilities do).
+// A mixed batch (data/mixing.hpp) gives mixed_labels and the weight of the own labels: the hard
+// term is then mixed_softmax_cross_entropy's, with `scratch` [N x K] for its gradient.
 inline DistillationTerms distillation_loss(float* dlogits, const float* logits, const float* teacher, const int32_t* labels,
                                            int64_t batch, int64_t classes, double temperature, double soft_weight,
-                                           float label_smoothing) {
+                                           float label_smoothing, const int32_t* mixed_labels = nullptr,
+                                           double mix_weight = 1, float* scratch = nullptr) {
   const double t = temperature, w = soft_weight;
   DistillationTerms out;
   // The hard term and its gradient, which is then scaled by (1 - w) and gets the soft term's.
-  out.hard = softmax_cross_entropy(dlogits, logits, labels, batch, classes, nullptr, label_smoothing);
+  out.hard = mixed_softmax_cross_entropy(dlogits, scratch, logits, labels, mixed_labels, mix_weight, batch, classes,
+                                         nullptr, label_smoothing);
   double soft = 0;
   for (int64_t i = 0; i < batch; ++i) {
     const float* z = logits + i * classes;
@@ -181,25 +185,32 @@ class DistillationLoss : public Loss {
   DistillationLoss(Teacher& teacher, Options options) : DistillationLoss(&teacher, options) {}
 
   // The loss of logits [N, K] against the teacher's probabilities [N, K] (at the temperature)
-  // and the labels [N]; keeps d loss / d logits for gradient().
-  float forward(const Tensor& logits, const Tensor& teacher_probabilities, const std::vector<int32_t>& labels) {
+  // and the labels [N]; keeps d loss / d logits for gradient(). With mixed_labels (a mixed batch,
+  // data/mixing.hpp) the hard term is mixed: weight of labels, 1 - weight of mixed_labels.
+  float forward(const Tensor& logits, const Tensor& teacher_probabilities, const std::vector<int32_t>& labels,
+                const std::vector<int32_t>* mixed_labels = nullptr, float weight = 1) {
     EIGENNET_CHECK(logits.rank() == 2, "DistillationLoss: logits must be [batch, classes], got ", logits.shape());
     EIGENNET_CHECK(teacher_probabilities.shape() == logits.shape(), "DistillationLoss: the teacher's probabilities are ",
                    teacher_probabilities.shape(), " but the student's logits ", logits.shape(),
                    ": teacher and student must predict the same classes");
     EIGENNET_CHECK(static_cast<int64_t>(labels.size()) == logits.dim(0), "DistillationLoss: ", labels.size(),
                    " labels for a batch of ", logits.dim(0));
+    EIGENNET_CHECK(mixed_labels == nullptr || mixed_labels->size() == labels.size(), "DistillationLoss: ",
+                   mixed_labels ? mixed_labels->size() : 0, " mixed labels for a batch of ", labels.size());
     gradient_.resize(logits.shape());
+    if (mixed_labels) scratch_.resize(logits.shape());
     const kernels::DistillationTerms terms = kernels::distillation_loss(
         gradient_.data(), logits.data(), teacher_probabilities.data(), labels.data(), logits.dim(0), logits.dim(1),
-        options_.temperature, options_.soft_weight, options_.label_smoothing);
+        options_.temperature, options_.soft_weight, options_.label_smoothing,
+        mixed_labels ? mixed_labels->data() : nullptr, weight, scratch_.data());
     soft_ = terms.soft;
     hard_ = terms.hard;
     return static_cast<float>(terms.loss);
   }
   float forward(const Tensor& outputs, const Batch& batch) override {
     EIGENNET_CHECK(teacher_ != nullptr, "DistillationLoss: no teacher (constructed with a null teacher)");
-    return forward(outputs, teacher_->probabilities(batch, options_.temperature), batch.labels);
+    return forward(outputs, teacher_->probabilities(batch, options_.temperature), batch.labels,
+                   batch.mixed() ? &batch.mixed_labels : nullptr, batch.mix_weight);
   }
   const Tensor& gradient() const override { return gradient_; }
 
@@ -211,7 +222,7 @@ class DistillationLoss : public Loss {
  private:
   Teacher* teacher_;
   Options options_;
-  Tensor gradient_;
+  Tensor gradient_, scratch_;
   double soft_ = NAN, hard_ = NAN;
 };
 

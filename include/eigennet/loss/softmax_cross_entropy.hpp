@@ -27,27 +27,36 @@ class SoftmaxCrossEntropy : public Loss {
   }
 
   // Mean loss of logits [batch, classes] against labels; keeps d loss / d logits for gradient().
-  float forward(const Tensor& logits, const std::vector<int32_t>& labels) {
+  // With mixed_labels (a mixed batch, data/mixing.hpp): weight * that + (1 - weight) * the loss
+  // against mixed_labels.
+  float forward(const Tensor& logits, const std::vector<int32_t>& labels, const std::vector<int32_t>* mixed_labels = nullptr,
+                float weight = 1) {
     EIGENNET_CHECK(logits.rank() == 2, "SoftmaxCrossEntropy: logits must be [batch, classes], got ", logits.shape());
     EIGENNET_CHECK(static_cast<int64_t>(labels.size()) == logits.dim(0), "SoftmaxCrossEntropy: ", labels.size(),
                    " labels for a batch of ", logits.dim(0));
+    EIGENNET_CHECK(mixed_labels == nullptr || mixed_labels->size() == labels.size(), "SoftmaxCrossEntropy: ",
+                   mixed_labels ? mixed_labels->size() : 0, " mixed labels for a batch of ", labels.size());
     EIGENNET_CHECK(options_.class_weights.empty() ||
                        static_cast<int64_t>(options_.class_weights.size()) == logits.dim(1),
                    "SoftmaxCrossEntropy: ", options_.class_weights.size(), " class weights for ", logits.dim(1),
                    " classes");
     gradient_.resize(logits.shape());
-    return static_cast<float>(kernels::softmax_cross_entropy(
-        gradient_.data(), logits.data(), labels.data(), logits.dim(0), logits.dim(1),
-        options_.class_weights.empty() ? nullptr : options_.class_weights.data(), options_.label_smoothing));
+    if (mixed_labels) scratch_.resize(logits.shape());
+    return static_cast<float>(kernels::mixed_softmax_cross_entropy(
+        gradient_.data(), scratch_.data(), logits.data(), labels.data(), mixed_labels ? mixed_labels->data() : nullptr,
+        weight, logits.dim(0), logits.dim(1), options_.class_weights.empty() ? nullptr : options_.class_weights.data(),
+        options_.label_smoothing));
   }
-  float forward(const Tensor& logits, const Batch& batch) override { return forward(logits, batch.labels); }
+  float forward(const Tensor& logits, const Batch& batch) override {
+    return forward(logits, batch.labels, batch.mixed() ? &batch.mixed_labels : nullptr, batch.mix_weight);
+  }
   // d loss / d logits of the latest forward.
   const Tensor& gradient() const override { return gradient_; }
   const Options& options() const { return options_; }
 
  private:
   Options options_;
-  Tensor gradient_;
+  Tensor gradient_, scratch_;
 };
 
 }  // namespace eigennet

@@ -123,6 +123,16 @@ inline int64_t count_correct(const Tensor& outputs, const std::vector<int32_t>& 
   for (size_t i = 0; i < labels.size(); ++i) correct += predicted[i] == labels[i];
   return correct;
 }
+// The same against each item's label with the larger weight (its own one unless the batch is
+// mixed, data/mixing.hpp, and the other image's label weighs more).
+inline int64_t count_correct(const Tensor& outputs, const Batch& batch) {
+  if (!batch.mixed()) return count_correct(outputs, batch.labels);
+  if (outputs.rank() != 2 || outputs.dim(0) != batch.size() || outputs.dim(1) < 1) return 0;
+  const std::vector<int32_t> predicted = argmax_predictions(outputs);
+  int64_t correct = 0;
+  for (int64_t i = 0; i < batch.size(); ++i) correct += predicted[static_cast<size_t>(i)] == batch.main_label(i);
+  return correct;
+}
 
 inline LossAccuracy evaluate_loss_accuracy(Model& model, Loss& loss, DataSource& source, int64_t batch_size) {
   EIGENNET_CHECK(batch_size > 0, "evaluate: batch_size must be positive, got ", batch_size);
@@ -290,7 +300,7 @@ inline FitResult fit(Model& model, Optimizer& optimizer, Loss& loss, DataSource&
       loss_sum += static_cast<double>(ctx.loss) * static_cast<double>(count);
       for (Callback* c : all) c->on_gradients(ctx);
       optimizer.step();
-      correct += count_correct(outputs, batch.labels);
+      correct += count_correct(outputs, batch);
       seen += count;
       ctx.epoch_items = seen;
       ctx.epoch_loss = loss_sum / static_cast<double>(seen);
