@@ -684,31 +684,18 @@ long double reference_cross_entropy(const Tensor& logits, const std::vector<int3
   return total / weight_total;
 }
 
-// Checks SoftmaxCrossEntropy's loss against the reference and its gradient against fourth-order
-// differences of the kernel's double-precision loss. Logits near 1e4 sit on a float32 grid of
-// 2^-10, so a step of 2^-6 keeps every perturbed logit exact. The loss is computed in double, so
-// the error is the float32 rounding of the stored gradient (~6e-8 relative) plus a truncation
-// of ~h^4 / 30 * |L^(5)| < 1e-8.
-void check_cross_entropy(const std::string& label, const Tensor& logits, const std::vector<int32_t>& labels,
-                         const SoftmaxCrossEntropy::Options& options) {
-  SoftmaxCrossEntropy loss(options);
-  const float value = loss.forward(logits, labels);
-  const long double reference = reference_cross_entropy(logits, labels, options);
-  CAPTURE(label);
-  CHECK(std::isfinite(value));
-  CHECK(static_cast<double>(value) == doctest::Approx(static_cast<double>(reference)).epsilon(1e-6));
-  const Tensor& gradient = loss.gradient();
+// d loss / d logits (`gradient`) against fourth-order central differences of loss_at(z), a
+// kernel's double-precision loss, around `logits`.
+template <class LossAt>
+void check_logit_gradient(const std::string& label, const Tensor& logits, const Tensor& gradient, LossAt loss_at) {
   REQUIRE(gradient.shape() == logits.shape());
-
   const double h = 1.0 / 64, atol = 1e-6, rtol = 1e-5;
-  const float* weights = options.class_weights.empty() ? nullptr : options.class_weights.data();
   Tensor z;
   z.copy_from(logits);
   auto eval = [&](int64_t i, double v) {
     const float original = z[i];
     z[i] = static_cast<float>(v);
-    const double l = kernels::softmax_cross_entropy(nullptr, z.data(), labels.data(), z.dim(0), z.dim(1), weights,
-                                                    options.label_smoothing);
+    const double l = loss_at(z.data());
     z[i] = original;
     return l;
   };
@@ -724,6 +711,26 @@ void check_cross_entropy(const std::string& label, const Tensor& logits, const s
   INFO(errors.worst);
   CHECK(errors.failures == 0);
   CHECK(errors.count == logits.size());
+}
+
+// Checks SoftmaxCrossEntropy's loss against the reference and its gradient against fourth-order
+// differences of the kernel's double-precision loss. Logits near 1e4 sit on a float32 grid of
+// 2^-10, so a step of 2^-6 keeps every perturbed logit exact. The loss is computed in double, so
+// the error is the float32 rounding of the stored gradient (~6e-8 relative) plus a truncation
+// of ~h^4 / 30 * |L^(5)| < 1e-8.
+void check_cross_entropy(const std::string& label, const Tensor& logits, const std::vector<int32_t>& labels,
+                         const SoftmaxCrossEntropy::Options& options) {
+  SoftmaxCrossEntropy loss(options);
+  const float value = loss.forward(logits, labels);
+  const long double reference = reference_cross_entropy(logits, labels, options);
+  CAPTURE(label);
+  CHECK(std::isfinite(value));
+  CHECK(static_cast<double>(value) == doctest::Approx(static_cast<double>(reference)).epsilon(1e-6));
+  const float* weights = options.class_weights.empty() ? nullptr : options.class_weights.data();
+  check_logit_gradient(label, logits, loss.gradient(), [&](const float* z) {
+    return kernels::softmax_cross_entropy(nullptr, z, labels.data(), logits.dim(0), logits.dim(1), weights,
+                                          options.label_smoothing);
+  });
 }
 
 }  // namespace
@@ -793,32 +800,11 @@ void check_distillation(const std::string& label, const Tensor& logits, const Te
   CAPTURE(label);
   CHECK(std::isfinite(value));
   CHECK(static_cast<double>(value) == doctest::Approx(static_cast<double>(reference)).epsilon(1e-6));
-  const Tensor& gradient = loss.gradient();
-  REQUIRE(gradient.shape() == logits.shape());
-  const double h = 1.0 / 64, atol = 1e-6, rtol = 1e-5;
-  Tensor z;
-  z.copy_from(logits);
-  auto eval = [&](int64_t i, double v) {
-    const float original = z[i];
-    z[i] = static_cast<float>(v);
-    const double l = kernels::distillation_loss(nullptr, z.data(), teacher.data(), labels.data(), z.dim(0), z.dim(1),
-                                                options.temperature, options.soft_weight, options.label_smoothing)
-                         .loss;
-    z[i] = original;
-    return l;
-  };
-  GradientErrors errors;
-  for (int64_t i = 0; i < z.size(); ++i) {
-    const double v = z[i];
-    const double numeric = (8 * (eval(i, v + h) - eval(i, v - h)) - (eval(i, v + 2 * h) - eval(i, v - 2 * h))) / (12 * h);
-    errors.add("dlogits", i, gradient[i], numeric, atol, rtol);
-  }
-  std::printf("gradcheck %-44s h=%-7.2g atol=%-7.1e rtol=%-7.1e n=%-5lld max_abs=%.2e max_rel=%.2e ratio=%.3f\n",
-              label.c_str(), h, atol, rtol, static_cast<long long>(errors.count), errors.max_abs, errors.max_rel,
-              errors.max_ratio);
-  INFO(errors.worst);
-  CHECK(errors.failures == 0);
-  CHECK(errors.count == logits.size());
+  check_logit_gradient(label, logits, loss.gradient(), [&](const float* z) {
+    return kernels::distillation_loss(nullptr, z, teacher.data(), labels.data(), logits.dim(0), logits.dim(1),
+                                      options.temperature, options.soft_weight, options.label_smoothing)
+        .loss;
+  });
 }
 
 // Probabilities [N, K] of random logits at temperature t (rows sum to 1 up to float rounding).
@@ -869,6 +855,74 @@ TEST_CASE("DistillationLoss gradients: temperatures, weights, smoothing, one-hot
   CHECK_THROWS_WITH_AS(DistillationLoss(nullptr, {2, 1.5f, 0}), doctest::Contains("soft_weight must be in [0, 1]"), Error);
   Batch batch;
   CHECK_THROWS_WITH_AS(loss.forward(logits, batch), doctest::Contains("no teacher"), Error);
+}
+
+// ---- Mixed targets (mixup, cutmix) ---------------------------------------------------------------
+
+TEST_CASE("mixed-target cross-entropy and distillation: loss by definition, gradients by finite differences") {
+  const Tensor logits = random_tensor(Shape{5, 4}, 91, -3.0f, 3.0f);
+  const std::vector<int32_t> labels = {0, 3, 1, 1, 2}, mixed = {1, 1, 2, 0, 2};
+  const std::vector<float> class_weights = {0.5f, 2.0f, 1.0f, 1.5f};
+  Tensor probabilities(Shape{5, 4});
+  softmax_at_temperature(probabilities.data(), random_tensor(Shape{5, 4}, 92, -3.0f, 3.0f).data(), 5, 4, 2.0f);
+  struct Case {
+    const char* label;
+    float weight, smoothing;
+    bool class_weighted, distill;
+  };
+  for (const Case& c : {Case{"mixed CE lam 0.7", 0.7f, 0.0f, false, false},
+                        Case{"mixed CE lam 0.3 smoothing 0.1", 0.3f, 0.1f, false, false},
+                        Case{"mixed CE lam 0.55 class weights", 0.55f, 0.1f, true, false},
+                        Case{"mixed CE lam 0 (all partner)", 0.0f, 0.0f, false, false},
+                        Case{"mixed distillation T=2 w=0.8 lam 0.4", 0.4f, 0.1f, false, true}}) {
+    CAPTURE(c.label);
+    SoftmaxCrossEntropy::Options ce;
+    ce.label_smoothing = c.smoothing;
+    if (c.class_weighted) ce.class_weights = class_weights;
+    // The definition, in long double: lam CE(labels) + (1 - lam) CE(mixed), distillation's soft
+    // term on top.
+    const long double hard = c.weight * reference_cross_entropy(logits, labels, ce) +
+                             (1 - static_cast<long double>(c.weight)) * reference_cross_entropy(logits, mixed, ce);
+    const DistillationLoss::Options kd{2.0f, 0.8f, c.smoothing};
+    long double reference = hard;
+    if (c.distill) {
+      // reference_distillation's soft part: its value with hard labels minus its hard part.
+      const long double with_labels = reference_distillation(logits, probabilities, labels, kd);
+      reference = with_labels - (1 - 0.8L) * reference_cross_entropy(logits, labels, ce) + (1 - 0.8L) * hard;
+    }
+    float value = 0;
+    Tensor gradient;
+    if (c.distill) {
+      DistillationLoss loss(nullptr, kd);
+      value = loss.forward(logits, probabilities, labels, &mixed, c.weight);
+      gradient.copy_from(loss.gradient());
+    } else {
+      SoftmaxCrossEntropy loss(ce);
+      value = loss.forward(logits, labels, &mixed, c.weight);
+      gradient.copy_from(loss.gradient());
+    }
+    CHECK(static_cast<double>(value) == doctest::Approx(static_cast<double>(reference)).epsilon(1e-6));
+    check_logit_gradient(c.label, logits, gradient, [&](const float* z) {
+      return c.distill ? kernels::distillation_loss(nullptr, z, probabilities.data(), labels.data(), 5, 4, 2.0, 0.8,
+                                                    c.smoothing, mixed.data(), c.weight, nullptr)
+                             .loss
+                       : kernels::mixed_softmax_cross_entropy(nullptr, nullptr, z, labels.data(), mixed.data(), c.weight,
+                                                              5, 4, c.class_weighted ? class_weights.data() : nullptr,
+                                                              c.smoothing);
+    });
+  }
+  // Mixed labels equal to the labels give the plain loss, whatever the weight.
+  SoftmaxCrossEntropy plain, same;
+  const float expected = plain.forward(logits, labels);
+  CHECK(same.forward(logits, labels, &labels, 0.3f) == doctest::Approx(expected).epsilon(1e-6));
+  // Bad input: a clear error.
+  SoftmaxCrossEntropy loss;
+  const std::vector<int32_t> short_mixed = {1, 2};
+  CHECK_THROWS_WITH_AS(loss.forward(logits, labels, &short_mixed, 0.5f), doctest::Contains("2 mixed labels for a batch of 5"),
+                       Error);
+  CHECK_THROWS_WITH_AS(loss.forward(logits, labels, &mixed, 1.5f), doctest::Contains("must be in [0, 1]"), Error);
+  const std::vector<int32_t> out_of_range = {1, 1, 9, 0, 2};
+  CHECK_THROWS_WITH_AS(loss.forward(logits, labels, &out_of_range, 0.5f), doctest::Contains("label 9 of sample 2"), Error);
 }
 
 // ---- Frozen parameters and gradient accumulation -------------------------------------------------

@@ -304,6 +304,28 @@ TEST_CASE("parity: Dense matches PyTorch") {
   }
 }
 
+namespace {
+
+// Class labels stored as floats in a fixture.
+std::vector<int32_t> labels_of(const Tensor& values) {
+  std::vector<int32_t> labels;
+  for (int64_t i = 0; i < values.size(); ++i) labels.push_back(static_cast<int32_t>(values[i]));
+  return labels;
+}
+
+// A cross-entropy case's label smoothing and class weights (when it has them).
+SoftmaxCrossEntropy::Options cross_entropy_options(const Fixture& f, const std::string& c) {
+  SoftmaxCrossEntropy::Options options;
+  options.label_smoothing = static_cast<float>(f.number(c, "label_smoothing"));
+  if (f.has(c, "class_weights")) {
+    const Tensor& w = f.get(c, "class_weights");
+    options.class_weights.assign(w.data(), w.data() + w.size());
+  }
+  return options;
+}
+
+}  // namespace
+
 TEST_CASE("parity: softmax cross-entropy matches torch.nn.functional.cross_entropy") {
   const Fixture f("cross_entropy.safetensors");
   // Computed in double and rounded once.
@@ -311,17 +333,8 @@ TEST_CASE("parity: softmax cross-entropy matches torch.nn.functional.cross_entro
   check_cases_present(f, {"ce_plain", "ce_weighted", "ce_smoothing", "ce_weighted_smoothing", "ce_large_logits"});
   for (const std::string& c : f.cases()) {
     const Tensor& logits = f.get(c, "logits");
-    const Tensor& label_values = f.get(c, "labels");
-    std::vector<int32_t> labels;
-    for (int64_t i = 0; i < label_values.size(); ++i) labels.push_back(static_cast<int32_t>(label_values[i]));
-    SoftmaxCrossEntropy::Options options;
-    options.label_smoothing = static_cast<float>(f.number(c, "label_smoothing"));
-    if (f.has(c, "class_weights")) {
-      const Tensor& w = f.get(c, "class_weights");
-      options.class_weights.assign(w.data(), w.data() + w.size());
-    }
-    SoftmaxCrossEntropy loss(options);
-    const Tensor value(Shape{}, {loss.forward(logits, labels)});
+    SoftmaxCrossEntropy loss(cross_entropy_options(f, c));
+    const Tensor value(Shape{}, {loss.forward(logits, labels_of(f.get(c, "labels")))});
     expect_close(c, "loss", value, f.get(c, "loss"), tol);
     expect_close(c, "dlogits", loss.gradient(), f.get(c, "dlogits"), tol);
   }
@@ -333,9 +346,7 @@ TEST_CASE("parity: distillation loss matches T^2 KL(teacher || student) and cros
   const double tol = 1e-6;
   check_cases_present(f, {"kd_t1_w05", "kd_t2_w08_smoothing", "kd_t4_soft_only", "kd_zero_probs", "kd_large_logits"});
   for (const std::string& c : f.cases()) {
-    const Tensor& label_values = f.get(c, "labels");
-    std::vector<int32_t> labels;
-    for (int64_t i = 0; i < label_values.size(); ++i) labels.push_back(static_cast<int32_t>(label_values[i]));
+    const std::vector<int32_t> labels = labels_of(f.get(c, "labels"));
     DistillationLoss::Options options;
     options.temperature = static_cast<float>(f.number(c, "temperature"));
     options.soft_weight = static_cast<float>(f.number(c, "soft_weight"));
@@ -346,6 +357,37 @@ TEST_CASE("parity: distillation loss matches T^2 KL(teacher || student) and cros
     expect_close(c, "soft", Tensor(Shape{}, {static_cast<float>(loss.soft_loss())}), f.get(c, "soft"), tol);
     expect_close(c, "hard", Tensor(Shape{}, {static_cast<float>(loss.hard_loss())}), f.get(c, "hard"), tol);
     expect_close(c, "dlogits", loss.gradient(), f.get(c, "dlogits"), tol);
+  }
+}
+
+TEST_CASE("parity: mixed targets (mixup, cutmix) match lam CE(y) + (1 - lam) CE(y') in torch, with distillation") {
+  const Fixture f("mixed_targets.safetensors");
+  const double tol = 1e-6;  // double on both sides, rounded once
+  check_cases_present(f, {"ce_mixed", "ce_mixed_smoothing", "ce_mixed_weighted", "ce_mixed_same_partner", "kd_mixed",
+                          "kd_mixed_hard_only"});
+  for (const std::string& c : f.cases()) {
+    CAPTURE(c);
+    // Through Loss::forward(outputs, batch), as fit() calls it on a batch from MixingSource.
+    Batch batch;
+    batch.labels = labels_of(f.get(c, "labels"));
+    batch.mixed_labels = labels_of(f.get(c, "mixed_labels"));
+    batch.mix_weight = static_cast<float>(f.number(c, "mix_weight"));
+    const Tensor& logits = f.get(c, "logits");
+    if (f.has(c, "teacher_probabilities")) {
+      DistillationLoss loss(nullptr, {static_cast<float>(f.number(c, "temperature")),
+                                      static_cast<float>(f.number(c, "soft_weight")),
+                                      static_cast<float>(f.number(c, "label_smoothing"))});
+      const Tensor value(Shape{}, {loss.forward(logits, f.get(c, "teacher_probabilities"), batch.labels,
+                                                &batch.mixed_labels, batch.mix_weight)});
+      expect_close(c, "loss", value, f.get(c, "loss"), tol);
+      expect_close(c, "hard", Tensor(Shape{}, {static_cast<float>(loss.hard_loss())}), f.get(c, "hard"), tol);
+      expect_close(c, "dlogits", loss.gradient(), f.get(c, "dlogits"), tol);
+    } else {
+      SoftmaxCrossEntropy loss(cross_entropy_options(f, c));
+      const Tensor value(Shape{}, {loss.forward(logits, batch)});
+      expect_close(c, "loss", value, f.get(c, "loss"), tol);
+      expect_close(c, "dlogits", loss.gradient(), f.get(c, "dlogits"), tol);
+    }
   }
 }
 

@@ -285,9 +285,12 @@ struct Spy : Callback {
 // A run of `epochs` over the shuffled problem with a cosine schedule and a checkpoint in `dir`.
 FitResult fit_problem(Sequential& net, Adam& adam, const Problem& p, int64_t epochs, const std::string& dir,
                       bool resume, const RunSettings& settings, std::vector<Callback*> extra = {},
-                      const CheckpointState& checkpoint_state = {}) {
+                      const CheckpointState& checkpoint_state = {}, const MixingSource::Options* mixing = nullptr) {
   SoftmaxCrossEntropy loss;
-  TensorSource train(p.images, p.labels, {Order::shuffled, 5}), validation(p.images, p.labels);
+  TensorSource plain_train(p.images, p.labels, {Order::shuffled, 5}), validation(p.images, p.labels);
+  std::unique_ptr<MixingSource> mixed_train;
+  if (mixing) mixed_train = std::make_unique<MixingSource>(plain_train, *mixing);
+  DataSource& train = mixing ? static_cast<DataSource&>(*mixed_train) : plain_train;
   LearningRateSchedule schedule;
   schedule.kind = LearningRateSchedule::Kind::cosine;
   schedule.base = 1e-2f;
@@ -362,6 +365,43 @@ TEST_CASE("fit() trains, records a history, and a resumed run ends bit-identical
   CHECK(std::count(std::istreambuf_iterator<char>(log), std::istreambuf_iterator<char>(), '\n') == 9);
   std::filesystem::remove_all(whole_dir);
   std::filesystem::remove_all(parts_dir);
+}
+
+TEST_CASE("fit() with mixup and cutmix: it learns, and a resumed run ends bit-identical to an uninterrupted one") {
+  const Problem p = make_problem(1);
+  RunSettings settings;
+  settings.add("mixing", "mixup 0.4, cutmix 1.0");
+  const MixingSource::Options mixing{0.4f, 1.0f, 1.0f, 17};
+  const auto whole_dir = fresh_fit_directory("mixed_whole"), parts_dir = fresh_fit_directory("mixed_parts");
+  auto whole = make_fit_network(2);
+  Adam whole_adam(whole->parameters(), {1e-2f});
+  const FitResult result = fit_problem(*whole, whole_adam, p, 8, whole_dir.string(), false, settings, {}, {}, &mixing);
+  REQUIRE(result.state.history.size() == 8);
+  CHECK(result.state.history.back().train_loss < result.state.history.front().train_loss);
+  CHECK(result.state.history.back().val_accuracy > 0.5);  // validated on the clean images
+  // Mixing changes what is trained on: the same run without it ends elsewhere.
+  auto unmixed = make_fit_network(2);
+  Adam unmixed_adam(unmixed->parameters(), {1e-2f});
+  const auto unmixed_dir = fresh_fit_directory("unmixed");
+  fit_problem(*unmixed, unmixed_adam, p, 8, unmixed_dir.string(), false, settings);
+  CHECK_FALSE(same_bits(whole->parameters(), unmixed->parameters()));
+  {
+    auto first = make_fit_network(2);
+    Adam adam(first->parameters(), {1e-2f});
+    fit_problem(*first, adam, p, 3, parts_dir.string(), false, settings, {}, {}, &mixing);
+  }
+  auto resumed = make_fit_network(2);
+  Adam resumed_adam(resumed->parameters(), {1e-2f});
+  const FitResult rest = fit_problem(*resumed, resumed_adam, p, 8, parts_dir.string(), true, settings, {}, {}, &mixing);
+  CHECK(rest.state.epochs_done == 8);
+  CHECK(same_bits(whole->parameters(), resumed->parameters()));
+  for (size_t e = 0; e < 8; ++e) {
+    CAPTURE(e);
+    CHECK(rest.state.history[e].train_loss == result.state.history[e].train_loss);
+  }
+  std::filesystem::remove_all(whole_dir);
+  std::filesystem::remove_all(parts_dir);
+  std::filesystem::remove_all(unmixed_dir);
 }
 
 TEST_CASE("Checkpoint refuses other settings, other files and damage, and changes nothing then") {

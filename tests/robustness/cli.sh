@@ -231,6 +231,8 @@ rejected init_missing 2 "train_emotions: --init-from: 'no_such.safetensors' is n
 rejected init_size 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, 32x32" \
   "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --size 40 --out t
 rejected ema_range 2 "train_emotions: --ema-decay: 1 is outside [0, 0.999999]" "$TRAIN" --ema-decay 1
+rejected cutmix_frozen 2 "train_emotions: --cutmix needs --mode finetune" "$TRAIN" --data data --mode frozen --cutmix 1 $TINY --out t
+rejected mix_probability 2 "train_emotions: --mix-probability: 2 is outside [0, 1]" "$TRAIN" --mix-probability 2
 
 # ---- extract_features ----------------------------------------------------------------------------
 X=$EXTRACT

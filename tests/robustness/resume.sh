@@ -43,7 +43,9 @@ refused lr_digits "--lr: 0.001 in the checkpoint, 0.0010000001" --lr 0.001000000
 run teacher_big "$TRAIN" $flags --size 40 --out big
 expect_status teacher_big 0
 cp out/model.safetensors teacher.safetensors
-kd_flags="$flags --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2 --ema-decay 0.9"
+# With mixup and cutmix: the teachers (32x32 and 40x40) read the mixed images.
+mix="--mixup 0.4 --cutmix 1.0 --mix-probability 0.75"
+kd_flags="$flags --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2 --ema-decay 0.9 $mix"
 # shellcheck disable=SC2086
 run kd "$TRAIN" $kd_flags --out kd
 expect_status kd 0
@@ -62,7 +64,7 @@ kd_refused() {
 }
 # shellcheck disable=SC2086
 kd_refused kd_fewer_teachers "--teacher: teacher.safetensors (fnv1a64 " $flags --teacher teacher.safetensors \
-  --distill-temperature 2 --ema-decay 0.9
+  --distill-temperature 2 --ema-decay 0.9 $mix
 cp big/model.safetensors teacher.safetensors  # same name, other contents
 # shellcheck disable=SC2086
 kd_refused kd_changed_teacher "--teacher: teacher.safetensors (fnv1a64 " $kd_flags
@@ -73,9 +75,14 @@ kd_refused kd_temperature "--distill-temperature: 2 in the checkpoint, 3 now" $k
 kd_refused kd_ema "--ema-decay: 0.9 in the checkpoint, 0.8 now" $kd_flags --ema-decay 0.8
 # shellcheck disable=SC2086
 kd_refused kd_no_ema "--ema-decay: 0.9 in the checkpoint, absent now" $flags \
-  --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2
+  --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2 $mix
 # shellcheck disable=SC2086
-kd_refused kd_no_teacher "--teacher: teacher.safetensors" $flags --ema-decay 0.9
+kd_refused kd_no_teacher "--teacher: teacher.safetensors" $flags --ema-decay 0.9 $mix
+# shellcheck disable=SC2086
+kd_refused kd_mixup "--mixup: 0.4 in the checkpoint, 0.2 now" $kd_flags --mixup 0.2
+# shellcheck disable=SC2086
+kd_refused kd_no_mixing "--mixup: 0.4 in the checkpoint, absent now" $flags \
+  --teacher teacher.safetensors,big/model.safetensors --distill-temperature 2 --ema-decay 0.9
 # shellcheck disable=SC2086
 run kd_same "$TRAIN" $kd_flags --out kd --resume
 expect_status kd_same 0
