@@ -182,17 +182,17 @@ fi
 rejected predict_ensemble_classes 1 "the models of an ensemble must have the same classes in the same order" \
   "$P" --model "$MODEL,model_c/model.safetensors" face.png
 
-# predict without --model looks for the project's ensemble in weights/ here, beside the program and
+# predict without --model looks for the project's classifier in weights/ here, beside the program and
 # in its install prefix; a copy of the program with nothing around it names every place it looked.
 mkdir -p moved/bin
 cp "$P" moved/bin/predict
 run predict_moved sh -c "cd moved && exec bin/predict face.png"
 expect_status predict_moved 2
-expect_in predict_moved.err "no --model given, and the project's classifier (emotions_7class.safetensors) is in none of: weights, " "moved predict"
+expect_in predict_moved.err "no --model given, and the project's classifier (emotions_7class_distilled.safetensors) is in none of: weights, " "moved predict"
 expect_in predict_moved.err "/moved/bin/weights, " "moved predict"
 expect_in predict_moved.err "/moved/share/eigennet/weights" "moved predict"
 mkdir -p moved/share/eigennet/weights
-cp "$MODEL" moved/share/eigennet/weights/emotions_7class.safetensors
+cp "$MODEL" moved/share/eigennet/weights/emotions_7class_distilled.safetensors
 cp face.png moved/face.png
 run predict_installed sh -c "cd / && exec \"$WORK/moved/bin/predict\" --threads 1 \"$WORK/moved/face.png\""
 expect_status predict_installed 0

@@ -89,7 +89,8 @@ inline void mix_inputs(Tensor& inputs, const MixDraw& draw, Tensor& scratch) {
   }
 }
 
-// Wraps a training source: every batch it returns is mixed (see the top of this file).
+// Wraps a training source: the batches it returns are mixed (a fraction `probability` of them;
+// see the top of this file).
 class MixingSource : public DataSource {
  public:
   struct Options {
