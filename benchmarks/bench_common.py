@@ -15,6 +15,25 @@ MOBILENET_V2_TABLE = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2)
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 
+# glibc's malloc gives large freed blocks back to the kernel (munmap, trimming) and maps them anew,
+# so a PyTorch training step, which frees and allocates its activations and gradients every step,
+# pays page faults and page zeroing on every step. On the AMD EPYC machine of 5 December
+# PyTorch's MobileNetV2 training step (96x96, batch 32, 2 threads) took 383-511 ms (medians of 4
+# processes) with glibc's defaults and 139-179 ms with these tunables; PyTorch's own performance
+# advice for CPUs is an allocator that keeps freed memory (jemalloc, tcmalloc). The PyTorch
+# benchmarks run with them so that eigennet (which allocates nothing per step) is compared with
+# PyTorch at its best; BENCH_TORCH_DEFAULT_MALLOC=1 keeps glibc's defaults.
+TORCH_MALLOC_TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=4294967295"
+
+
+def reexec_with_tuned_malloc():
+    """Restarts this Python script with TORCH_MALLOC_TUNABLES (they act only from a process's start),
+    unless GLIBC_TUNABLES is set already or BENCH_TORCH_DEFAULT_MALLOC=1. Call it before importing torch."""
+    if "GLIBC_TUNABLES" in os.environ or os.environ.get("BENCH_TORCH_DEFAULT_MALLOC") == "1":
+        return
+    os.environ["GLIBC_TUNABLES"] = TORCH_MALLOC_TUNABLES
+    os.execv(sys.executable, [sys.executable] + sys.argv)
+
 
 def make_divisible(value, divisor=8):
     """Keras' / the paper's channel rounding: nearest multiple, never below divisor or 90% of value."""

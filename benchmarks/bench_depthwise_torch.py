@@ -17,6 +17,10 @@ Usage: /usr/bin/python3 bench_depthwise_torch.py [--config train|infer|all] [--j
 import argparse
 import sys
 
+from bench_common import reexec_with_tuned_malloc
+
+reexec_with_tuned_malloc()  # before torch is loaded: see bench_common.py
+
 import torch
 import torch.nn.functional as F
 

@@ -22,6 +22,10 @@ import statistics
 import sys
 import time
 
+from bench_common import reexec_with_tuned_malloc
+
+reexec_with_tuned_malloc()  # before torch is loaded: see bench_common.py
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
