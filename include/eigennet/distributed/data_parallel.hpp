@@ -127,7 +127,7 @@ class DataParallel : public Callback {
     const auto sync_start = std::chrono::steady_clock::now();
     double totals[3] = {static_cast<double>(ctx.loss) * static_cast<double>(local_items_),
                         static_cast<double>(local_items_),
-                        ctx.outputs && ctx.batch ? static_cast<double>(count_correct(*ctx.outputs, ctx.batch->labels)) : 0.0};
+                        ctx.outputs && ctx.batch ? static_cast<double>(count_correct(*ctx.outputs, *ctx.batch)) : 0.0};
     comm_.sum(totals, 3);
     // Buckets whose layers did not report (no hook, or layers backward skipped) start now, in
     // order: every process must start the same sums in the same order.
