@@ -54,6 +54,9 @@ const ProductShape product_shapes[] = {
     // partial; a block whose last tile overlaps the one before; a block that is only such a
     // tile), and split by rows (more than by_blocks_max_rows) with several panels.
     {1500, 300, 136}, {2500, 40, 200}, {500, 20, 30}, {9000, 20, 40},
+    // Half panels (the one-packet micro-kernel): 16 output columns, 16 input columns (the input
+    // gradient's), a last panel of exactly 16 columns split by rows and by blocks.
+    {300, 16, 40}, {9000, 20, 48}, {2500, 48, 16},
 };
 
 class ThreadCount {
@@ -105,6 +108,45 @@ TEST_CASE("pointwise engine: both backward products equal Eigen's GEMM") {
       CHECK(relative_error(dx, dx_ref) < 1e-5);
       CHECK(relative_error(dw, dw_ref) < 1e-5);
       CHECK(relative_error(db, db_ref) < 1e-6);
+    }
+  }
+}
+
+TEST_CASE("pointwise engine: a half panel sums each column exactly as a whole panel does") {
+  // Output columns [0, half) of an [m, k] x [k, half] product run on the one-packet micro-kernel;
+  // the same columns of [k, 2 * half] (the first half of the weights the same) on the two-packet
+  // one. Both sum every column in the same order: equal bit for bit, in the forward product and
+  // in the weight gradient (which reads the half panel in place, without a padded copy).
+  namespace pw = kernels::pointwise;
+  const int64_t half = simd::width;
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    for (const int64_t m : {int64_t{37}, int64_t{9000}}) {
+      CAPTURE(threads);
+      CAPTURE(m);
+      const int64_t k = 40;
+      const auto x = random_vector(m * k, 11), w_wide = random_vector(k * 2 * half, 12);
+      const auto dy_wide = random_vector(m * 2 * half, 13);
+      std::vector<float> w_half(static_cast<size_t>(k * half)), dy_half(static_cast<size_t>(m * half));
+      for (int64_t i = 0; i < k; ++i)
+        std::copy_n(w_wide.begin() + i * 2 * half, half, w_half.begin() + i * half);
+      for (int64_t r = 0; r < m; ++r)
+        std::copy_n(dy_wide.begin() + r * 2 * half, half, dy_half.begin() + r * half);
+      std::vector<float> out_half(static_cast<size_t>(m * half)), out_wide(static_cast<size_t>(m * 2 * half));
+      kernels::pointwise_conv2d_forward(out_half.data(), x.data(), w_half.data(), nullptr, m, k, half);
+      kernels::pointwise_conv2d_forward(out_wide.data(), x.data(), w_wide.data(), nullptr, m, k, 2 * half);
+      std::vector<float> dw_half(static_cast<size_t>(k * half), 0.0f), dw_wide(static_cast<size_t>(k * 2 * half), 0.0f);
+      pw::multiply_transposed(dw_half.data(), x.data(), k, dy_half.data(), half, m, k, half, false);
+      pw::multiply_transposed(dw_wide.data(), x.data(), k, dy_wide.data(), 2 * half, m, k, 2 * half, false);
+      int out_differences = 0, dw_differences = 0;
+      for (int64_t r = 0; r < m; ++r)
+        for (int64_t j = 0; j < half; ++j)
+          out_differences += out_half[static_cast<size_t>(r * half + j)] != out_wide[static_cast<size_t>(r * 2 * half + j)];
+      for (int64_t i = 0; i < k; ++i)
+        for (int64_t j = 0; j < half; ++j)
+          dw_differences += dw_half[static_cast<size_t>(i * half + j)] != dw_wide[static_cast<size_t>(i * 2 * half + j)];
+      CHECK(out_differences == 0);
+      CHECK(dw_differences == 0);
     }
   }
 }

@@ -124,23 +124,27 @@ struct Segment {
 // Out of line: the tile's sums then own the vector registers, whatever the caller keeps live.
 // c[i][v] += sum over kk < k of A(i, kk) * b[kk * ldb + v * width]: the micro-kernel's loop,
 // inlined into its callers so that c stays in registers.
-template <bool transposed>
+// With V = 1 only the panel's first packet of columns is computed (c[i][1] is left as it is): a
+// panel with at most simd::width valid columns (an output of 16 channels, the last half panel
+// of 144) then costs half the FMAs, each column summed exactly as with V = 2.
+template <bool transposed, int V = vectors>
 __attribute__((always_inline)) inline void multiply_loop(Packet (&c)[tile_rows][vectors], const float* __restrict a,
                                                          int64_t lda, const float* __restrict b, int64_t ldb,
                                                          int64_t k) {
   static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
+  static_assert(V == 1 || V == 2, "one or both packets of a panel row");
   for (int64_t kk = 0; kk < k; ++kk) {
-    const Packet b0 = simd::load(b), b1 = simd::load(b + simd::width);
+    const Packet b0 = simd::load(b), b1 = V == 2 ? simd::load(b + simd::width) : b0;
     b += ldb;
     for (int i = 0; i < tile_rows; ++i) {
       const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
       c[i][0] = simd::fmadd(ai, b0, c[i][0]);
-      c[i][1] = simd::fmadd(ai, b1, c[i][1]);
+      if (V == 2) c[i][1] = simd::fmadd(ai, b1, c[i][1]);
     }
   }
 }
 
-template <bool transposed>
+template <bool transposed, int V = vectors>
 __attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vectors], const Segment* segments,
                                                  int count, int64_t lda, int64_t ldb) {
   Packet c[tile_rows][vectors];
@@ -148,18 +152,19 @@ __attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vector
     c[i][0] = acc[i][0];
     c[i][1] = acc[i][1];
   }
-  for (int s = 0; s < count; ++s) multiply_loop<transposed>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
+  for (int s = 0; s < count; ++s)
+    multiply_loop<transposed, V>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
   for (int i = 0; i < tile_rows; ++i) {
     acc[i][0] = c[i][0];
     acc[i][1] = c[i][1];
   }
 }
 
-template <bool transposed>
+template <bool transposed, int V = vectors>
 inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b, int64_t ldb,
                           int64_t k) {
   const Segment segment{a, b, k};
-  multiply_segments<transposed>(acc, &segment, 1, lda, ldb);
+  multiply_segments<transposed, V>(acc, &segment, 1, lda, ldb);
 }
 
 // Terms summed in one run of registers: longer sums are split into blocks of this many terms
@@ -175,7 +180,7 @@ constexpr int64_t by_blocks_max_rows = 8192;
 
 // acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
 // sum_block terms. With acc_is_zero the first block accumulates straight into acc.
-template <bool transposed>
+template <bool transposed, int V = vectors>
 inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b,
                             int64_t ldb, int64_t k, bool acc_is_zero) {
   for (int64_t k0 = 0; k0 < k; k0 += sum_block) {
@@ -183,13 +188,13 @@ inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, i
     const float* ak = transposed ? a + k0 * lda : a + k0;
     const float* bk = b + k0 * ldb;
     if (k0 == 0 && acc_is_zero) {
-      multiply_tile<transposed>(acc, ak, lda, bk, ldb, len);
+      multiply_tile<transposed, V>(acc, ak, lda, bk, ldb, len);
       continue;
     }
     Packet part[tile_rows][vectors];
     for (int i = 0; i < tile_rows; ++i)
       for (int v = 0; v < vectors; ++v) part[i][v] = simd::zero();
-    multiply_tile<transposed>(part, ak, lda, bk, ldb, len);
+    multiply_tile<transposed, V>(part, ak, lda, bk, ldb, len);
     for (int i = 0; i < tile_rows; ++i)
       for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
   }
@@ -298,20 +303,31 @@ inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {
 // A whole forward tile in one out-of-line function: rows a[0 .. tile_rows) x one panel, summed
 // in blocks of sum_block terms, then finish_tile: the sums go from registers to the epilogue
 // without a round trip through memory (for k <= sum_block).
-__attribute__((noinline)) inline void product_tile(const float* a, int64_t lda, const float* b, int64_t k, int first,
-                                                   int last, float* out, int64_t ldo, int64_t row, int64_t n0,
-                                                   int columns, const Epilogue& e, ColumnSums* sums) {
+// V = 1 (see multiply_loop) when the panel has at most simd::width valid columns.
+template <int V>
+__attribute__((noinline)) void product_tile(const float* a, int64_t lda, const float* b, int64_t k, int first, int last,
+                                            float* out, int64_t ldo, int64_t row, int64_t n0, int columns,
+                                            const Epilogue& e, ColumnSums* sums) {
   Packet acc[tile_rows][vectors];
   zero_tile(acc);
-  multiply_loop<false>(acc, a, lda, b, panel_width, std::min(k, sum_block));
+  multiply_loop<false, V>(acc, a, lda, b, panel_width, std::min(k, sum_block));
   for (int64_t k0 = sum_block; k0 < k; k0 += sum_block) {
     Packet part[tile_rows][vectors];
     zero_tile(part);
-    multiply_loop<false>(part, a + k0, lda, b + k0 * panel_width, panel_width, std::min(sum_block, k - k0));
+    multiply_loop<false, V>(part, a + k0, lda, b + k0 * panel_width, panel_width, std::min(sum_block, k - k0));
     for (int i = 0; i < tile_rows; ++i)
       for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
   }
   finish_tile(acc, first, last, out, ldo, row, n0, columns, e, sums);
+}
+
+// product_tile with the micro-kernel that the panel's valid columns need.
+inline void product_tile_any(const float* a, int64_t lda, const float* b, int64_t k, int first, int last, float* out,
+                             int64_t ldo, int64_t row, int64_t n0, int columns, const Epilogue& e, ColumnSums* sums) {
+  if (columns <= simd::width)
+    product_tile<1>(a, lda, b, k, first, last, out, ldo, row, n0, columns, e, sums);
+  else
+    product_tile<2>(a, lda, b, k, first, last, out, ldo, row, n0, columns, e, sums);
 }
 
 }  // namespace detail
@@ -339,7 +355,7 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * k, a + r * lda, static_cast<size_t>(k) * sizeof(float));
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       const int64_t n0 = p * panel_width;
-      detail::product_tile(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
+      detail::product_tile_any(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
                            0, n0, static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
     }
     return;
@@ -355,7 +371,7 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
         // The tile starts at r, or earlier when fewer than tile_rows rows are left: it then
         // overlaps rows already stored, which it recomputes but does not store again.
         const int64_t start = std::min(r, m - tile_rows);
-        detail::product_tile(a + start * lda, lda, bp, k, static_cast<int>(r - start),
+        detail::product_tile_any(a + start * lda, lda, bp, k, static_cast<int>(r - start),
                              static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)), out, ldo, start, n0, columns,
                              e, sums);
       }
@@ -483,7 +499,10 @@ namespace detail {
 inline void accumulate_panel_rows(float* c, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
                                   int64_t rows, int64_t k, int64_t c_row0, int64_t i_begin, int64_t i_end,
                                   int64_t valid, float* padded) {
-  if (valid < panel_width) {
+  // A panel of at most simd::width columns takes the one-packet micro-kernel, which reads only
+  // the first packet of each row: exactly simd::width valid columns need no padded copy.
+  const bool narrow = valid <= simd::width;
+  if (valid < panel_width && valid != simd::width) {
     for (int64_t r = 0; r < rows; ++r) {
       std::memcpy(padded + r * panel_width, b + r * ldb, static_cast<size_t>(valid) * sizeof(float));
       std::fill(padded + r * panel_width + valid, padded + (r + 1) * panel_width, 0.0f);
@@ -498,7 +517,10 @@ inline void accumulate_panel_rows(float* c, int64_t ldc, const float* a, int64_t
     float* ct = c + (start - c_row0) * ldc;
     for (int r = 0; r < tile_rows; ++r)
       for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * ldc + v * simd::width);
-    accumulate_tile<true>(acc, a + start, lda, b, ldb, rows, false);
+    if (narrow)
+      accumulate_tile<true, 1>(acc, a + start, lda, b, ldb, rows, false);
+    else
+      accumulate_tile<true, 2>(acc, a + start, lda, b, ldb, rows, false);
     for (int r = static_cast<int>(i - start); r < stored_end; ++r)
       for (int v = 0; v < vectors; ++v) simd::store(ct + r * ldc + v * simd::width, acc[r][v]);
   }
