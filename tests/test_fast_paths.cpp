@@ -57,6 +57,9 @@ const ProductShape product_shapes[] = {
     // Half panels (the one-packet micro-kernel): 16 output columns, 16 input columns (the input
     // gradient's), a last panel of exactly 16 columns split by rows and by blocks.
     {300, 16, 40}, {9000, 20, 48}, {2500, 48, 16},
+    // Weight gradients whose last tile of input channels is a third of a tile (k = 16, 40) or two
+    // thirds (k = 20) on AVX-512, split by rows and by blocks.
+    {9000, 16, 24}, {4000, 16, 96},
 };
 
 class ThreadCount {
@@ -147,6 +150,33 @@ TEST_CASE("pointwise engine: a half panel sums each column exactly as a whole pa
           dw_differences += dw_half[static_cast<size_t>(i * half + j)] != dw_wide[static_cast<size_t>(i * 2 * half + j)];
       CHECK(out_differences == 0);
       CHECK(dw_differences == 0);
+    }
+  }
+}
+
+TEST_CASE("pointwise engine: a weight gradient's short last tile sums each value exactly as a whole tile does") {
+  // dW [k, n] = x^T dy with k = 16 (AVX-512: a tile of 12 input channels and one of 4) and
+  // k = 20 (12 and 8) against k = 24 (two whole tiles), the first k columns of x the same: the
+  // first k rows of dW are equal bit for bit, split by blocks (2,000 rows) and by rows (9,000).
+  namespace pw = kernels::pointwise;
+  const int64_t n = 40, wide = 24;
+  for (int threads : {1, 2}) {
+    ThreadCount scope(threads);
+    for (const int64_t m : {int64_t{2000}, int64_t{9000}}) {
+      const auto x_wide = random_vector(m * wide, 21), dy = random_vector(m * n, 22);
+      std::vector<float> dw_wide(static_cast<size_t>(wide * n));
+      pw::multiply_transposed(dw_wide.data(), x_wide.data(), wide, dy.data(), n, m, wide, n, false);
+      for (const int64_t k : {int64_t{16}, int64_t{20}}) {
+        CAPTURE(threads);
+        CAPTURE(m);
+        CAPTURE(k);
+        std::vector<float> x(static_cast<size_t>(m * k)), dw(static_cast<size_t>(k * n));
+        for (int64_t r = 0; r < m; ++r) std::copy_n(x_wide.begin() + r * wide, k, x.begin() + r * k);
+        pw::multiply_transposed(dw.data(), x.data(), k, dy.data(), n, m, k, n, false);
+        int differences = 0;
+        for (int64_t i = 0; i < k * n; ++i) differences += dw[static_cast<size_t>(i)] != dw_wide[static_cast<size_t>(i)];
+        CHECK(differences == 0);
+      }
     }
   }
 }

@@ -127,16 +127,17 @@ struct Segment {
 // With V = 1 only the panel's first packet of columns is computed (c[i][1] is left as it is): a
 // panel with at most simd::width valid columns (an output of 16 channels, the last half panel
 // of 144) then costs half the FMAs, each column summed exactly as with V = 2.
-template <bool transposed, int V = vectors>
+template <bool transposed, int V = vectors, int R = tile_rows>
 __attribute__((always_inline)) inline void multiply_loop(Packet (&c)[tile_rows][vectors], const float* __restrict a,
                                                          int64_t lda, const float* __restrict b, int64_t ldb,
                                                          int64_t k) {
   static_assert(vectors == 2, "the micro-kernel is written for two packets per panel row");
   static_assert(V == 1 || V == 2, "one or both packets of a panel row");
+  static_assert(R >= 1 && R <= tile_rows, "at most tile_rows rows");
   for (int64_t kk = 0; kk < k; ++kk) {
     const Packet b0 = simd::load(b), b1 = V == 2 ? simd::load(b + simd::width) : b0;
     b += ldb;
-    for (int i = 0; i < tile_rows; ++i) {
+    for (int i = 0; i < R; ++i) {
       const Packet ai = simd::set1(transposed ? a[kk * lda + i] : a[i * lda + kk]);
       c[i][0] = simd::fmadd(ai, b0, c[i][0]);
       if (V == 2) c[i][1] = simd::fmadd(ai, b1, c[i][1]);
@@ -144,27 +145,27 @@ __attribute__((always_inline)) inline void multiply_loop(Packet (&c)[tile_rows][
   }
 }
 
-template <bool transposed, int V = vectors>
+template <bool transposed, int V = vectors, int R = tile_rows>
 __attribute__((noinline)) void multiply_segments(Packet (&acc)[tile_rows][vectors], const Segment* segments,
                                                  int count, int64_t lda, int64_t ldb) {
   Packet c[tile_rows][vectors];
-  for (int i = 0; i < tile_rows; ++i) {
+  for (int i = 0; i < R; ++i) {
     c[i][0] = acc[i][0];
     c[i][1] = acc[i][1];
   }
   for (int s = 0; s < count; ++s)
-    multiply_loop<transposed, V>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
-  for (int i = 0; i < tile_rows; ++i) {
+    multiply_loop<transposed, V, R>(c, segments[s].a, lda, segments[s].b, ldb, segments[s].k);
+  for (int i = 0; i < R; ++i) {
     acc[i][0] = c[i][0];
     acc[i][1] = c[i][1];
   }
 }
 
-template <bool transposed, int V = vectors>
+template <bool transposed, int V = vectors, int R = tile_rows>
 inline void multiply_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b, int64_t ldb,
                           int64_t k) {
   const Segment segment{a, b, k};
-  multiply_segments<transposed, V>(acc, &segment, 1, lda, ldb);
+  multiply_segments<transposed, V, R>(acc, &segment, 1, lda, ldb);
 }
 
 // Terms summed in one run of registers: longer sums are split into blocks of this many terms
@@ -180,7 +181,7 @@ constexpr int64_t by_blocks_max_rows = 8192;
 
 // acc += sum over kk < k of A(i, kk) * B(kk, :) (see multiply_tile), summed in blocks of
 // sum_block terms. With acc_is_zero the first block accumulates straight into acc.
-template <bool transposed, int V = vectors>
+template <bool transposed, int V = vectors, int R = tile_rows>
 inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, int64_t lda, const float* b,
                             int64_t ldb, int64_t k, bool acc_is_zero) {
   for (int64_t k0 = 0; k0 < k; k0 += sum_block) {
@@ -188,14 +189,14 @@ inline void accumulate_tile(Packet (&acc)[tile_rows][vectors], const float* a, i
     const float* ak = transposed ? a + k0 * lda : a + k0;
     const float* bk = b + k0 * ldb;
     if (k0 == 0 && acc_is_zero) {
-      multiply_tile<transposed, V>(acc, ak, lda, bk, ldb, len);
+      multiply_tile<transposed, V, R>(acc, ak, lda, bk, ldb, len);
       continue;
     }
     Packet part[tile_rows][vectors];
-    for (int i = 0; i < tile_rows; ++i)
+    for (int i = 0; i < R; ++i)
       for (int v = 0; v < vectors; ++v) part[i][v] = simd::zero();
-    multiply_tile<transposed, V>(part, ak, lda, bk, ldb, len);
-    for (int i = 0; i < tile_rows; ++i)
+    multiply_tile<transposed, V, R>(part, ak, lda, bk, ldb, len);
+    for (int i = 0; i < R; ++i)
       for (int v = 0; v < vectors; ++v) acc[i][v] = simd::add(acc[i][v], part[i][v]);
   }
 }
@@ -510,17 +511,30 @@ inline void accumulate_panel_rows(float* c, int64_t ldc, const float* a, int64_t
     b = padded;
     ldb = panel_width;
   }
+  // The last tile, when fewer than tile_rows rows of k are left, is a third, two thirds or all of
+  // a tile, whichever is the first to hold them, and ends at row k: it overlaps the tile before
+  // by less than a third of a tile (k = 16: a tile of 12 and one of 4 rows, not two of 12).
+  constexpr int third = tile_rows / 3;
+  static_assert(third >= 1 && 3 * third == tile_rows, "tiles of rows in thirds");
   Packet acc[tile_rows][vectors];
   for (int64_t i = i_begin; i < i_end; i += tile_rows) {
-    const int64_t start = std::min(i, k - tile_rows);  // overlapping last tile, as in multiply_rows
-    const int stored_end = static_cast<int>(std::min<int64_t>(tile_rows, i_end - start));
+    const int64_t left = k - i;
+    const int tile = left >= tile_rows ? tile_rows : left <= third ? third : left <= 2 * third ? 2 * third : tile_rows;
+    const int64_t start = std::min(i, k - tile);  // overlapping last tile, as in multiply_rows
+    const int stored_end = static_cast<int>(std::min<int64_t>(tile, i_end - start));
     float* ct = c + (start - c_row0) * ldc;
-    for (int r = 0; r < tile_rows; ++r)
+    for (int r = 0; r < tile; ++r)
       for (int v = 0; v < vectors; ++v) acc[r][v] = simd::load(ct + r * ldc + v * simd::width);
-    if (narrow)
-      accumulate_tile<true, 1>(acc, a + start, lda, b, ldb, rows, false);
+    const float* at = a + start;
+    if (tile == third)
+      narrow ? accumulate_tile<true, 1, third>(acc, at, lda, b, ldb, rows, false)
+             : accumulate_tile<true, 2, third>(acc, at, lda, b, ldb, rows, false);
+    else if (tile == 2 * third)
+      narrow ? accumulate_tile<true, 1, 2 * third>(acc, at, lda, b, ldb, rows, false)
+             : accumulate_tile<true, 2, 2 * third>(acc, at, lda, b, ldb, rows, false);
     else
-      accumulate_tile<true, 2>(acc, a + start, lda, b, ldb, rows, false);
+      narrow ? accumulate_tile<true, 1>(acc, at, lda, b, ldb, rows, false)
+             : accumulate_tile<true, 2>(acc, at, lda, b, ldb, rows, false);
     for (int r = static_cast<int>(i - start); r < stored_end; ++r)
       for (int v = 0; v < vectors; ++v) simd::store(ct + r * ldc + v * simd::width, acc[r][v]);
   }
