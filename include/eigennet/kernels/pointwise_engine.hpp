@@ -18,7 +18,11 @@
 //
 // Sizes that are not multiples of the blocking: the last tile of rows overlaps the previous
 // one (recomputed, stored once) when there are at least `tile_rows` rows, and otherwise runs on
-// a zero-padded copy; the last panel stores only its valid columns.
+// a zero-padded copy; in a weight gradient the last tile of input channels shrinks to a third
+// or two thirds of a tile where that holds the rest. The last panel stores only its valid
+// columns, and a panel of at most one packet of them (16 output channels, the last half panel of
+// 144) runs a one-packet micro-kernel: half the FMAs. Every value is summed in the same order
+// whichever tile computes it, so none of this changes a result.
 #pragma once
 
 #include <algorithm>
