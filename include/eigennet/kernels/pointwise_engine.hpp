@@ -360,8 +360,8 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
     for (int64_t r = 0; r < m; ++r) std::memcpy(padded + r * k, a + r * lda, static_cast<size_t>(k) * sizeof(float));
     for (int64_t p = panel_begin; p < panel_end; ++p) {
       const int64_t n0 = p * panel_width;
-      detail::product_tile_any(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out, ldo,
-                           0, n0, static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
+      detail::product_tile_any(padded, k, b.panel(p), k, static_cast<int>(row_begin), static_cast<int>(row_end), out,
+                               ldo, 0, n0, static_cast<int>(std::min<int64_t>(panel_width, b.n - n0)), e, sums);
     }
     return;
   }
@@ -377,8 +377,8 @@ inline void multiply_rows(float* out, int64_t ldo, const float* a, int64_t lda, 
         // overlaps rows already stored, which it recomputes but does not store again.
         const int64_t start = std::min(r, m - tile_rows);
         detail::product_tile_any(a + start * lda, lda, bp, k, static_cast<int>(r - start),
-                             static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)), out, ldo, start, n0, columns,
-                             e, sums);
+                                 static_cast<int>(std::min<int64_t>(c1 - start, tile_rows)), out, ldo, start, n0,
+                                 columns, e, sums);
       }
     }
   }

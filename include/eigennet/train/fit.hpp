@@ -114,24 +114,29 @@ struct LossAccuracy {
   double loss = NAN, accuracy = NAN;
 };
 
+namespace detail {
+// Number of correct arg-max predictions of outputs [n, K] against label_of(i); 0 when the outputs
+// are not class scores for n items.
+template <typename LabelOf>
+int64_t count_correct_of(const Tensor& outputs, int64_t n, LabelOf&& label_of) {
+  if (outputs.rank() != 2 || outputs.dim(0) != n || outputs.dim(1) < 1) return 0;
+  const std::vector<int32_t> predicted = argmax_predictions(outputs);
+  int64_t correct = 0;
+  for (int64_t i = 0; i < n; ++i) correct += predicted[static_cast<size_t>(i)] == label_of(i);
+  return correct;
+}
+}  // namespace detail
+
 // Number of correct arg-max predictions of outputs [N, K] against labels (argmax_predictions'
 // rules); 0 when the outputs are not class scores for the batch.
 inline int64_t count_correct(const Tensor& outputs, const std::vector<int32_t>& labels) {
-  if (outputs.rank() != 2 || outputs.dim(0) != static_cast<int64_t>(labels.size()) || outputs.dim(1) < 1) return 0;
-  const std::vector<int32_t> predicted = argmax_predictions(outputs);
-  int64_t correct = 0;
-  for (size_t i = 0; i < labels.size(); ++i) correct += predicted[i] == labels[i];
-  return correct;
+  return detail::count_correct_of(outputs, static_cast<int64_t>(labels.size()),
+                                  [&](int64_t i) { return labels[static_cast<size_t>(i)]; });
 }
 // The same against each item's label with the larger weight (its own one unless the batch is
 // mixed, data/mixing.hpp, and the other image's label weighs more).
 inline int64_t count_correct(const Tensor& outputs, const Batch& batch) {
-  if (!batch.mixed()) return count_correct(outputs, batch.labels);
-  if (outputs.rank() != 2 || outputs.dim(0) != batch.size() || outputs.dim(1) < 1) return 0;
-  const std::vector<int32_t> predicted = argmax_predictions(outputs);
-  int64_t correct = 0;
-  for (int64_t i = 0; i < batch.size(); ++i) correct += predicted[static_cast<size_t>(i)] == batch.main_label(i);
-  return correct;
+  return detail::count_correct_of(outputs, batch.size(), [&](int64_t i) { return batch.main_label(i); });
 }
 
 inline LossAccuracy evaluate_loss_accuracy(Model& model, Loss& loss, DataSource& source, int64_t batch_size) {
