@@ -613,6 +613,11 @@ TEST_CASE("InvertedResidual (fused MobileNetV2 block) gradients: expansion, skip
       {"block_1_", 2, 2, 1, {3, 3, 2}, 1.0f, "expand 2, skip"},
       {"expanded_conv_", 1, 3, 1, {3, 3, 3}, 2.0f, "no expansion, skip"},
       {"block_2_", 3, 3, 2, {4, 4, 2}, 1.0f, "expand 3, stride 2"},
+      // Enough pixels per squared input channel for the expand gradients to come out of the
+      // depthwise sweep (ExpandBelow), with a skip and with stride 2.
+      // (One input channel keeps the kinks few enough.)
+      {"block_3_", 2, 1, 1, {4, 8, 1}, 1.0f, "expand 2, skip, expand gradients in the sweep"},
+      {"block_4_", 3, 2, 2, {4, 6, 1}, 1.0f, "expand 3, stride 2, expand gradients in the sweep"},
   };
   uint64_t seed = 130;
   for (const Config& c : configs) {

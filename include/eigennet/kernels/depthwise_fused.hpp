@@ -13,6 +13,7 @@
 
 #include "batch_norm_act.hpp"
 #include "depthwise_conv2d.hpp"
+#include "pointwise_engine.hpp"
 
 namespace eigennet::kernels {
 
@@ -285,6 +286,92 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
 }
 }  // namespace detail
 
+// The expand 1x1 convolution E = X We under that BatchNorm + ReLU6, for a backward that never
+// reads dE = bn'(dz) back from memory. dE = k dz - k a - k b (E - mean) (batch_norm_act.hpp),
+// where only k = gamma * inv_std is known during the sweep (a and b need the sums the sweep is
+// accumulating), so each masked row of dz, while in cache, feeds the terms that need only k:
+//   dX rows = dz (diag(k) We^T) (+ the skip gradient), and X^T dz;
+// and the sweep also sums the scatter of X around its first row x0. expand_backward_finish then
+// adds the terms in a and b: to dX, X M + u (M [in_c, in_c], u [in_c]); to dWe, from X^T dz and
+// the scatter (X^T E = X^T X We: no pass over E or dE).
+struct ExpandBelow {
+  const float* x = nullptr;       // X [pixels, in_c]
+  int64_t in_c = 0;
+  const float* weight = nullptr;  // We [in_c, e]
+  const float* k = nullptr;       // [e]: gamma * inv_std of the BatchNorm between E and A
+  float* dx = nullptr;            // [pixels, in_c], or null (no input gradient)
+  const float* skip = nullptr;    // [pixels, in_c] added to dx (a skip connection), or null
+  // Out, when not null (the weight gradient is wanted): X^T dz [in_c, e], and around x0 = X's
+  // first row, sum (x - x0) (x - x0)^T [in_c, in_c] and sum (x - x0) [in_c].
+  float* xt_dz = nullptr;
+  double* scatter = nullptr;
+  double* shifted_sum = nullptr;
+};
+
+namespace detail {
+// One run of consecutive input rows [first, last) of ExpandBelow's work inside a sweep chunk,
+// once their dz (din) is final: pixels rows of dz [., e] and of X.
+class ExpandBelowRows {
+ public:
+  ExpandBelowRows(const ExpandBelow& expand, const pointwise::Packed& wk, int64_t e, int64_t in_w, float* xt_dz,
+                  double* scatter)
+      : x_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter),
+        run_rows_(std::max<int64_t>(1, 192 / std::max<int64_t>(in_w, 1))) {}
+
+  // Input row r's dz is final: rows go in order within a chunk.
+  void row_done(const float* din, int64_t r) {
+    if (r != last_) flush(din);
+    if (first_ == last_) first_ = last_ = r;
+    ++last_;
+    if (last_ - first_ >= run_rows_) flush(din);
+  }
+
+  void flush(const float* din) {
+    if (first_ == last_) return;
+    const int64_t c = x_.in_c, p0 = first_ * in_w_, pixels = (last_ - first_) * in_w_;
+    const float* dz = din + p0 * e_;
+    const float* x = x_.x + p0 * c;
+    if (x_.dx) {
+      pointwise::Epilogue skip;
+      if (x_.skip) {
+        skip.residual = x_.skip + p0 * c;
+        skip.ld_residual = c;
+      }
+      pointwise::multiply_rows(x_.dx + p0 * c, c, dz, e_, pixels, 0, pixels, wk_, 0, pointwise::panel_count(c), skip);
+    }
+    if (xt_dz_) {
+      pointwise::accumulate_transposed(xt_dz_, pointwise::panel_count(e_) * pointwise::panel_width, x, c, dz, e_,
+                                       pixels, c, e_);
+      // The scatter in float over this run, added in double: d = x - x0, sum d d^T and sum d.
+      const int64_t width = pointwise::panel_count(c) * pointwise::panel_width, kp = pointwise::transposed_rows(c);
+      float* d = aligned_scratch<39>(static_cast<size_t>(pixels * c));
+      float* run = aligned_scratch<40>(static_cast<size_t>(kp * width));
+      const float* x0 = x_.x;
+      double* sum = scatter_ + c * c;
+      for (int64_t p = 0; p < pixels; ++p)
+        for (int64_t j = 0; j < c; ++j) {
+          d[p * c + j] = x[p * c + j] - x0[j];
+          sum[j] += d[p * c + j];
+        }
+      std::fill_n(run, kp * width, 0.0f);
+      pointwise::accumulate_transposed(run, width, d, c, d, c, pixels, c, c);
+      for (int64_t i = 0; i < c; ++i)
+        for (int64_t j = 0; j < c; ++j) scatter_[i * c + j] += run[i * width + j];
+    }
+    first_ = last_;
+  }
+
+ private:
+  const ExpandBelow& x_;
+  const pointwise::Packed& wk_;
+  int64_t e_, in_w_;
+  float* xt_dz_;     // this chunk's X^T dz [transposed_rows(in_c), whole panels of e]
+  double* scatter_;  // this chunk's scatter [in_c, in_c], then its sum [in_c]
+  int64_t run_rows_;  // input rows per run: about 192 pixels, whose dz stays in L2
+  int64_t first_ = -1, last_ = -1;
+};
+}  // namespace detail
+
 namespace detail {
 // Input rows whose weight-gradient terms are summed in float before they are added in double:
 // converting and adding taps x C doubles after every row is about a fifth of the operations of
@@ -296,11 +383,15 @@ constexpr int weight_rows_in_float = 4;
 // dweight += weight gradient (per-chunk partials reduced in order; null to skip). The
 // depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
 // input_transform (as in the forward). With `below`, din is replaced by
-// dz = din * relu6'(input) and below's sums are accumulated.
+// dz = din * relu6'(input) and below's sums are accumulated; with `expand` too (in = E), each row
+// of dz also feeds the expand convolution's gradients (see ExpandBelow), and the caller finishes
+// them with expand_backward_finish.
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
                                             const Relu6Affine* input_transform, const BelowBatchNormRelu6* below,
-                                            const AboveBatchNorm* above = nullptr) {
+                                            const AboveBatchNorm* above = nullptr,
+                                            const ExpandBelow* expand = nullptr) {
+  EIGENNET_CHECK(!expand || below, "depthwise_conv2d_backward_fused: the expand convolution's gradients need `below`");
   const int64_t C = g.in_c, taps = g.kernel_h * g.kernel_w, rows = g.batch * g.in_h, row_len = g.in_w * C;
   const int64_t work = row_len * taps;
   const int chunks = chunks_for(rows, work);
@@ -316,7 +407,28 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   const float* zero_row = stride1 ? detail::zeros(std::max<int64_t>(g.out_w, 1) * C) : nullptr;
   // Stride-2 3x3: the input gradient gathered from the (at most two) output rows of each input row.
   const bool gather2 = !stride1 && detail::stride2_gather_applies(g);
+  // ExpandBelow: diag(k) We^T packed for dX, and per-chunk partials of X^T dz and the scatter.
+  const int64_t in_c = expand ? expand->in_c : 0;
+  const int64_t xt_rows = pointwise::transposed_rows(in_c), xt_width = pointwise::panel_count(C) * pointwise::panel_width;
+  const bool expand_weight = expand && expand->xt_dz;
+  pointwise::Packed wk;
+  if (expand && expand->dx) {
+    float* scaled = scratch<float, 13>(static_cast<size_t>(in_c * C));
+    for (int64_t i = 0; i < in_c; ++i)
+      for (int64_t j = 0; j < C; ++j) scaled[i * C + j] = expand->weight[i * C + j] * expand->k[j];
+    wk = pointwise::pack_to_scratch<41>(scaled, C, in_c, true);
+  }
+  float* xt_partial = expand_weight ? aligned_scratch<38>(static_cast<size_t>(chunks * xt_rows * xt_width)) : nullptr;
+  double* scatter_partial = expand_weight ? scratch<double, 11>(static_cast<size_t>(chunks * (in_c + 1) * in_c)) : nullptr;
+  if (expand_weight) {
+    std::fill_n(xt_partial, chunks * xt_rows * xt_width, 0.0f);
+    std::fill_n(scatter_partial, chunks * (in_c + 1) * in_c, 0.0);
+  }
   parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int chunk) {
+    std::optional<detail::ExpandBelowRows> expand_rows;
+    if (expand)
+      expand_rows.emplace(*expand, wk, C, g.in_w, expand_weight ? xt_partial + chunk * xt_rows * xt_width : nullptr,
+                          expand_weight ? scatter_partial + chunk * (in_c + 1) * in_c : nullptr);
     double* pw_total = partial ? partial + chunk * taps * C : nullptr;
     float* pw = partial ? scratch<float, 5>(static_cast<size_t>(taps * C)) : nullptr;
     if (pw) std::fill_n(pw, taps * C, 0.0f);
@@ -370,6 +482,7 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (pw && ++rows_in_pw == detail::weight_rows_in_float) flush_pw();
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
       if (below) detail::mask_relu6_and_accumulate_row(drow, irow, below->x + r * row_len, *below, sa, sb, g.in_w, C);
+      if (expand_rows) expand_rows->row_done(din, r);
     };
     if (stride1) {
       // DoutRows holds the four output-gradient rows a pair of input rows reads.
@@ -378,7 +491,22 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       for (int64_t r = begin; r < end; ++r) input_row(r);
     }
     if (pw && rows_in_pw) flush_pw();
+    if (expand_rows) expand_rows->flush(din);
   });
+  if (expand_weight) {
+    // Partials added in chunk order (deterministic for any thread count).
+    for (int64_t i = 0; i < in_c; ++i)
+      for (int64_t j = 0; j < C; ++j) {
+        float total = 0.0f;
+        for (int b = 0; b < chunks; ++b) total += xt_partial[(b * xt_rows + i) * xt_width + j];
+        expand->xt_dz[i * C + j] = total;
+      }
+    for (int64_t j = 0; j < (in_c + 1) * in_c; ++j) {
+      double total = 0;
+      for (int b = 0; b < chunks; ++b) total += scatter_partial[b * (in_c + 1) * in_c + j];
+      (j < in_c * in_c ? expand->scatter[j] : expand->shifted_sum[j - in_c * in_c]) = total;
+    }
+  }
   if (partial)
     for (int64_t j = 0; j < taps * C; ++j) {
       double total = 0;
@@ -388,6 +516,62 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   if (below) {
     sums.reduce(0, below->s1);
     sums.reduce(1, below->s2);
+  }
+}
+
+// Adds ExpandBelow's terms in the BatchNorm's a and b (known once its sums are, after the
+// sweep), for m pixels: dweight [in_c, e] += X^T dE (null to skip) and dx += X M + u.
+//   dE = k dz - k a - k b (E - mean), E = X We:
+//   X^T dE = (X^T dz) diag(k) - sx (k a)^T - (m Cov(X) We + sx (mu We - mean)^T) diag(k b)
+//   dE We^T = dz diag(k) We^T + X M + u,  M = -We diag(k b) We^T,  u = We (k (b mean - a))
+// with sx = m mu = X^T 1 and m Cov(X) from the scatter around x0, in double.
+inline void expand_backward_finish(float* dweight, const ExpandBelow& expand, int64_t m, int64_t e, const float* mean,
+                                   const float* a, const float* b) {
+  const int64_t c = expand.in_c;
+  const float* w = expand.weight;
+  const float* k = expand.k;
+  if (dweight) {
+    const double* s = expand.shifted_sum;
+    double* mu = scratch<double, 12>(static_cast<size_t>(c + c * c + c * e));
+    double* cov = mu + c;          // m Cov(X) [c, c]
+    double* cov_w = cov + c * c;   // m Cov(X) We [c, e]
+    for (int64_t i = 0; i < c; ++i) mu[i] = expand.x[i] + s[i] / static_cast<double>(m);
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t l = 0; l < c; ++l) cov[i * c + l] = expand.scatter[i * c + l] - s[i] * s[l] / static_cast<double>(m);
+    std::fill_n(cov_w, c * e, 0.0);
+    for (int64_t i = 0; i < c; ++i)
+      for (int64_t l = 0; l < c; ++l)
+        for (int64_t j = 0; j < e; ++j) cov_w[i * e + j] += cov[i * c + l] * w[l * e + j];
+    for (int64_t j = 0; j < e; ++j) {
+      double mu_w = 0;  // mu We, the mean of E as X's mean gives it
+      for (int64_t l = 0; l < c; ++l) mu_w += mu[l] * w[l * e + j];
+      const double kj = k[j], kb = static_cast<double>(k[j]) * b[j];
+      for (int64_t i = 0; i < c; ++i) {
+        const double sx = static_cast<double>(m) * mu[i];
+        dweight[i * e + j] += static_cast<float>(kj * expand.xt_dz[i * e + j] - sx * kj * a[j] -
+                                                 kb * (cov_w[i * e + j] + sx * (mu_w - mean[j])));
+      }
+    }
+  }
+  if (expand.dx) {
+    float* mu_m = scratch<float, 14>(static_cast<size_t>(c * c + c));
+    float* u = mu_m + c * c;
+    for (int64_t i = 0; i < c; ++i) {
+      double ui = 0;
+      for (int64_t j = 0; j < e; ++j) ui += static_cast<double>(w[i * e + j]) * k[j] * (static_cast<double>(b[j]) * mean[j] - a[j]);
+      u[i] = static_cast<float>(ui);
+      for (int64_t l = 0; l < c; ++l) {
+        double mli = 0;
+        for (int64_t j = 0; j < e; ++j) mli -= static_cast<double>(w[l * e + j]) * k[j] * b[j] * w[i * e + j];
+        mu_m[l * c + i] = static_cast<float>(mli);
+      }
+    }
+    const pointwise::Packed packed = pointwise::pack_to_scratch<42>(mu_m, c, c, false);
+    pointwise::Epilogue add;
+    add.bias = u;
+    add.residual = expand.dx;
+    add.ld_residual = c;
+    pointwise::multiply(expand.dx, c, expand.x, c, m, packed, add);
   }
 }
 

@@ -576,6 +576,33 @@ inline void multiply_transposed_by_blocks(float* c, const float* a, int64_t lda,
 }
 }  // namespace detail
 
+// Rows of the float sums accumulate_transposed adds into for a product with k rows: k, or a
+// whole tile when k is smaller (the rows past k stay zero).
+inline int64_t transposed_rows(int64_t k) { return std::max<int64_t>(k, tile_rows); }
+
+// c [transposed_rows(k), ldc >= whole panels of n] += a^T b over `rows` rows (at most 1,024), a
+// [rows, k] (lda) and b [rows, n] (ldb), on the calling thread: one run of a weight gradient's
+// rows. Fewer than tile_rows columns of a go through a zero-padded copy, and so does b's last
+// panel when partial (the kernel reads whole panels).
+inline void accumulate_transposed(float* c, int64_t ldc, const float* a, int64_t lda, const float* b, int64_t ldb,
+                                  int64_t rows, int64_t k, int64_t n) {
+  const int64_t kp = transposed_rows(k);
+  float* padded = aligned_scratch<25>(static_cast<size_t>(rows * panel_width));
+  if (k < tile_rows) {
+    float* a_padded = aligned_scratch<35>(static_cast<size_t>(rows * tile_rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::memcpy(a_padded + r * tile_rows, a + r * lda, static_cast<size_t>(k) * sizeof(float));
+      std::fill(a_padded + r * tile_rows + k, a_padded + (r + 1) * tile_rows, 0.0f);
+    }
+    a = a_padded;
+    lda = tile_rows;
+  }
+  for (int64_t p = 0; p < panel_count(n); ++p) {
+    const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
+    detail::accumulate_panel_rows(c + n0, ldc, a, lda, b + n0, ldb, rows, kp, 0, 0, kp, valid, padded);
+  }
+}
+
 // c [k, n] (+)= a^T b, where a is [m, k] (lda) and b is [m, n] (ldb): the weight gradient of a
 // 1x1 convolution (a: its input, b: its output gradient). Up to by_blocks_max_rows rows (the
 // layers past the first few: 288 to 4,608 pixels at 96x96 batch 32) the result is split into
@@ -590,12 +617,12 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
     if (!accumulate) std::fill_n(c, k * n, 0.0f);
     return;
   }
-  // Fewer input channels than a tile's rows: each chunk of a goes through a zero-padded copy.
+  // Fewer input channels than a tile's rows go by rows (accumulate_transposed pads them).
   const bool narrow = k < tile_rows;
   if (!narrow && m <= detail::by_blocks_max_rows)
     return detail::multiply_transposed_by_blocks(c, a, lda, b, ldb, m, k, n, accumulate);
-  const int64_t kp = narrow ? tile_rows : k;
-  const int64_t panels = panel_count(n), width = panels * panel_width;
+  const int64_t kp = transposed_rows(k);
+  const int64_t width = panel_count(n) * panel_width;
   const int blocks = chunks_for(m, k * n);
   float* partial = aligned_scratch<24>(static_cast<size_t>(blocks * kp * width));
   // Chunk of rows whose a and b rows stay in L2 while every tile of c passes over them.
@@ -603,26 +630,8 @@ inline void multiply_transposed(float* c, const float* a, int64_t lda, const flo
   parallel_chunks(m, k * n, [&](int64_t begin, int64_t end, int t) {
     float* cp = partial + t * kp * width;
     std::fill_n(cp, kp * width, 0.0f);
-    // b's last panel, when partial, goes through a zero-padded copy (the kernel reads whole panels).
-    float* padded = aligned_scratch<25>(static_cast<size_t>(chunk * panel_width));
-    float* a_padded = narrow ? aligned_scratch<35>(static_cast<size_t>(chunk * tile_rows)) : nullptr;
-    for (int64_t c0 = begin; c0 < end; c0 += chunk) {
-      const int64_t rows = std::min(end, c0 + chunk) - c0;
-      const float* ac = a + c0 * lda;
-      int64_t ldac = lda;
-      if (narrow) {
-        for (int64_t r = 0; r < rows; ++r) {
-          std::memcpy(a_padded + r * tile_rows, ac + r * lda, static_cast<size_t>(k) * sizeof(float));
-          std::fill(a_padded + r * tile_rows + k, a_padded + (r + 1) * tile_rows, 0.0f);
-        }
-        ac = a_padded;
-        ldac = tile_rows;
-      }
-      for (int64_t p = 0; p < panels; ++p) {
-        const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
-        detail::accumulate_panel_rows(cp + n0, width, ac, ldac, b + c0 * ldb + n0, ldb, rows, kp, 0, 0, kp, valid, padded);
-      }
-    }
+    for (int64_t c0 = begin; c0 < end; c0 += chunk)
+      accumulate_transposed(cp, width, a + c0 * lda, lda, b + c0 * ldb, ldb, std::min(end, c0 + chunk) - c0, k, n);
   });
   parallel_for(k, k * n * blocks, [&](int64_t i) {
     float* row = c + i * n;

@@ -238,16 +238,26 @@ class InvertedResidual : public Layer {
       }
       const kernels::AboveBatchNorm above{d_.data(), depthwise_bn_.mean(), depthwise_bn_.k(), depthwise_bn_.a(),
                                           depthwise_bn_.b()};
+      // Where E is large next to the expand weights (the first blocks), the expand convolution's
+      // gradients are taken from each row of dz inside the sweep, so dE is never read back.
+      kernels::ExpandBelow expand_below;
+      const bool fuse_expand = fuse_below && m_in >= expand_fusion_pixels_per_weight * in_c() * in_c();
+      if (fuse_expand) expand_below = expand_below_setup(x, dy, dx, e);
       kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
                                                expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
                                                expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr,
-                                               &above);
+                                               &above, fuse_expand ? &expand_below : nullptr);
       if (!below_needed) return;
       if (expand_) {
-        // dE = bn'(dz), dz = relu6'(dA) already applied.
         BatchNorm& bn = *expand_bn_;
         const bool sums_needed = bn.needs_backward_sums();
         bn.prepare_backward(sums_needed ? below.s1 : nullptr, sums_needed ? below.s2 : nullptr, m_in);
+        if (fuse_expand) {
+          kernels::expand_backward_finish(grad_or_null(expand_->kernel()), expand_below, m_in, e, bn.mean(), bn.a(),
+                                          bn.b());
+          return;
+        }
+        // dE = bn'(dz), dz = relu6'(dA) already applied.
         kernels::batch_norm_act_backward_apply<kernels::Activation::none>(
             grad_a.data(), grad_a.data(), grad_a.data(), e_.data(), bn.mean(), bn.k(), bn.a(), bn.b(), m_in, e);
       }
@@ -306,6 +316,36 @@ class InvertedResidual : public Layer {
     if (need_sums) kernels::batch_norm_act_backward_sums<act>(sums, sums + c, dy, y_act, x, bn.mean(), bn.inv_std(), m, c);
     bn.prepare_backward(need_sums ? sums : nullptr, need_sums ? sums + c : nullptr, m);
     kernels::batch_norm_act_backward_apply<act>(dx, dy, y_act, x, bn.mean(), bn.k(), bn.a(), bn.b(), m, c);
+  }
+
+  // The expand convolution's gradients come out of the depthwise backward sweep (ExpandBelow)
+  // when the block has at least this many input pixels per in_c^2: the work that finishes them
+  // grows with in_c^2 x e, what they save (passes over dE) with pixels x e. At 96x96, batch 32,
+  // that is blocks 1-3 (32 to 288 pixels per in_c^2; blocks 4-6 have 4.5).
+  static constexpr int64_t expand_fusion_pixels_per_weight = 8;
+
+  kernels::ExpandBelow expand_below_setup(const Tensor& x, const Tensor& dy, Tensor* dx, int64_t e) {
+    const int64_t c = in_c();
+    BatchNorm& bn = *expand_bn_;
+    float* k = scratch<float, 15>(static_cast<size_t>(c * e + e));
+    float* xt_dz = k + e;
+    for (int64_t j = 0; j < e; ++j) k[j] = bn.gamma().value[j] * bn.inv_std()[j];  // as prepare_backward
+    kernels::ExpandBelow expand;
+    expand.x = x.data();
+    expand.in_c = c;
+    expand.weight = expand_->kernel().value.data();
+    expand.k = k;
+    if (dx) {
+      dx->resize(x.shape());
+      expand.dx = dx->data();
+      if (skip_) expand.skip = dy.data();
+    }
+    if (grad_or_null(expand_->kernel())) {
+      expand.xt_dz = xt_dz;
+      expand.scatter = scratch<double, 16>(static_cast<size_t>(c * c + c));
+      expand.shifted_sum = expand.scatter + c * c;
+    }
+    return expand;
   }
 
   // Gradient scratch shared by every block on this thread.
