@@ -459,15 +459,13 @@ class Stride1InputGradient {
     rotated_ = rotated;
     zero_ = zeros(std::max({g.in_w, g.out_w, int64_t{1}}) * C);
   }
-  // Writes the input-gradient rows [begin, end) of din (row r: image r / in_h, row r % in_h),
-  // with the output-gradient rows from dout_row(n, oh), which must keep four rows valid at once
-  // (rows go in pairs, see depthwise3x3_output_rows); then done(r) for each row, in order.
-  template <typename DoutRow, typename Done = void (*)(int64_t)>
-  void rows(float* din, int64_t begin, int64_t end, DoutRow&& dout_row, Done&& done = [](int64_t) {}) const {
-    const int64_t row_len = t_.out_w * t_.in_c;
-    depthwise3x3_output_rows(
-        begin, end, [&](int64_t r) { return din + r * row_len; }, dout_row, zero_, rotated_, zero_, t_, Clamp{},
-        done);
+  // Writes the input-gradient rows [begin, end) (row r: image r / in_h, row r % in_h) to
+  // din_row(r), with the output-gradient rows from dout_row(n, oh), which must keep four rows
+  // valid at once (rows go in pairs, see depthwise3x3_output_rows); then done(r) for each row, in
+  // order.
+  template <typename DinRow, typename DoutRow, typename Done = void (*)(int64_t)>
+  void rows(DinRow&& din_row, int64_t begin, int64_t end, DoutRow&& dout_row, Done&& done = [](int64_t) {}) const {
+    depthwise3x3_output_rows(begin, end, din_row, dout_row, zero_, rotated_, zero_, t_, Clamp{}, done);
   }
 
  private:
@@ -532,7 +530,8 @@ inline void depthwise_conv2d_backward_input(float* din, const float* dout, const
   if (detail::Stride1InputGradient::applies(g)) {
     const detail::Stride1InputGradient gradient(weight, g);
     parallel_chunks(rows, work, [&](int64_t begin, int64_t end, int) {
-      gradient.rows(din, begin, end, [&](int64_t n, int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; });
+      gradient.rows([&](int64_t r) { return din + r * g.in_w * C; }, begin, end,
+                    [&](int64_t n, int64_t oh) { return dout + (n * g.out_h + oh) * g.out_w * C; });
     });
     return;
   }

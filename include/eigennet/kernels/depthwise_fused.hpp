@@ -316,20 +316,26 @@ class ExpandBelowRows {
   ExpandBelowRows(const ExpandBelow& expand, const pointwise::Packed& wk, int64_t e, int64_t in_w, float* xt_dz,
                   double* scatter)
       : x_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter),
-        run_rows_(std::max<int64_t>(1, 192 / std::max<int64_t>(in_w, 1))) {}
+        run_rows_(run_rows(in_w)) {}
 
-  // Input row r's dz is final: rows go in order within a chunk.
-  void row_done(const float* din, int64_t r) {
-    if (r != last_) flush(din);
+  // Input rows per run: about 192 pixels, whose dz stays in L2.
+  static int64_t run_rows(int64_t in_w) { return std::max<int64_t>(1, 192 / std::max<int64_t>(in_w, 1)); }
+
+  // Input row r's dz is final, at dz_row(r): rows go in order within a chunk, and the rows of
+  // one run (run_rows() rows from the chunk's first) must be consecutive in memory.
+  template <typename DzRow>
+  void row_done(int64_t r, DzRow&& dz_row) {
+    if (r != last_) flush(dz_row);
     if (first_ == last_) first_ = last_ = r;
     ++last_;
-    if (last_ - first_ >= run_rows_) flush(din);
+    if (last_ - first_ >= run_rows_) flush(dz_row);
   }
 
-  void flush(const float* din) {
+  template <typename DzRow>
+  void flush(DzRow&& dz_row) {
     if (first_ == last_) return;
     const int64_t c = x_.in_c, p0 = first_ * in_w_, pixels = (last_ - first_) * in_w_;
-    const float* dz = din + p0 * e_;
+    const float* dz = dz_row(first_);
     const float* x = x_.x + p0 * c;
     if (x_.dx) {
       pointwise::Epilogue skip;
@@ -367,7 +373,7 @@ class ExpandBelowRows {
   int64_t e_, in_w_;
   float* xt_dz_;     // this chunk's X^T dz [transposed_rows(in_c), whole panels of e]
   double* scatter_;  // this chunk's scatter [in_c, in_c], then its sum [in_c]
-  int64_t run_rows_;  // input rows per run: about 192 pixels, whose dz stays in L2
+  int64_t run_rows_;
   int64_t first_ = -1, last_ = -1;
 };
 }  // namespace detail
@@ -384,8 +390,8 @@ constexpr int weight_rows_in_float = 4;
 // depthwise input is `in`, or relu6(in * scale + shift) recomputed row by row with an
 // input_transform (as in the forward). With `below`, din is replaced by
 // dz = din * relu6'(input) and below's sums are accumulated; with `expand` too (in = E), each row
-// of dz also feeds the expand convolution's gradients (see ExpandBelow), and the caller finishes
-// them with expand_backward_finish.
+// of dz feeds the expand convolution's gradients instead (see ExpandBelow; din is not written
+// and may be null), and the caller finishes them with expand_backward_finish.
 inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const float* dout, const float* in,
                                             const float* weight, const WindowGeometry& g,
                                             const Relu6Affine* input_transform, const BelowBatchNormRelu6* below,
@@ -442,10 +448,16 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     double* sb = below ? sums.block(chunk, 1) : nullptr;
     detail::TransformedRows input(in, input_transform, g);
     detail::DoutRows output_gradient(dout, above, g);
+    // With ExpandBelow the rows of dz are used up by it: they go round a ring of two runs of rows
+    // (the next run's rows are written while the last of a run is still read: stride-1 pairs)
+    // that stays in L2, instead of into din.
+    const int64_t ring_rows = expand ? 2 * detail::ExpandBelowRows::run_rows(g.in_w) : 0;
+    float* ring = expand ? aligned_scratch<43>(static_cast<size_t>(ring_rows * row_len)) : nullptr;
+    auto din_row = [&](int64_t r) { return ring ? ring + (r - begin) % ring_rows * row_len : din + r * row_len; };
     // Input row r's work; with stride 1 its input gradient is already written (rows go in pairs).
     auto input_row = [&](int64_t r) {
       const int64_t n = r / g.in_h, ih = r % g.in_h;
-      float* drow = din + r * row_len;
+      float* drow = din_row(r);
       const float* irow = input.row(n, ih);
       if (!stride1 && !gather2) std::memset(drow, 0, static_cast<size_t>(row_len) * sizeof(float));
       const float* gather_rows[2];
@@ -482,16 +494,16 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
       if (pw && ++rows_in_pw == detail::weight_rows_in_float) flush_pw();
       // Mask by the ReLU6 that produced `in` and accumulate the BatchNorm sums below.
       if (below) detail::mask_relu6_and_accumulate_row(drow, irow, below->x + r * row_len, *below, sa, sb, g.in_w, C);
-      if (expand_rows) expand_rows->row_done(din, r);
+      if (expand_rows) expand_rows->row_done(r, din_row);
     };
     if (stride1) {
       // DoutRows holds the four output-gradient rows a pair of input rows reads.
-      stride1->rows(din, begin, end, [&](int64_t n, int64_t oh) { return output_gradient.row(n, oh); }, input_row);
+      stride1->rows(din_row, begin, end, [&](int64_t n, int64_t oh) { return output_gradient.row(n, oh); }, input_row);
     } else {
       for (int64_t r = begin; r < end; ++r) input_row(r);
     }
     if (pw && rows_in_pw) flush_pw();
-    if (expand_rows) expand_rows->flush(din);
+    if (expand_rows) expand_rows->flush(din_row);
   });
   if (expand_weight) {
     // Partials added in chunk order (deterministic for any thread count).

@@ -11,7 +11,10 @@
 //   backward: dP = bn'(dY);  dB = dP Wp^T with relu6' and the depthwise BatchNorm's sums in its
 //             epilogue;  one depthwise sweep applies that BatchNorm's backward to each row of
 //             dz (dD = bn'(dz)), recomputes A row by row and gives dA, dWdw and, masked by
-//             relu6', the sums of the expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY)
+//             relu6', the sums of the expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY);
+//             where E is large (blocks 1-3 of MobileNetV2) the sweep also takes dX and dWe from
+//             each row of dA while it is in cache, and only their terms in the expand BatchNorm's
+//             sums are added after it (kernels::ExpandBelow): dE is never formed.
 // Activations E, D, B, P are kept for backward; the gradient buffers are shared by all blocks
 // (blocks run one after another).
 #pragma once
@@ -224,7 +227,6 @@ class InvertedResidual : public Layer {
     if (!below_needed && !depthwise_.has_trainable_parameters()) return;
     {
       ProfileScope scope("block depthwise backward");
-      grad_a.resize(Shape{n, g.in_h, g.in_w, e});
       // With an expansion, the depthwise input relu6(bn(E)) is recomputed row by row, and the
       // input gradient comes out masked by relu6' with the expand BatchNorm's sums.
       kernels::BelowBatchNormRelu6 below;
@@ -239,11 +241,14 @@ class InvertedResidual : public Layer {
       const kernels::AboveBatchNorm above{d_.data(), depthwise_bn_.mean(), depthwise_bn_.k(), depthwise_bn_.a(),
                                           depthwise_bn_.b()};
       // Where E is large next to the expand weights (the first blocks), the expand convolution's
-      // gradients are taken from each row of dz inside the sweep, so dE is never read back.
+      // gradients are taken from each row of dz inside the sweep: dA is never stored.
       kernels::ExpandBelow expand_below;
       const bool fuse_expand = fuse_below && m_in >= expand_fusion_pixels_per_weight * in_c() * in_c();
-      if (fuse_expand) expand_below = expand_below_setup(x, dy, dx, e);
-      kernels::depthwise_conv2d_backward_fused(grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
+      if (fuse_expand)
+        expand_below = expand_below_setup(x, dy, dx, e);
+      else
+        grad_a.resize(Shape{n, g.in_h, g.in_w, e});
+      kernels::depthwise_conv2d_backward_fused(fuse_expand ? nullptr : grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
                                                expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
                                                expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr,
                                                &above, fuse_expand ? &expand_below : nullptr);
