@@ -309,13 +309,13 @@ struct ExpandBelow {
 };
 
 namespace detail {
-// One run of consecutive input rows [first, last) of ExpandBelow's work inside a sweep chunk,
-// once their dz (din) is final: pixels rows of dz [., e] and of X.
+// ExpandBelow's work in one chunk of a sweep, by runs of consecutive input rows [first, last)
+// whose dz is final: one product per run over its pixels (rows of dz [., e] and of X [., in_c]).
 class ExpandBelowRows {
  public:
   ExpandBelowRows(const ExpandBelow& expand, const pointwise::Packed& wk, int64_t e, int64_t in_w, float* xt_dz,
                   double* scatter)
-      : x_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter),
+      : expand_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter),
         run_rows_(run_rows(in_w)) {}
 
   // Input rows per run: about 192 pixels, whose dz stays in L2.
@@ -334,16 +334,16 @@ class ExpandBelowRows {
   template <typename DzRow>
   void flush(DzRow&& dz_row) {
     if (first_ == last_) return;
-    const int64_t c = x_.in_c, p0 = first_ * in_w_, pixels = (last_ - first_) * in_w_;
+    const int64_t c = expand_.in_c, p0 = first_ * in_w_, pixels = (last_ - first_) * in_w_;
     const float* dz = dz_row(first_);
-    const float* x = x_.x + p0 * c;
-    if (x_.dx) {
+    const float* x = expand_.x + p0 * c;
+    if (expand_.dx) {
       pointwise::Epilogue skip;
-      if (x_.skip) {
-        skip.residual = x_.skip + p0 * c;
+      if (expand_.skip) {
+        skip.residual = expand_.skip + p0 * c;
         skip.ld_residual = c;
       }
-      pointwise::multiply_rows(x_.dx + p0 * c, c, dz, e_, pixels, 0, pixels, wk_, 0, pointwise::panel_count(c), skip);
+      pointwise::multiply_rows(expand_.dx + p0 * c, c, dz, e_, pixels, 0, pixels, wk_, 0, pointwise::panel_count(c), skip);
     }
     if (xt_dz_) {
       pointwise::accumulate_transposed(xt_dz_, pointwise::panel_count(e_) * pointwise::panel_width, x, c, dz, e_,
@@ -352,7 +352,7 @@ class ExpandBelowRows {
       const int64_t width = pointwise::panel_count(c) * pointwise::panel_width, kp = pointwise::transposed_rows(c);
       float* d = aligned_scratch<39>(static_cast<size_t>(pixels * c));
       float* run = aligned_scratch<40>(static_cast<size_t>(kp * width));
-      const float* x0 = x_.x;
+      const float* x0 = expand_.x;
       double* sum = scatter_ + c * c;
       for (int64_t p = 0; p < pixels; ++p)
         for (int64_t j = 0; j < c; ++j) {
@@ -368,7 +368,7 @@ class ExpandBelowRows {
   }
 
  private:
-  const ExpandBelow& x_;
+  const ExpandBelow& expand_;
   const pointwise::Packed& wk_;
   int64_t e_, in_w_;
   float* xt_dz_;     // this chunk's X^T dz [transposed_rows(in_c), whole panels of e]
@@ -566,8 +566,8 @@ inline void expand_backward_finish(float* dweight, const ExpandBelow& expand, in
     }
   }
   if (expand.dx) {
-    float* mu_m = scratch<float, 14>(static_cast<size_t>(c * c + c));
-    float* u = mu_m + c * c;
+    float* m_matrix = scratch<float, 14>(static_cast<size_t>(c * c + c));
+    float* u = m_matrix + c * c;
     for (int64_t i = 0; i < c; ++i) {
       double ui = 0;
       for (int64_t j = 0; j < e; ++j) ui += static_cast<double>(w[i * e + j]) * k[j] * (static_cast<double>(b[j]) * mean[j] - a[j]);
@@ -575,10 +575,10 @@ inline void expand_backward_finish(float* dweight, const ExpandBelow& expand, in
       for (int64_t l = 0; l < c; ++l) {
         double mli = 0;
         for (int64_t j = 0; j < e; ++j) mli -= static_cast<double>(w[l * e + j]) * k[j] * b[j] * w[i * e + j];
-        mu_m[l * c + i] = static_cast<float>(mli);
+        m_matrix[l * c + i] = static_cast<float>(mli);
       }
     }
-    const pointwise::Packed packed = pointwise::pack_to_scratch<42>(mu_m, c, c, false);
+    const pointwise::Packed packed = pointwise::pack_to_scratch<42>(m_matrix, c, c, false);
     pointwise::Epilogue add;
     add.bias = u;
     add.residual = expand.dx;
