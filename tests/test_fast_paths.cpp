@@ -392,6 +392,137 @@ TEST_CASE("BatchNorm passes (forward + residual, backward sums and apply) equal 
       }
 }
 
+TEST_CASE("expand gradients taken inside the depthwise backward sweep equal the separate passes and a double loop") {
+  // The same forward quantities and output gradient go through the depthwise backward sweep twice:
+  // once storing dA, followed by the separate passes the block used before (dE = bn'(dA) in place,
+  // dWe = X^T dE, dX = dE We^T + skip), and once with ExpandBelow + expand_backward_finish. Both
+  // are measured against dE, dWe and dX computed in double from the first sweep's dA.
+  struct Case {
+    int64_t batch, h, w, in_c, e, stride;
+    bool skip, frozen;  // frozen: the expand BatchNorm does not train (a = b = 0)
+  };
+  const Case cases[] = {
+      {2, 24, 20, 16, 40, 1, true, false},  {2, 24, 20, 16, 40, 2, false, false}, {3, 13, 11, 8, 48, 2, false, false},
+      {2, 17, 19, 20, 96, 1, true, false}, {1, 30, 26, 24, 144, 1, true, false}, {2, 24, 20, 16, 40, 1, true, true},
+      {1, 9, 7, 1, 2, 1, true, false},
+  };
+  for (const Case& t : cases)
+    for (int threads : {1, 2}) {
+      CAPTURE(t.in_c);
+      CAPTURE(t.e);
+      CAPTURE(t.stride);
+      CAPTURE(threads);
+      ThreadCount thread_count(threads);
+      const WindowGeometry g =
+          make_window_geometry(t.batch, t.h, t.w, t.e, t.e, 3, 3, t.stride, t.stride, Padding::same);
+      const int64_t m = g.in_pixels(), c = t.in_c, e = t.e;
+      const auto x = random_vector(m * c, 31, -1, 2), we = random_vector(c * e, 32, -0.5f, 0.5f);
+      const auto weight = random_vector(9 * e, 33), dout = random_vector(g.out_pixels() * e, 34);
+      const auto gamma = random_vector(e, 35, 0.5f, 2), beta = random_vector(e, 36, 0, 3);
+      const auto skip = random_vector(m * c, 37);
+      std::vector<float> ex(static_cast<size_t>(m * e));
+      kernels::pointwise_conv2d_forward(ex.data(), x.data(), we.data(), nullptr, m, c, e);
+      // The expand BatchNorm as a training forward leaves it: batch mean, inv_std; its transform.
+      std::vector<float> mean(static_cast<size_t>(e)), inv_std(mean.size()), k(mean.size()), scale(mean.size()),
+          shift(mean.size());
+      for (int64_t j = 0; j < e; ++j) {
+        double s = 0, ss = 0;
+        for (int64_t p = 0; p < m; ++p) s += ex[p * e + j];
+        for (int64_t p = 0; p < m; ++p) ss += (ex[p * e + j] - s / m) * (ex[p * e + j] - s / m);
+        mean[j] = static_cast<float>(s / m);
+        inv_std[j] = static_cast<float>(1 / std::sqrt(ss / m + 1e-3));
+        k[j] = gamma[j] * inv_std[j];
+        scale[j] = k[j];
+        shift[j] = beta[j] - mean[j] * scale[j];
+      }
+      const kernels::Relu6Affine transform{scale.data(), shift.data()};
+      auto sweep = [&](float* din, float* dweight, double* s1, double* s2, const kernels::ExpandBelow* expand) {
+        kernels::BelowBatchNormRelu6 below;
+        below.x = ex.data();
+        below.mean = mean.data();
+        below.inv_std = inv_std.data();
+        below.s1 = s1;
+        below.s2 = s2;
+        kernels::depthwise_conv2d_backward_fused(din, dweight, dout.data(), ex.data(), weight.data(), g, &transform,
+                                                 &below, nullptr, expand);
+      };
+      // a and b as BatchNorm::prepare_backward computes them (zero when frozen).
+      auto coefficients = [&](const std::vector<double>& s1, const std::vector<double>& s2, std::vector<float>& a,
+                              std::vector<float>& b) {
+        for (int64_t j = 0; j < e; ++j) {
+          a[j] = t.frozen ? 0.0f : static_cast<float>(s1[j] / static_cast<double>(m));
+          b[j] = t.frozen ? 0.0f : static_cast<float>(inv_std[j] * s2[j] / static_cast<double>(m));
+        }
+      };
+      // Separate passes.
+      std::vector<float> da(static_cast<size_t>(m * e)), dw_sep(static_cast<size_t>(9 * e), 0.0f);
+      std::vector<double> s1(static_cast<size_t>(e)), s2(s1.size());
+      sweep(da.data(), dw_sep.data(), s1.data(), s2.data(), nullptr);
+      std::vector<float> a(static_cast<size_t>(e)), b(a.size());
+      coefficients(s1, s2, a, b);
+      std::vector<float> de(da.size()), dwe_sep(static_cast<size_t>(c * e), 0.0f), dx_sep(static_cast<size_t>(m * c));
+      kernels::batch_norm_act_backward_apply<kernels::Activation::none>(de.data(), da.data(), da.data(), ex.data(),
+                                                                        mean.data(), k.data(), a.data(), b.data(), m, e);
+      kernels::pointwise_conv2d_backward(nullptr, dwe_sep.data(), nullptr, de.data(), x.data(), we.data(), m, c, e);
+      kernels::pointwise::Epilogue add_skip;
+      if (t.skip) {
+        add_skip.residual = skip.data();
+        add_skip.ld_residual = c;
+      }
+      kernels::pointwise_conv2d_backward_input(dx_sep.data(), de.data(), we.data(), m, c, e, add_skip);
+      // Inside the sweep.
+      std::vector<float> dw_fused(dw_sep.size(), 0.0f), dwe_fused(dwe_sep.size(), 0.0f), dx_fused(dx_sep.size());
+      std::vector<float> xt_dz(static_cast<size_t>(c * e));
+      std::vector<double> f1(s1.size()), f2(s1.size()), scatter(static_cast<size_t>(c * c)), shifted_sum(static_cast<size_t>(c));
+      kernels::ExpandBelow expand;
+      expand.x = x.data();
+      expand.in_c = c;
+      expand.weight = we.data();
+      expand.k = k.data();
+      expand.dx = dx_fused.data();
+      expand.skip = t.skip ? skip.data() : nullptr;
+      expand.xt_dz = xt_dz.data();
+      expand.scatter = scatter.data();
+      expand.shifted_sum = shifted_sum.data();
+      sweep(nullptr, dw_fused.data(), f1.data(), f2.data(), &expand);
+      std::vector<float> fa(a.size()), fb(a.size());
+      coefficients(f1, f2, fa, fb);
+      kernels::expand_backward_finish(dwe_fused.data(), expand, m, e, mean.data(), fa.data(), fb.data());
+      // The sweep's own results do not depend on what consumes dA.
+      CHECK(f1 == s1);
+      CHECK(f2 == s2);
+      CHECK(dw_fused == dw_sep);
+      // Double-precision reference from the first sweep's dA.
+      std::vector<double> de_ref(de.size());
+      for (int64_t p = 0; p < m; ++p)
+        for (int64_t j = 0; j < e; ++j)
+          de_ref[p * e + j] = static_cast<double>(k[j]) *
+                              (da[p * e + j] - static_cast<double>(a[j]) -
+                               (static_cast<double>(ex[p * e + j]) - mean[j]) * static_cast<double>(b[j]));
+      std::vector<float> dwe_ref(dwe_sep.size()), dx_ref(dx_sep.size());
+      for (int64_t i = 0; i < c; ++i)
+        for (int64_t j = 0; j < e; ++j) {
+          double sum = 0;
+          for (int64_t p = 0; p < m; ++p) sum += static_cast<double>(x[p * c + i]) * de_ref[p * e + j];
+          dwe_ref[i * e + j] = static_cast<float>(sum);
+        }
+      for (int64_t p = 0; p < m; ++p)
+        for (int64_t i = 0; i < c; ++i) {
+          double sum = t.skip ? skip[p * c + i] : 0.0;
+          for (int64_t j = 0; j < e; ++j) sum += de_ref[p * e + j] * static_cast<double>(we[i * e + j]);
+          dx_ref[p * c + i] = static_cast<float>(sum);
+        }
+      const double dwe_error_sep = relative_error(dwe_sep, dwe_ref), dwe_error = relative_error(dwe_fused, dwe_ref);
+      const double dx_error_sep = relative_error(dx_sep, dx_ref), dx_error = relative_error(dx_fused, dx_ref);
+      if (threads == 1)
+        MESSAGE("in_c " << c << " e " << e << " stride " << t.stride << std::string(t.frozen ? " frozen" : "")
+                        << ": dWe error " << dwe_error << " (separate passes " << dwe_error_sep << "), dX " << dx_error
+                        << " (" << dx_error_sep << ")");
+      CHECK(dwe_error < 1e-5);
+      CHECK(dx_error < 1e-5);
+    }
+}
+
 TEST_CASE("depthwise 3x3 rows (sliding windows, register-blocked) equal a direct loop, with and without a clamp") {
   struct Case {
     int64_t batch, h, w, c, stride;

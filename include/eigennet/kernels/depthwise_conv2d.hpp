@@ -464,7 +464,8 @@ class Stride1InputGradient {
   // valid at once (rows go in pairs, see depthwise3x3_output_rows); then done(r) for each row, in
   // order.
   template <typename DinRow, typename DoutRow, typename Done = void (*)(int64_t)>
-  void rows(DinRow&& din_row, int64_t begin, int64_t end, DoutRow&& dout_row, Done&& done = [](int64_t) {}) const {
+  void rows(
+      DinRow&& din_row, int64_t begin, int64_t end, DoutRow&& dout_row, Done&& done = [](int64_t) {}) const {
     depthwise3x3_output_rows(begin, end, din_row, dout_row, zero_, rotated_, zero_, t_, Clamp{}, done);
   }
 

@@ -295,7 +295,7 @@ __attribute__((noinline)) inline void mask_relu6_and_accumulate_row(float* __res
 // adds the terms in a and b: to dX, X M + u (M [in_c, in_c], u [in_c]); to dWe, from X^T dz and
 // the scatter (X^T E = X^T X We: no pass over E or dE).
 struct ExpandBelow {
-  const float* x = nullptr;       // X [pixels, in_c]
+  const float* x = nullptr;  // X [pixels, in_c]
   int64_t in_c = 0;
   const float* weight = nullptr;  // We [in_c, e]
   const float* k = nullptr;       // [e]: gamma * inv_std of the BatchNorm between E and A
@@ -315,8 +315,7 @@ class ExpandBelowRows {
  public:
   ExpandBelowRows(const ExpandBelow& expand, const pointwise::Packed& wk, int64_t e, int64_t in_w, float* xt_dz,
                   double* scatter)
-      : expand_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter),
-        run_rows_(run_rows(in_w)) {}
+      : expand_(expand), wk_(wk), e_(e), in_w_(in_w), xt_dz_(xt_dz), scatter_(scatter), run_rows_(run_rows(in_w)) {}
 
   // Input rows per run: about 192 pixels, whose dz stays in L2.
   static int64_t run_rows(int64_t in_w) { return std::max<int64_t>(1, 192 / std::max<int64_t>(in_w, 1)); }
@@ -343,7 +342,8 @@ class ExpandBelowRows {
         skip.residual = expand_.skip + p0 * c;
         skip.ld_residual = c;
       }
-      pointwise::multiply_rows(expand_.dx + p0 * c, c, dz, e_, pixels, 0, pixels, wk_, 0, pointwise::panel_count(c), skip);
+      pointwise::multiply_rows(expand_.dx + p0 * c, c, dz, e_, pixels, 0, pixels, wk_, 0, pointwise::panel_count(c),
+                               skip);
     }
     if (xt_dz_) {
       pointwise::accumulate_transposed(xt_dz_, pointwise::panel_count(e_) * pointwise::panel_width, x, c, dz, e_,
@@ -415,7 +415,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
   const bool gather2 = !stride1 && detail::stride2_gather_applies(g);
   // ExpandBelow: diag(k) We^T packed for dX, and per-chunk partials of X^T dz and the scatter.
   const int64_t in_c = expand ? expand->in_c : 0;
-  const int64_t xt_rows = pointwise::transposed_rows(in_c), xt_width = pointwise::panel_count(C) * pointwise::panel_width;
+  const int64_t xt_rows = pointwise::transposed_rows(in_c),
+                xt_width = pointwise::panel_count(C) * pointwise::panel_width;
   const bool expand_weight = expand && expand->xt_dz;
   pointwise::Packed wk;
   if (expand && expand->dx) {
@@ -425,7 +426,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     wk = pointwise::pack_to_scratch<41>(scaled, C, in_c, true);
   }
   float* xt_partial = expand_weight ? aligned_scratch<38>(static_cast<size_t>(chunks * xt_rows * xt_width)) : nullptr;
-  double* scatter_partial = expand_weight ? scratch<double, 11>(static_cast<size_t>(chunks * (in_c + 1) * in_c)) : nullptr;
+  double* scatter_partial =
+      expand_weight ? scratch<double, 11>(static_cast<size_t>(chunks * (in_c + 1) * in_c)) : nullptr;
   if (expand_weight) {
     std::fill_n(xt_partial, chunks * xt_rows * xt_width, 0.0f);
     std::fill_n(scatter_partial, chunks * (in_c + 1) * in_c, 0.0);
@@ -498,7 +500,8 @@ inline void depthwise_conv2d_backward_fused(float* din, float* dweight, const fl
     };
     if (stride1) {
       // DoutRows holds the four output-gradient rows a pair of input rows reads.
-      stride1->rows(din_row, begin, end, [&](int64_t n, int64_t oh) { return output_gradient.row(n, oh); }, input_row);
+      stride1->rows(
+          din_row, begin, end, [&](int64_t n, int64_t oh) { return output_gradient.row(n, oh); }, input_row);
     } else {
       for (int64_t r = begin; r < end; ++r) input_row(r);
     }
@@ -545,8 +548,8 @@ inline void expand_backward_finish(float* dweight, const ExpandBelow& expand, in
   if (dweight) {
     const double* s = expand.shifted_sum;
     double* mu = scratch<double, 12>(static_cast<size_t>(c + c * c + c * e));
-    double* cov = mu + c;          // m Cov(X) [c, c]
-    double* cov_w = cov + c * c;   // m Cov(X) We [c, e]
+    double* cov = mu + c;         // m Cov(X) [c, c]
+    double* cov_w = cov + c * c;  // m Cov(X) We [c, e]
     for (int64_t i = 0; i < c; ++i) mu[i] = expand.x[i] + s[i] / static_cast<double>(m);
     for (int64_t i = 0; i < c; ++i)
       for (int64_t l = 0; l < c; ++l) cov[i * c + l] = expand.scatter[i * c + l] - s[i] * s[l] / static_cast<double>(m);
@@ -565,12 +568,16 @@ inline void expand_backward_finish(float* dweight, const ExpandBelow& expand, in
       }
     }
   }
-  if (expand.dx) {
+  // A BatchNorm that does not train on its batch statistics (frozen) has a = b = 0: nothing to add.
+  const bool batch_terms = std::any_of(a, a + e, [](float v) { return v != 0.0f; }) ||
+                           std::any_of(b, b + e, [](float v) { return v != 0.0f; });
+  if (expand.dx && batch_terms) {
     float* m_matrix = scratch<float, 14>(static_cast<size_t>(c * c + c));
     float* u = m_matrix + c * c;
     for (int64_t i = 0; i < c; ++i) {
       double ui = 0;
-      for (int64_t j = 0; j < e; ++j) ui += static_cast<double>(w[i * e + j]) * k[j] * (static_cast<double>(b[j]) * mean[j] - a[j]);
+      for (int64_t j = 0; j < e; ++j)
+        ui += static_cast<double>(w[i * e + j]) * k[j] * (static_cast<double>(b[j]) * mean[j] - a[j]);
       u[i] = static_cast<float>(ui);
       for (int64_t l = 0; l < c; ++l) {
         double mli = 0;

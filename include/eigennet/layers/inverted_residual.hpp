@@ -248,10 +248,10 @@ class InvertedResidual : public Layer {
         expand_below = expand_below_setup(x, dy, dx, e);
       else
         grad_a.resize(Shape{n, g.in_h, g.in_w, e});
-      kernels::depthwise_conv2d_backward_fused(fuse_expand ? nullptr : grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
-                                               expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g,
-                                               expand_ ? &expand_transform_ : nullptr, fuse_below ? &below : nullptr,
-                                               &above, fuse_expand ? &expand_below : nullptr);
+      kernels::depthwise_conv2d_backward_fused(
+          fuse_expand ? nullptr : grad_a.data(), grad_or_null(depthwise_.kernel()), grad_b.data(),
+          expand_ ? e_.data() : x.data(), depthwise_.kernel().value.data(), g, expand_ ? &expand_transform_ : nullptr,
+          fuse_below ? &below : nullptr, &above, fuse_expand ? &expand_below : nullptr);
       if (!below_needed) return;
       if (expand_) {
         BatchNorm& bn = *expand_bn_;
