@@ -15,6 +15,13 @@
 //               applied to each row of dz, the input recomputed from E, the input gradient
 //               masked by the ReLU6 below with the expand BatchNorm's sums, the weight gradient;
 //               depthwise_conv2d_backward_fused)
+//   expand_bwd: fused_bwd followed by the expand convolution's backward, as an inverted residual
+//               block with expansion 6 runs it (E = X We, X with C / 6 channels, a skip added to
+//               dX), in both of its forms, each timed: `separate` stores dA, then dE = bn'(dA) in
+//               place, dWe = X^T dE, dX = dE We^T + skip; `sweep` takes dX and X^T dA from each
+//               row inside the sweep and adds the BatchNorm's terms after it (ExpandBelow, which
+//               the block uses where the input has >= 8 pixels per in_c^2: blocks 1-3 at 96x96).
+//               Bytes: read dz + D + E + X, write dX (what the sweep form cannot avoid).
 // The fused directions are not part of `all`: they measure what the training step's depthwise
 // sweeps cost beyond the plain convolution.
 // GFLOP/s counts 2 * 9 flops per output element per channel in every direction (twice that in
@@ -31,6 +38,7 @@
 #include "eigennet/core/rng.hpp"
 #include "eigennet/kernels/depthwise_conv2d.hpp"
 #include "eigennet/kernels/depthwise_fused.hpp"
+#include "eigennet/kernels/pointwise_conv2d.hpp"
 
 namespace {
 
@@ -38,7 +46,9 @@ const char* usage =
     "usage: bench_depthwise [options]\n"
     "  --config train|infer|all        shapes: 96x96 batch 32, 224x224 batch 1, or both (all)\n"
     "  --direction fwd|bwd_input|bwd_weight|all   (all), or fused_fwd|fused_bwd: the training step's\n"
-    "                                  fused depthwise sweeps (see the top of bench_depthwise.cpp)\n"
+    "                                  fused depthwise sweeps, or expand_bwd: with the expand\n"
+    "                                  convolution's backward, separate and in the sweep (see the top\n"
+    "                                  of bench_depthwise.cpp)\n"
     "  --samples N                     timed samples per measurement, median reported (7)\n"
     "  --min-sample-ms X               calls per sample are chosen so one sample lasts >= X ms (2)\n"
     "  --threads N                     OpenMP threads (default: OpenMP's default)\n"
@@ -212,9 +222,66 @@ Result run_shape(const bench::DepthwiseShape& shape, const std::string& directio
           },
           samples, min_sample_s);
     }
+  } else if (direction == "expand_bwd_separate" || direction == "expand_bwd_sweep") {
+    const int64_t c = g.in_c, in_c = c / 6, m = g.in_pixels();
+    EIGENNET_CHECK(c % 6 == 0, "bench_depthwise: expand_bwd needs channels that are 6 x the block's input");
+    std::vector<float> e(in_size), w(weight_size), scale(c), shift(c), mean(c), k(c), a(c), b(c), inv_std(c);
+    std::vector<float> x(static_cast<size_t>(m * in_c)), skip(x.size()), dx(x.size()),
+        we(static_cast<size_t>(in_c * c));
+    std::vector<float> dwe(we.size(), 0.0f), xt_dz(we.size()), dz(out_size), d(out_size), dw(weight_size, 0.0f);
+    std::vector<double> s1(c), s2(c), scatter(static_cast<size_t>(in_c * in_c + in_c));
+    for (auto* v : {&e, &w, &x, &skip, &we, &dz, &d}) fill_uniform(*v, 7 + v->size());
+    for (auto* v : {&scale, &k, &inv_std}) {
+      fill_uniform(*v, 4);
+      for (float& f : *v) f = 1.0f + 0.5f * f;
+    }
+    for (auto* v : {&shift, &mean, &a, &b}) fill_uniform(*v, 5);
+    const k::Relu6Affine expand{scale.data(), shift.data()};
+    const k::AboveBatchNorm above{d.data(), mean.data(), k.data(), a.data(), b.data()};
+    const k::BelowBatchNormRelu6 below{e.data(), mean.data(), inv_std.data(), s1.data(), s2.data()};
+    r.bytes = 4.0 * static_cast<double>(2 * out_size + in_size + 2 * x.size());
+    r.flops = 36.0 * static_cast<double>(out_size) + 4.0 * static_cast<double>(m * in_c * c);
+    if (direction == "expand_bwd_separate") {
+      std::vector<float> da(in_size);
+      r.timing = bench::time_calls(
+          [&] {
+            std::fill(s1.begin(), s1.end(), 0.0);
+            std::fill(s2.begin(), s2.end(), 0.0);
+            k::depthwise_conv2d_backward_fused(da.data(), dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
+                                               &above);
+            k::batch_norm_act_backward_apply<k::Activation::none>(da.data(), da.data(), da.data(), e.data(),
+                                                                  mean.data(), k.data(), a.data(), b.data(), m, c);
+            k::pointwise_conv2d_backward(nullptr, dwe.data(), nullptr, da.data(), x.data(), we.data(), m, in_c, c);
+            k::pointwise::Epilogue add_skip;
+            add_skip.residual = skip.data();
+            add_skip.ld_residual = in_c;
+            k::pointwise_conv2d_backward_input(dx.data(), da.data(), we.data(), m, in_c, c, add_skip);
+          },
+          samples, min_sample_s);
+    } else {
+      k::ExpandBelow below_expand;
+      below_expand.x = x.data();
+      below_expand.in_c = in_c;
+      below_expand.weight = we.data();
+      below_expand.k = k.data();
+      below_expand.dx = dx.data();
+      below_expand.skip = skip.data();
+      below_expand.xt_dz = xt_dz.data();
+      below_expand.scatter = scatter.data();
+      below_expand.shifted_sum = scatter.data() + in_c * in_c;
+      r.timing = bench::time_calls(
+          [&] {
+            std::fill(s1.begin(), s1.end(), 0.0);
+            std::fill(s2.begin(), s2.end(), 0.0);
+            k::depthwise_conv2d_backward_fused(nullptr, dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
+                                               &above, &below_expand);
+            k::expand_backward_finish(dwe.data(), below_expand, m, c, mean.data(), a.data(), b.data());
+          },
+          samples, min_sample_s);
+    }
   } else {
     eigennet::fail("bench_depthwise: unknown direction '", direction,
-                   "' (fwd, bwd_input, bwd_weight, fused_fwd, fused_bwd)");
+                   "' (fwd, bwd_input, bwd_weight, fused_fwd, fused_bwd, expand_bwd_separate, expand_bwd_sweep)");
   }
   return r;
 }
@@ -256,7 +323,7 @@ void print_table_header(const Bandwidth& bw) {
                 "L2 %.1f GB/s (%.2f MiB; %.1f MiB L2 per core)\n",
                 bw.threads, bw.dram_gbs, bw.dram_bytes / 1048576.0, bw.l3_gbs, bw.l3_bytes / 1048576.0, bw.l2_gbs,
                 bw.l2_bytes / 1048576.0, bw.l2_per_core / 1048576.0);
-  std::printf("%-28s %3s %-10s %9s %9s %8s %8s %6s %6s %6s\n", "shape (NxHxWxC stride)", "n", "direction", "ms",
+  std::printf("%-28s %3s %-19s %9s %9s %8s %8s %6s %6s %6s\n", "shape (NxHxWxC stride)", "n", "direction", "ms",
               "ms min", "GFLOP/s", "GB/s", "%DRAM", "%L3", "%L2");
 }
 
@@ -268,7 +335,7 @@ void print_table_row(const Result& r, const Bandwidth& bw) {
     if (fits_l3(r, bw)) std::snprintf(l3, sizeof l3, "%.0f%%", 100 * gbs / bw.l3_gbs);
     if (fits_l2(r, bw)) std::snprintf(l2, sizeof l2, "%.0f%%", 100 * gbs / bw.l2_gbs);
   }
-  std::printf("%-28s %3d %-10s %9.4f %9.4f %8.1f %8.1f %6s %6s %6s\n", r.shape.label().c_str(), r.shape.layers,
+  std::printf("%-28s %3d %-19s %9.4f %9.4f %8.1f %8.1f %6s %6s %6s\n", r.shape.label().c_str(), r.shape.layers,
               r.direction.c_str(), 1e3 * s, 1e3 * r.timing.min_s, r.flops / s / 1e9, gbs, dram, l3, l2);
   std::fflush(stdout);
 }
@@ -328,8 +395,8 @@ int main(int argc, char** argv) {
   args.done();
   if (config != "all" && config != "train" && config != "infer") args.fail("--config must be train, infer or all");
   if (direction != "all" && direction != "fwd" && direction != "bwd_input" && direction != "bwd_weight" &&
-      direction != "fused_fwd" && direction != "fused_bwd")
-    args.fail("--direction must be fwd, bwd_input, bwd_weight, all, fused_fwd or fused_bwd");
+      direction != "fused_fwd" && direction != "fused_bwd" && direction != "expand_bwd")
+    args.fail("--direction must be fwd, bwd_input, bwd_weight, all, fused_fwd, fused_bwd or expand_bwd");
   if (samples < 1) args.fail("--samples must be at least 1");
   if (threads > 0) eigennet::set_threads(threads);
 
@@ -347,10 +414,13 @@ int main(int argc, char** argv) {
       print_table_header(bw);
     }
     const std::vector<std::string> directions =
-        direction == "all" ? std::vector<std::string>{"fwd", "bwd_input", "bwd_weight"}
-                           : std::vector<std::string>{direction};
+        direction == "all"          ? std::vector<std::string>{"fwd", "bwd_input", "bwd_weight"}
+        : direction == "expand_bwd" ? std::vector<std::string>{"expand_bwd_separate", "expand_bwd_sweep"}
+                                    : std::vector<std::string>{direction};
     for (const auto& s : shapes)
       for (const auto& d : directions) {
+        // expand_bwd: the layers after an expansion of 6 (not the first, whose input is the stem's).
+        if (direction == "expand_bwd" && (s.channels % 6 != 0 || s.channels < 96)) continue;
         const Result r = run_shape(s, d, samples, min_sample_s);
         if (jsonl) bench::print_line(result_json(r, bw));
         else print_table_row(r, bw);
