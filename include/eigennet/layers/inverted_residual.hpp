@@ -12,9 +12,10 @@
 //             epilogue;  one depthwise sweep applies that BatchNorm's backward to each row of
 //             dz (dD = bn'(dz)), recomputes A row by row and gives dA, dWdw and, masked by
 //             relu6', the sums of the expand BatchNorm;  dE = bn'(dA);  dX = dE We^T (+ dY);
-//             where E is large (blocks 1-3 of MobileNetV2) the sweep also takes dX and dWe from
-//             each row of dA while it is in cache, and only their terms in the expand BatchNorm's
-//             sums are added after it (kernels::ExpandBelow): dE is never formed.
+//             where E is large (blocks 1-3 of MobileNetV2 at 96x96, batch 32) the sweep takes
+//             dX and dWe from each row of dA while it is in cache, and only their terms in the
+//             expand BatchNorm's sums are added after it (kernels::ExpandBelow): dA and dE are
+//             never stored.
 // Activations E, D, B, P are kept for backward; the gradient buffers are shared by all blocks
 // (blocks run one after another).
 #pragma once
@@ -241,9 +242,9 @@ class InvertedResidual : public Layer {
       const kernels::AboveBatchNorm above{d_.data(), depthwise_bn_.mean(), depthwise_bn_.k(), depthwise_bn_.a(),
                                           depthwise_bn_.b()};
       // Where E is large next to the expand weights (the first blocks), the expand convolution's
-      // gradients are taken from each row of dz inside the sweep: dA is never stored.
+      // gradients are taken from each row of dA inside the sweep: dA is never stored.
       kernels::ExpandBelow expand_below;
-      const bool fuse_expand = fuse_below && m_in >= expand_fusion_pixels_per_weight * in_c() * in_c();
+      const bool fuse_expand = fuse_below && m_in >= expand_in_sweep_pixels_per_in_c2 * in_c() * in_c();
       if (fuse_expand)
         expand_below = expand_below_setup(x, dy, dx, e);
       else
@@ -327,7 +328,7 @@ class InvertedResidual : public Layer {
   // when the block has at least this many input pixels per in_c^2: the work that finishes them
   // grows with in_c^2 x e, what they save (passes over dE) with pixels x e. At 96x96, batch 32,
   // that is blocks 1-3 (32 to 288 pixels per in_c^2; blocks 4-6 have 4.5).
-  static constexpr int64_t expand_fusion_pixels_per_weight = 8;
+  static constexpr int64_t expand_in_sweep_pixels_per_in_c2 = 8;
 
   kernels::ExpandBelow expand_below_setup(const Tensor& x, const Tensor& dy, Tensor* dx, int64_t e) {
     const int64_t c = in_c();
