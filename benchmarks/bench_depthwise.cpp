@@ -183,9 +183,10 @@ Result run_shape(const bench::DepthwiseShape& shape, const std::string& directio
     r.timing = bench::time_calls(
         [&] { k::depthwise_conv2d_backward_weight(dw.data(), nullptr, dout.data(), in.data(), g); }, samples,
         min_sample_s);
-  } else if (direction == "fused_fwd" || direction == "fused_bwd") {
+  } else if (direction == "fused_fwd" || direction == "fused_bwd" || direction == "expand_bwd_separate" ||
+             direction == "expand_bwd_sweep") {
     // BatchNorm coefficients of plausible size; E around zero, so that ReLU6 masks some values.
-    const size_t c = static_cast<size_t>(g.in_c);
+    const int64_t c = g.in_c;
     std::vector<float> e(in_size), w(weight_size), scale(c), shift(c), mean(c), k(c), a(c), b(c), inv_std(c);
     fill_uniform(e, 1);
     fill_uniform(w, 2);
@@ -204,51 +205,41 @@ Result run_shape(const bench::DepthwiseShape& shape, const std::string& directio
                                               d_variance.data());
           },
           samples, min_sample_s);
-    } else {
-      std::vector<float> dz(out_size), d(out_size), da(in_size), dw(weight_size, 0.0f);
-      std::vector<double> s1(c), s2(c);
-      fill_uniform(dz, 3);
-      fill_uniform(d, 6);
-      const k::AboveBatchNorm above{d.data(), mean.data(), k.data(), a.data(), b.data()};
-      const k::BelowBatchNormRelu6 below{e.data(), mean.data(), inv_std.data(), s1.data(), s2.data()};
-      r.bytes = 4.0 * static_cast<double>(2 * out_size + 2 * in_size);
-      r.flops *= 2;  // the input and the weight gradient
-      r.timing = bench::time_calls(
-          [&] {
-            std::fill(s1.begin(), s1.end(), 0.0);
-            std::fill(s2.begin(), s2.end(), 0.0);
-            k::depthwise_conv2d_backward_fused(da.data(), dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
-                                               &above);
-          },
-          samples, min_sample_s);
+      return r;
     }
-  } else if (direction == "expand_bwd_separate" || direction == "expand_bwd_sweep") {
-    const int64_t c = g.in_c, in_c = c / 6, m = g.in_pixels();
-    EIGENNET_CHECK(c % 6 == 0, "bench_depthwise: expand_bwd needs channels that are 6 x the block's input");
-    std::vector<float> e(in_size), w(weight_size), scale(c), shift(c), mean(c), k(c), a(c), b(c), inv_std(c);
-    std::vector<float> x(static_cast<size_t>(m * in_c)), skip(x.size()), dx(x.size()),
-        we(static_cast<size_t>(in_c * c));
-    std::vector<float> dwe(we.size(), 0.0f), xt_dz(we.size()), dz(out_size), d(out_size), dw(weight_size, 0.0f);
-    std::vector<double> s1(c), s2(c), scatter(static_cast<size_t>(in_c * in_c + in_c));
-    for (auto* v : {&e, &w, &x, &skip, &we, &dz, &d}) fill_uniform(*v, 7 + v->size());
-    for (auto* v : {&scale, &k, &inv_std}) {
-      fill_uniform(*v, 4);
-      for (float& f : *v) f = 1.0f + 0.5f * f;
-    }
-    for (auto* v : {&shift, &mean, &a, &b}) fill_uniform(*v, 5);
-    const k::Relu6Affine expand{scale.data(), shift.data()};
+    // The backward sweep, as an inverted residual block runs it.
+    std::vector<float> dz(out_size), d(out_size), da(in_size), dw(weight_size, 0.0f);
+    std::vector<double> s1(c), s2(c);
+    fill_uniform(dz, 3);
+    fill_uniform(d, 6);
     const k::AboveBatchNorm above{d.data(), mean.data(), k.data(), a.data(), b.data()};
     const k::BelowBatchNormRelu6 below{e.data(), mean.data(), inv_std.data(), s1.data(), s2.data()};
+    auto sweep = [&](float* din, const k::ExpandBelow* expand_below) {
+      std::fill(s1.begin(), s1.end(), 0.0);
+      std::fill(s2.begin(), s2.end(), 0.0);
+      k::depthwise_conv2d_backward_fused(din, dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below, &above,
+                                         expand_below);
+    };
+    if (direction == "fused_bwd") {
+      r.bytes = 4.0 * static_cast<double>(2 * out_size + 2 * in_size);
+      r.flops *= 2;  // the input and the weight gradient
+      r.timing = bench::time_calls([&] { sweep(da.data(), nullptr); }, samples, min_sample_s);
+      return r;
+    }
+    // expand_bwd: X has c / 6 channels (an expansion of 6), a skip is added to dX.
+    EIGENNET_CHECK(c % 6 == 0, "bench_depthwise: expand_bwd needs channels that are 6 x the block's input");
+    const int64_t in_c = c / 6, m = g.in_pixels();
+    std::vector<float> x(static_cast<size_t>(m * in_c)), skip(x.size()), dx(x.size()),
+        we(static_cast<size_t>(in_c * c));
+    std::vector<float> dwe(we.size(), 0.0f), xt_dz(we.size());
+    std::vector<double> scatter(static_cast<size_t>(in_c * in_c + in_c));
+    for (auto* v : {&x, &skip, &we}) fill_uniform(*v, 7 + v->size());
     r.bytes = 4.0 * static_cast<double>(2 * out_size + in_size + 2 * x.size());
     r.flops = 36.0 * static_cast<double>(out_size) + 4.0 * static_cast<double>(m * in_c * c);
     if (direction == "expand_bwd_separate") {
-      std::vector<float> da(in_size);
       r.timing = bench::time_calls(
           [&] {
-            std::fill(s1.begin(), s1.end(), 0.0);
-            std::fill(s2.begin(), s2.end(), 0.0);
-            k::depthwise_conv2d_backward_fused(da.data(), dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
-                                               &above);
+            sweep(da.data(), nullptr);
             k::batch_norm_act_backward_apply<k::Activation::none>(da.data(), da.data(), da.data(), e.data(),
                                                                   mean.data(), k.data(), a.data(), b.data(), m, c);
             k::pointwise_conv2d_backward(nullptr, dwe.data(), nullptr, da.data(), x.data(), we.data(), m, in_c, c);
@@ -259,23 +250,20 @@ Result run_shape(const bench::DepthwiseShape& shape, const std::string& directio
           },
           samples, min_sample_s);
     } else {
-      k::ExpandBelow below_expand;
-      below_expand.x = x.data();
-      below_expand.in_c = in_c;
-      below_expand.weight = we.data();
-      below_expand.k = k.data();
-      below_expand.dx = dx.data();
-      below_expand.skip = skip.data();
-      below_expand.xt_dz = xt_dz.data();
-      below_expand.scatter = scatter.data();
-      below_expand.shifted_sum = scatter.data() + in_c * in_c;
+      k::ExpandBelow expand_below;
+      expand_below.x = x.data();
+      expand_below.in_c = in_c;
+      expand_below.weight = we.data();
+      expand_below.k = k.data();
+      expand_below.dx = dx.data();
+      expand_below.skip = skip.data();
+      expand_below.xt_dz = xt_dz.data();
+      expand_below.scatter = scatter.data();
+      expand_below.shifted_sum = scatter.data() + in_c * in_c;
       r.timing = bench::time_calls(
           [&] {
-            std::fill(s1.begin(), s1.end(), 0.0);
-            std::fill(s2.begin(), s2.end(), 0.0);
-            k::depthwise_conv2d_backward_fused(nullptr, dw.data(), dz.data(), e.data(), w.data(), g, &expand, &below,
-                                               &above, &below_expand);
-            k::expand_backward_finish(dwe.data(), below_expand, m, c, mean.data(), a.data(), b.data());
+            sweep(nullptr, &expand_below);
+            k::expand_backward_finish(dwe.data(), expand_below, m, c, mean.data(), a.data(), b.data());
           },
           samples, min_sample_s);
     }
