@@ -8,7 +8,7 @@ speed-up leaves for the memory-bound layers.
 FLOPs count a multiply-add as 2. A training step runs each convolution three times: forward,
 input gradient and weight gradient (the stem's input gradient is not needed, but it is counted:
 it is <1% of the step). With --peak-gflops (the machine's FP32 FMA peak on all threads, as
-bench_pointwise prints it for one thread) it prints the time of the 1x1 convolutions at that
+bench_pointwise prints it with --threads N) it prints the time of the 1x1 convolutions at that
 peak, and with --torch-ms (PyTorch's step on the same machine, compare_mobilenet.py) how many ms
 a step may take for --target, and so how many are left for everything that is not a 1x1
 convolution (depthwise, BatchNorm, activations, stem, pooling, loss, optimizer) even if the 1x1
