@@ -235,8 +235,18 @@ struct TileSums {
       }
     }
   }
-  // Adds the valid columns to the thread's totals.
+  // Adds the valid columns to the thread's totals: a whole panel packet by packet, a partial one
+  // value by value (the same additions either way).
   void finish(const ColumnSums& sums, int64_t n0, int columns) const {
+    if (columns == panel_width) {
+      for (int q = 0; q < parts; ++q) {
+        double* t = sums.total + n0 + q * simd::width_d;
+        double* tt = sums.total_squares + n0 + q * simd::width_d;
+        simd::store_d(t, simd::add_d(simd::load_d(t), s[q]));
+        simd::store_d(tt, simd::add_d(simd::load_d(tt), ss[q]));
+      }
+      return;
+    }
     alignas(64) double a[parts * simd::width_d], b[parts * simd::width_d];
     for (int q = 0; q < parts; ++q) {
       simd::store_d(a + q * simd::width_d, s[q]);
@@ -249,12 +259,15 @@ struct TileSums {
   }
 };
 
-// Applies the epilogue to tile rows [first, tile_rows) (tile row i is output row `row + i`) and
-// stores them; `columns` valid columns from n0.
-inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo, int64_t row,
-                        int64_t n0, int columns, const Epilogue& e, ColumnSums* sums) {
+// Applies the epilogue to tile rows [first, last) (tile row i is output row `row + i`) and
+// stores them; `columns` valid columns from n0. Full: columns == panel_width, so that every
+// load and store is a whole packet and no lane needs a test (most tiles).
+template <bool Full>
+inline void finish_tile_columns(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo,
+                                int64_t row, int64_t n0, int columns, const Epilogue& e, ColumnSums* sums) {
   int count[vectors];
-  for (int v = 0; v < vectors; ++v) count[v] = std::max(0, std::min(simd::width, columns - v * simd::width));
+  for (int v = 0; v < vectors; ++v)
+    count[v] = Full ? simd::width : std::max(0, std::min(simd::width, columns - v * simd::width));
   Packet bias[vectors];
   for (int v = 0; v < vectors; ++v)
     bias[v] = e.bias && count[v] ? simd::load_partial(e.bias + n0 + v * simd::width, count[v]) : simd::zero();
@@ -297,7 +310,15 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
       }
     }
   }
-  if (sums) tile_sums.finish(*sums, n0, columns);
+  if (sums) tile_sums.finish(*sums, n0, Full ? panel_width : columns);
+}
+
+inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, float* out, int64_t ldo, int64_t row,
+                        int64_t n0, int columns, const Epilogue& e, ColumnSums* sums) {
+  if (columns == panel_width)
+    finish_tile_columns<true>(acc, first, last, out, ldo, row, n0, columns, e, sums);
+  else
+    finish_tile_columns<false>(acc, first, last, out, ldo, row, n0, columns, e, sums);
 }
 
 inline void zero_tile(Packet (&acc)[tile_rows][vectors]) {
