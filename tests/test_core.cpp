@@ -1,15 +1,15 @@
 // Tensor, Shape, Rng and the Sequential container: the basics everything else stands on.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <eigennet/eigennet.hpp>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include <eigennet/eigennet.hpp>
 
 using namespace eigennet;
 
@@ -209,6 +209,47 @@ TEST_CASE("parallel_chunks hands the chunks of a delayed thread to the others") 
   for (int r : runner) by_stalled += r == stalled_thread.load();
   CHECK(by_stalled >= 1);
   CHECK(by_stalled < 8);  // a static split would give it 8 of the 16 chunks
+#endif
+}
+
+TEST_CASE("parallel_chunks runs the first chunk of every share on its own thread") {
+#ifdef _OPENMP
+  // So that every thread has grown the thread-local scratch its chunks use after the first
+  // steps (a training step must not allocate later). Trivial chunks right after a pause: the
+  // waking worker arrives late, and the first thread could take its whole share.
+  const int saved = max_threads();
+  set_threads(2);
+  for (int round = 0; round < 20; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    std::vector<int> runner(16, -1);
+    parallel_chunks(16, parallel_grain,
+                    [&](int64_t, int64_t, int chunk) { runner[static_cast<size_t>(chunk)] = thread_index(); });
+    CHECK(runner[0] == 0);
+    CHECK(runner[8] == 1);
+    CHECK(std::count(runner.begin(), runner.end(), -1) == 0);
+  }
+  set_threads(saved);
+#endif
+}
+
+TEST_CASE("parallel_chunks inside another parallel region (a team of one) runs every chunk") {
+#ifdef _OPENMP
+  const int saved = max_threads();
+  set_threads(2);
+  std::vector<int> seen_a(100, 0), seen_b(100, 0);
+#pragma omp parallel num_threads(2)
+  {
+    std::vector<int>& seen = thread_index() == 0 ? seen_a : seen_b;
+    // Nested regions get one thread while max_threads() still says 2.
+    parallel_chunks(100, parallel_grain, [&](int64_t begin, int64_t end, int) {
+      for (int64_t i = begin; i < end; ++i) seen[static_cast<size_t>(i)]++;
+    });
+  }
+  set_threads(saved);
+  for (int i = 0; i < 100; ++i) {
+    CHECK(seen_a[static_cast<size_t>(i)] == 1);
+    CHECK(seen_b[static_cast<size_t>(i)] == 1);
+  }
 #endif
 }
 

@@ -86,7 +86,11 @@ namespace detail {
 // the chunks a static split gives it, in order, so it mostly touches the rows it touched in the
 // previous region (still in its core's cache); when done, it takes the next unclaimed chunks of
 // the other threads' shares, so one thread slowed down by the machine's other load does not
-// keep the others waiting. Each chunk is claimed once, through its owner's counter.
+// keep the others waiting. Each chunk is claimed once, through its owner's counter. The first
+// chunk of each share is never taken by another thread: so every thread runs a chunk of every
+// region, and the thread-local scratch a chunk grows (aligned_scratch) has grown on every thread
+// after the first steps, however the machine's load delays them; taken by others, a later step
+// could still allocate on the thread that runs such a chunk for the first time.
 template <typename Run>
 void run_chunks(int chunks, Run&& run) {
   constexpr int max_team = 64;
@@ -95,10 +99,18 @@ void run_chunks(int chunks, Run&& run) {
   };
   const int team = std::min(max_threads(), max_team);
   Counter counters[max_team];
-  for (int t = 0; t < team; ++t) counters[t].next.store(t * chunks / team, std::memory_order_relaxed);
+  for (int t = 0; t < team; ++t) counters[t].next.store(t * chunks / team + 1, std::memory_order_relaxed);
 #pragma omp parallel num_threads(team)
   {
     const int self = thread_index();
+#ifdef _OPENMP
+    const int present = omp_get_num_threads();  // fewer than team inside another parallel region
+#else
+    const int present = 1;
+#endif
+    // The first chunks of the shares: its own, and those of threads the team did not get.
+    for (int owner = self; owner < team; owner += present)
+      if (owner * chunks / team < (owner + 1) * chunks / team) run(owner * chunks / team);
     for (int k = 0; k < team; ++k) {
       const int owner = (self + k) % team;
       const int end = (owner + 1) * chunks / team;

@@ -624,7 +624,9 @@ inline void multiply_transposed_by_blocks(float* c, const float* a, int64_t lda,
     const int64_t n0 = p * panel_width, valid = std::min<int64_t>(panel_width, n - n0);
     // The block's tiles may start up to tile_rows - 1 rows before i0 (the last, overlapping tile).
     const int64_t s0 = std::max<int64_t>(0, std::min(i0, k - tile_rows));
-    float* cp = aligned_scratch<36>(static_cast<size_t>((i1 - s0) * panel_width));
+    // Sized for the largest block whichever this is, so that a thread's first item sizes it.
+    float* cp =
+        aligned_scratch<36>(static_cast<size_t>(std::max(std::min(k, block_rows), int64_t{tile_rows}) * panel_width));
     std::fill_n(cp, (i1 - s0) * panel_width, 0.0f);
     float* padded = aligned_scratch<37>(static_cast<size_t>(chunk * panel_width));
     for (int64_t c0 = 0; c0 < m; c0 += chunk)
