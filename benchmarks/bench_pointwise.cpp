@@ -8,7 +8,12 @@
 //       packed once beforehand, bias + ReLU6 for expand and Conv_1, bias for project), against
 //       the reference forward with its bias (the reference then still needs separate
 //       BatchNorm / ReLU6 passes, which are not timed here);
-//   train_96_b32: forward (weights packed per call), input gradient, weight gradient.
+//   train_96_b32: forward (weights packed per call), input gradient, weight gradient; and the
+//       two products whose epilogues carry a BatchNorm in a training step (the reference
+//       column is the same product through Eigen's GEMM without them): fwd_stats, the forward
+//       with the per-channel mean and variance of its output (expand and project), and
+//       bwd_bn, the input gradient masked by a ReLU6 through BatchNorm coefficients, with that
+//       BatchNorm backward's sums (as the project convolution's backward computes it).
 // GFLOP/s counts 2 * pixels * in * out per product.
 #include <cstdio>
 #include <string>
@@ -117,6 +122,10 @@ Row run(const Shape& s, const std::string& direction, int samples, double min_sa
   const auto x = random_vector(s.pixels * s.in, 1), w = random_vector(s.in * s.out, 2);
   const auto dy = random_vector(s.pixels * s.out, 3), bias = random_vector(s.out, 4);
   std::vector<float> y(static_cast<size_t>(s.pixels * s.out)), dx(x.size()), dw(w.size(), 0.0f);
+  // BatchNorm coefficients and outputs of the epilogues (fwd_stats, bwd_bn).
+  std::vector<float> mean(static_cast<size_t>(s.out)), variance(mean.size());
+  const auto scale = random_vector(s.in, 5), shift = random_vector(s.in, 6);
+  std::vector<double> sums1(static_cast<size_t>(s.in)), sums2(sums1.size());
   Row r;
   r.shape = s;
   r.direction = direction;
@@ -135,6 +144,30 @@ Row run(const Shape& s, const std::string& direction, int samples, double min_sa
   } else if (direction == "fwd") {
     ours = [&] { k::pointwise_conv2d_forward(y.data(), x.data(), w.data(), nullptr, s.pixels, s.in, s.out); };
     eigen = [&] { k::pointwise_conv2d_forward_reference(y.data(), x.data(), w.data(), nullptr, s.pixels, s.in, s.out); };
+  } else if (direction == "fwd_stats") {
+    ours = [&] {
+      k::pointwise_conv2d_forward_statistics(y.data(), x.data(), w.data(), s.pixels, s.in, s.out, mean.data(),
+                                             variance.data());
+    };
+    eigen = [&] {
+      k::pointwise_conv2d_forward_reference(y.data(), x.data(), w.data(), nullptr, s.pixels, s.in, s.out);
+    };
+  } else if (direction == "bwd_bn") {
+    // x stands for the BatchNorm's input D [pixels, in], which both the mask and the sums read.
+    ours = [&] {
+      pw::Epilogue mask;
+      mask.relu6_mask = x.data();
+      mask.ld_mask = s.in;
+      mask.mask_scale = scale.data();
+      mask.mask_shift = shift.data();
+      const pw::Packed packed = pw::pack_to_scratch<27>(w.data(), s.out, s.in, true);
+      pw::multiply_with_batch_norm_sums(dx.data(), s.in, dy.data(), s.out, s.pixels, packed, mask, x.data(), s.in,
+                                        shift.data(), scale.data(), sums1.data(), sums2.data());
+    };
+    eigen = [&] {
+      k::pointwise_conv2d_backward_reference(dx.data(), nullptr, nullptr, dy.data(), x.data(), w.data(), s.pixels, s.in,
+                                             s.out);
+    };
   } else if (direction == "bwd_input") {
     ours = [&] {
       k::pointwise_conv2d_backward(dx.data(), nullptr, nullptr, dy.data(), x.data(), w.data(), s.pixels, s.in, s.out);
@@ -187,10 +220,11 @@ int main(int argc, char** argv) {
     int64_t size, batch;
     std::vector<std::string> directions;
   };
-  const std::vector<Config> configs = {{"infer_96_b32", 96, 32, {"infer"}},
-                                       {"infer_96_b1", 96, 1, {"infer"}},
-                                       {"infer_224_b1", 224, 1, {"infer"}},
-                                       {"train_96_b32", 96, 32, {"fwd", "bwd_input", "bwd_weight"}}};
+  const std::vector<Config> configs = {
+      {"infer_96_b32", 96, 32, {"infer"}},
+      {"infer_96_b1", 96, 1, {"infer"}},
+      {"infer_224_b1", 224, 1, {"infer"}},
+      {"train_96_b32", 96, 32, {"fwd", "bwd_input", "bwd_weight", "fwd_stats", "bwd_bn"}}};
   bool known = config == "all";
   for (const Config& c : configs) known |= config == c.name;
   if (!known) args.fail("unknown --config '" + config + "'");

@@ -259,24 +259,22 @@ struct TileSums {
   }
 };
 
-// The epilogues the training step and the compiled net use most, each compiled with its tests
-// decided; `general` tests at run time and takes every Epilogue. On the products with 16-144
-// input channels the run-time tests were about a third of the epilogue's instructions, and the
-// kinds take 22-25% off those products' instructions (callgrind, AVX2 build).
+// The epilogues of a training step's BatchNorms, each compiled with its tests decided; `general`
+// tests at run time and takes every Epilogue. On the products with 16-144 input channels the
+// run-time tests were about a third of the epilogue's instructions, and these kinds take 22-25%
+// off those products' instructions (callgrind, AVX2 build). The plain and clamped epilogues
+// (bias, ReLU, ReLU6) stay general: so specialized, the tight store loop made the product whose
+// 28 MB output goes to DRAM (73,728 x 16 -> 96) 1.4x slower on a Zen 4, for 0-8% elsewhere.
 enum class EpilogueKind {
   general,
-  plain,        // bias (or none), nothing else
-  clamped,      // bias (or none) and a clamp (ReLU, ReLU6)
   statistics,   // ColumnSums of the stored values (a BatchNorm's forward statistics)
   masked_sums,  // a ReLU6 mask through the BatchNorm's coefficients, and a BatchNorm backward's sums
 };
 
 inline EpilogueKind epilogue_kind(const Epilogue& e, const ColumnSums* sums) {
-  if (e.residual) return EpilogueKind::general;
-  const bool clamps = e.clamps(), other = sums && sums->other;
-  if (!e.relu6_mask && !sums) return clamps ? EpilogueKind::clamped : EpilogueKind::plain;
-  if (!clamps && !e.relu6_mask && sums && !other) return EpilogueKind::statistics;
-  if (!clamps && e.relu6_mask && e.mask_scale && other) return EpilogueKind::masked_sums;
+  if (e.residual || e.clamps() || !sums) return EpilogueKind::general;
+  if (!e.relu6_mask && !sums->other) return EpilogueKind::statistics;
+  if (e.relu6_mask && e.mask_scale && sums->other) return EpilogueKind::masked_sums;
   return EpilogueKind::general;
 }
 
@@ -291,7 +289,7 @@ __attribute__((noinline)) void finish_tile_as(Packet (&acc)[tile_rows][vectors],
                                               ColumnSums* sums) {
   constexpr bool general = Kind == EpilogueKind::general;
   const bool has_residual = general && e.residual;
-  const bool clamps = general ? e.clamps() : Kind == EpilogueKind::clamped;
+  const bool clamps = general && e.clamps();
   const bool has_mask = general ? e.relu6_mask != nullptr : Kind == EpilogueKind::masked_sums;
   const bool affine_mask = general ? e.mask_scale != nullptr : Kind == EpilogueKind::masked_sums;
   const bool has_sums =
@@ -350,10 +348,6 @@ inline void finish_tile(Packet (&acc)[tile_rows][vectors], int first, int last, 
   if (columns != panel_width)
     return finish_tile_as<false, EpilogueKind::general>(acc, first, last, out, ldo, row, n0, columns, e, sums);
   switch (epilogue_kind(e, sums)) {
-    case EpilogueKind::plain:
-      return finish_tile_as<true, EpilogueKind::plain>(acc, first, last, out, ldo, row, n0, columns, e, sums);
-    case EpilogueKind::clamped:
-      return finish_tile_as<true, EpilogueKind::clamped>(acc, first, last, out, ldo, row, n0, columns, e, sums);
     case EpilogueKind::statistics:
       return finish_tile_as<true, EpilogueKind::statistics>(acc, first, last, out, ldo, row, n0, columns, e, sums);
     case EpilogueKind::masked_sums:
