@@ -154,12 +154,12 @@ Row run(const Shape& s, const std::string& direction, int samples, double min_sa
     };
   } else if (direction == "bwd_bn") {
     // x stands for the BatchNorm's input D [pixels, in], which both the mask and the sums read.
-    ours = [&] {
-      pw::Epilogue mask;
-      mask.relu6_mask = x.data();
-      mask.ld_mask = s.in;
-      mask.mask_scale = scale.data();
-      mask.mask_shift = shift.data();
+    pw::Epilogue mask;
+    mask.relu6_mask = x.data();
+    mask.ld_mask = s.in;
+    mask.mask_scale = scale.data();
+    mask.mask_shift = shift.data();
+    ours = [&, mask] {
       const pw::Packed packed = pw::pack_to_scratch<27>(w.data(), s.out, s.in, true);
       pw::multiply_with_batch_norm_sums(dx.data(), s.in, dy.data(), s.out, s.pixels, packed, mask, x.data(), s.in,
                                         shift.data(), scale.data(), sums1.data(), sums2.data());

@@ -98,8 +98,9 @@ void run_chunks(int chunks, Run&& run) {
     std::atomic<int> next;
   };
   const int team = std::min(max_threads(), max_team);
+  const auto share_begin = [&](int t) { return t * chunks / team; };  // thread t's share: [begin(t), begin(t + 1))
   Counter counters[max_team];
-  for (int t = 0; t < team; ++t) counters[t].next.store(t * chunks / team + 1, std::memory_order_relaxed);
+  for (int t = 0; t < team; ++t) counters[t].next.store(share_begin(t) + 1, std::memory_order_relaxed);
 #pragma omp parallel num_threads(team)
   {
     const int self = thread_index();
@@ -110,10 +111,10 @@ void run_chunks(int chunks, Run&& run) {
 #endif
     // The first chunks of the shares: its own, and those of threads the team did not get.
     for (int owner = self; owner < team; owner += present)
-      if (owner * chunks / team < (owner + 1) * chunks / team) run(owner * chunks / team);
+      if (share_begin(owner) < share_begin(owner + 1)) run(share_begin(owner));
     for (int k = 0; k < team; ++k) {
       const int owner = (self + k) % team;
-      const int end = (owner + 1) * chunks / team;
+      const int end = share_begin(owner + 1);
       for (int c = counters[owner].next.fetch_add(1, std::memory_order_relaxed); c < end;
            c = counters[owner].next.fetch_add(1, std::memory_order_relaxed))
         run(c);

@@ -339,7 +339,7 @@ __attribute__((noinline)) void finish_tile_as(Packet (&acc)[tile_rows][vectors],
       }
     }
   }
-  if (has_sums) tile_sums.finish(*sums, n0, Full ? panel_width : columns);
+  if (has_sums) tile_sums.finish(*sums, n0, columns);
 }
 
 // finish_tile_as for this tile's columns and epilogue.
