@@ -46,7 +46,7 @@ namespace {
 struct Config {
   std::string data, out = "runs/emotions", classes, exclude, recipe = "study";
   std::string weights = "auto", mode = "frozen", finetune_from, optimizer = "adam", schedule = "constant";
-  std::string pooling = "max", class_weights = "none", sampler = "shuffle", color = "gray";
+  std::string pooling = "max", class_weights = "none", sampler = "shuffle", color = "gray", keep = "best";
   std::string teacher, init_from;
   double distill_temperature = 2.0, distill_weight = 0.5, ema_decay = 0.0;
   double mixup = 0.0, cutmix = 0.0, mix_probability = 1.0;
@@ -169,6 +169,9 @@ cli::Parser make_parser(Config& c) {
            "exponential moving average of the weights with this decay per step (e.g. 0.999; 0 = off): it is what "
            "validation measures and the saved model holds",
            0.0, 0.999999);
+  p.choice("keep", c.keep, {"best", "last"},
+           "which epoch's model is saved and tested: the best by validation accuracy, or the last (a schedule fixed "
+           "in advance, e.g. a final run on nearly all of train/ with a small --val-fraction)");
   p.flag("tta-flip", c.tta_flip, "average predictions with the mirrored image at evaluation");
   p.option("patience", c.patience, "early stopping: epochs without validation improvement (0 = off)", 0, 100000);
   p.option("seed", c.seed, "seed for the split, initialization, order, augmentation and dropout", 0, INT64_MAX);
@@ -271,6 +274,7 @@ RunSettings run_settings(const Config& c, const std::string& data) {
     s.add("--mixup", c.mixup).add("--cutmix", c.cutmix).add("--mix-probability", c.mix_probability);
   if (!c.init_from.empty()) s.add("--init-from", c.init_from + " (fnv1a64 " + file_fingerprint(c.init_from) + ")");
   if (c.sync_bn) s.add("--sync-bn", true);  // (absent in checkpoints written before the flag existed)
+  if (c.keep != "best") s.add("--keep", c.keep);  // (likewise)
   return s;
 }
 
@@ -561,7 +565,10 @@ int run(int argc, char** argv, Communicator& world) {
 
   LearningRateScheduler learning_rate(schedule);
   ProgressLogger progress(ProgressLogger::Options{!c.quiet});
-  BestModel best(model_path, saved_classifier(*model, spec, {{"recipe", c.recipe}, {"trained_with", "examples/train_emotions"}}));
+  const Monitor kept = c.keep == "last" ? Monitor::last_epoch() : Monitor::max("val_accuracy");
+  BestModel best(model_path,
+                 saved_classifier(*model, spec, {{"recipe", c.recipe}, {"trained_with", "examples/train_emotions"}}),
+                 kept);
   CsvLogger csv(c.out + "/log.csv");
   TrainingCurvesPng curves(c.out + "/training_curves.png",
                            std::string("Training curves: ") + c.mode + ", " + std::to_string(num_classes) + " classes");
@@ -605,8 +612,9 @@ int run(int argc, char** argv, Communicator& world) {
   // The teachers' time of the epochs this process ran (a resumed run does not know the others').
   const double teacher_seconds = teacher ? teacher->seconds() : 0.0;
   const int64_t best_epoch = Monitor::max("val_accuracy").best_epoch(result.state.history);
+  const int64_t kept_epoch = kept.best_epoch(result.state.history);
 
-  // ---- Test report with the best model ----------------------------------------------------------
+  // ---- Test report with the kept model (the best epoch's, or the last's) --------------------------
   ImageSource test(images, split.test, inputs);
   Predictions predictions;
   if (world.size() == 1) {
@@ -633,6 +641,8 @@ int run(int argc, char** argv, Communicator& world) {
     j["epochs_trained"] = result.state.epochs_done;
     j["best_epoch"] = best_epoch + 1;
     j["best_val_accuracy"] = best_epoch >= 0 ? result.state.history[static_cast<size_t>(best_epoch)].val_accuracy : -1.0;
+    j["kept"] = c.keep;
+    j["kept_epoch"] = kept_epoch + 1;
     j["tta_flip"] = c.tta_flip;
     j["training_seconds"] = training_seconds;
     if (teacher) {

@@ -468,6 +468,37 @@ TEST_CASE("EarlyStopping and Monitor decide from the history alone") {
   CHECK_FALSE(ctx.stop);
 }
 
+TEST_CASE("Monitor::last_epoch keeps the last epoch whatever the metric says, and BestModel saves it") {
+  History h(3);
+  const double acc[] = {0.7, 0.5, NAN};
+  for (size_t i = 0; i < 3; ++i) h[i].val_accuracy = acc[i];
+  CHECK(Monitor::max("val_accuracy").best_epoch(h) == 0);
+  CHECK(Monitor::last_epoch().best_epoch(h) == 2);
+  CHECK(Monitor::last_epoch().last_is_best(h));
+  CHECK(Monitor::last_epoch().best_epoch(History()) == -1);
+  CHECK_FALSE(Monitor::last_epoch().last_is_best(History()));
+
+  // Epoch by epoch, a BestModel by the last epoch rewrites its file each time, one by accuracy only
+  // when it improves (here the first epoch only).
+  const auto dir = fresh_fit_directory("keep_last");
+  auto net = make_fit_network(2);
+  Adam adam(net->parameters());
+  FitOptions options;
+  TrainingState state;
+  FitContext ctx(*net, adam, options, state);
+  BestModel last((dir / "last.safetensors").string(), {net->parameters()}, Monitor::last_epoch());
+  BestModel best((dir / "best.safetensors").string(), {net->parameters()});
+  for (size_t i = 0; i < 3; ++i) {
+    state.history.push_back(h[i]);
+    state.epochs_done = static_cast<int64_t>(i) + 1;
+    last.on_epoch_end(ctx);
+    best.on_epoch_end(ctx);
+    CHECK(read_safetensors((dir / "last.safetensors").string()).metadata.at("best_epoch") == std::to_string(i + 1));
+    CHECK(read_safetensors((dir / "best.safetensors").string()).metadata.at("best_epoch") == "1");
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("fit() stops on a non-finite loss, gradient or parameter, naming the step and the tensor") {
   const Problem p = make_problem(1);
   TensorSource train(p.images, p.labels);

@@ -48,13 +48,17 @@ struct EpochRecord {
 using History = std::vector<EpochRecord>;
 
 // Which epoch is best: by a metric, larger or smaller is better, and the first of equal values
-// wins (a later epoch must be strictly better to replace it).
+// wins (a later epoch must be strictly better to replace it). `latest()` names the last epoch
+// whatever the metric says: for a schedule fixed in advance, run without a validation split
+// worth choosing by (the metric is still reported).
 struct Monitor {
   std::string metric = "val_accuracy";
   bool maximize = true;
+  bool latest = false;
 
   static Monitor max(std::string metric) { return {std::move(metric), true}; }
   static Monitor min(std::string metric) { return {std::move(metric), false}; }
+  static Monitor last_epoch(std::string reported = "val_accuracy") { return {std::move(reported), true, true}; }
 
   bool better(double candidate, double best) const {
     if (std::isnan(candidate)) return false;
@@ -63,6 +67,7 @@ struct Monitor {
   }
   // Index of the best epoch of `history`, or -1 when no epoch has a value.
   int64_t best_epoch(const History& history) const {
+    if (latest) return static_cast<int64_t>(history.size()) - 1;
     int64_t best = -1;
     for (size_t i = 0; i < history.size(); ++i)
       if (better(history[i].metric(metric), best < 0 ? NAN : history[static_cast<size_t>(best)].metric(metric)))
