@@ -477,6 +477,7 @@ TEST_CASE("Monitor::last_epoch keeps the last epoch whatever the metric says, an
   CHECK(Monitor::last_epoch().last_is_best(h));
   CHECK(Monitor::last_epoch().best_epoch(History()) == -1);
   CHECK_FALSE(Monitor::last_epoch().last_is_best(History()));
+  CHECK_THROWS_WITH_AS(EarlyStopping(3, Monitor::last_epoch()), doctest::Contains("would never stop"), Error);
 
   // Epoch by epoch, a BestModel by the last epoch rewrites its file each time, one by accuracy only
   // when it improves (here the first epoch only).

@@ -46,7 +46,8 @@ check 6class_112_seed7 "$W/emotions_6class_112_seed7.safetensors" 6
 check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors,$W/emotions_6class_112.safetensors,$W/emotions_6class_112_seed7.safetensors" 6
 # The distilled 7-class student (issue 16): predict's default.
 check 7class_distilled "$W/emotions_7class_distilled.safetensors" 7
-# The distilled 6-class student (112x112): the best single 6-class network, not the ensemble's equal.
+# The distilled 6-class student (112x112, trained on 99% of train/ by a fixed schedule): the committed
+# one-network 6-class model, not the ensemble's equal.
 check 6class_distilled "$W/emotions_6class_distilled.safetensors" 6
 
 # predict without --model, from a directory outside the project: the project's 7-class network.

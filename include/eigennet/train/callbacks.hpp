@@ -111,6 +111,9 @@ class EarlyStopping : public Callback {
   explicit EarlyStopping(int64_t patience, Monitor monitor = Monitor::max("val_accuracy"))
       : patience_(patience), monitor_(std::move(monitor)) {
     EIGENNET_CHECK(patience > 0, "EarlyStopping: patience must be positive, got ", patience);
+    EIGENNET_CHECK(!monitor_.latest,
+                   "EarlyStopping: Monitor::last_epoch() always names the last epoch, so it would "
+                   "never stop; give a metric (e.g. Monitor::max(\"val_accuracy\"))");
   }
   void on_epoch_begin(FitContext& ctx) override {
     const History& h = ctx.state.history;
