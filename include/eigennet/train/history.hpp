@@ -48,9 +48,9 @@ struct EpochRecord {
 using History = std::vector<EpochRecord>;
 
 // Which epoch is best: by a metric, larger or smaller is better, and the first of equal values
-// wins (a later epoch must be strictly better to replace it). `latest()` names the last epoch
-// whatever the metric says: for a schedule fixed in advance, run without a validation split
-// worth choosing by (the metric is still reported).
+// wins (a later epoch must be strictly better to replace it). `last_epoch()` names the last
+// epoch whatever the metric says: for a schedule fixed in advance, run without a validation
+// split worth choosing by (the metric is still reported).
 struct Monitor {
   std::string metric = "val_accuracy";
   bool maximize = true;
@@ -65,7 +65,8 @@ struct Monitor {
     if (std::isnan(best)) return true;
     return maximize ? candidate > best : candidate < best;
   }
-  // Index of the best epoch of `history`, or -1 when no epoch has a value.
+  // Index of the best epoch of `history` (the last one for last_epoch()), or -1 when no epoch
+  // has a value.
   int64_t best_epoch(const History& history) const {
     if (latest) return static_cast<int64_t>(history.size()) - 1;
     int64_t best = -1;
