@@ -40,35 +40,42 @@ const char* usage =
 
 namespace pw = eigennet::kernels::pointwise;
 
-// Best FP32 GFLOP/s of a loop of independent FMAs on registers, on every thread at once.
-double fma_peak_gflops() {
-  using eigennet::simd::Packet;
-  constexpr int chains = eigennet::simd::registers >= 32 ? 16 : 10;  // > latency x ports
-  const int64_t iterations = 4000000;
+// Best GFLOP/s of `thread_loop` (a register-only loop doing `flops_per_thread` and returning a
+// value that depends on its result) run on every thread at once; best of 7 after a warm-up.
+template <class ThreadLoop>
+double register_loop_peak_gflops(double flops_per_thread, ThreadLoop thread_loop) {
   double best = 0;
   for (int sample = 0; sample < 8; ++sample) {
     float sink = 0;
     const double start = bench::timer_seconds();
 #pragma omp parallel reduction(+ : sink)
-    {
-      Packet acc[chains];
-      for (int i = 0; i < chains; ++i) acc[i] = eigennet::simd::set1(static_cast<float>(i));
-      const Packet a = eigennet::simd::set1(0.9999f), b = eigennet::simd::set1(1e-4f);
-      for (int64_t it = 0; it < iterations; ++it)
-        for (int i = 0; i < chains; ++i) acc[i] = eigennet::simd::fmadd(acc[i], a, b);
-      float lanes[eigennet::simd::width];
-      Packet total = acc[0];
-      for (int i = 1; i < chains; ++i) total = eigennet::simd::add(total, acc[i]);
-      eigennet::simd::store(lanes, total);
-      sink += lanes[0];
-    }
+    sink += thread_loop();
     const double seconds = bench::timer_seconds() - start;
     if (sink == 12345.0f) std::printf(" ");  // keeps the loop observable
-    const double flops = 2.0 * eigennet::simd::width * chains * static_cast<double>(iterations) *
-                         eigennet::max_threads();
-    if (sample > 0) best = std::max(best, flops / seconds / 1e9);
+    if (sample > 0) best = std::max(best, flops_per_thread * eigennet::max_threads() / seconds / 1e9);
   }
   return best;
+}
+
+constexpr int64_t peak_iterations = 4000000;
+
+// Best FP32 GFLOP/s of a loop of independent FMAs on registers, on every thread at once.
+double fma_peak_gflops() {
+  using eigennet::simd::Packet;
+  constexpr int chains = eigennet::simd::registers >= 32 ? 16 : 10;  // > latency x ports
+  const double flops = 2.0 * eigennet::simd::width * chains * static_cast<double>(peak_iterations);
+  return register_loop_peak_gflops(flops, [] {
+    Packet acc[chains];
+    for (int i = 0; i < chains; ++i) acc[i] = eigennet::simd::set1(static_cast<float>(i));
+    const Packet a = eigennet::simd::set1(0.9999f), b = eigennet::simd::set1(1e-4f);
+    for (int64_t it = 0; it < peak_iterations; ++it)
+      for (int i = 0; i < chains; ++i) acc[i] = eigennet::simd::fmadd(acc[i], a, b);
+    float lanes[eigennet::simd::width];
+    Packet total = acc[0];
+    for (int i = 1; i < chains; ++i) total = eigennet::simd::add(total, acc[i]);
+    eigennet::simd::store(lanes, total);
+    return lanes[0];
+  });
 }
 
 // Best GFLOP/s of the same loop on bfloat16 pairs (vdpbf16ps: 32 products a 512-bit register,
@@ -77,29 +84,17 @@ double fma_peak_gflops() {
 double bf16_dot_peak_gflops() {
 #if defined(__AVX512BF16__)
   constexpr int chains = 16;
-  const int64_t iterations = 4000000;
-  double best = 0;
-  for (int sample = 0; sample < 8; ++sample) {
-    float sink = 0;
-    const double start = bench::timer_seconds();
-#pragma omp parallel reduction(+ : sink)
-    {
-      __m512 acc[chains];
-      for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
-      const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
-      const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
-      for (int64_t it = 0; it < iterations; ++it)
-        for (int i = 0; i < chains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
-      __m512 total = acc[0];
-      for (int i = 1; i < chains; ++i) total = _mm512_add_ps(total, acc[i]);
-      sink += _mm512_reduce_add_ps(total);
-    }
-    const double seconds = bench::timer_seconds() - start;
-    if (sink == 12345.0f) std::printf(" ");  // keeps the loop observable
-    const double flops = 2.0 * 32 * chains * static_cast<double>(iterations) * eigennet::max_threads();
-    if (sample > 0) best = std::max(best, flops / seconds / 1e9);
-  }
-  return best;
+  return register_loop_peak_gflops(2.0 * 32 * chains * static_cast<double>(peak_iterations), [] {
+    __m512 acc[chains];
+    for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+    const __m512bh a = _mm512_cvtne2ps_pbh(_mm512_set1_ps(0.5f), _mm512_set1_ps(0.25f));
+    const __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-4f), _mm512_set1_ps(1e-4f));
+    for (int64_t it = 0; it < peak_iterations; ++it)
+      for (int i = 0; i < chains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    __m512 total = acc[0];
+    for (int i = 1; i < chains; ++i) total = _mm512_add_ps(total, acc[i]);
+    return _mm512_reduce_add_ps(total);
+  });
 #else
   return 0;
 #endif
