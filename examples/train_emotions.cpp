@@ -499,7 +499,7 @@ int run(int argc, char** argv, Communicator& world) {
     std::vector<ModelTeacher::Member> members;
     for (size_t m = 0; m < teachers.members.size(); ++m) {
       const ClassifierSpec& ts = teachers.members[m].spec;
-      members.push_back({teachers.members[m].model.get(), ts.base.height, ts.base.width});
+      members.push_back({teachers.members[m].model.get(), ts.base.height, ts.base.width, teachers.compiled[m].get()});
       std::fprintf(stderr, "teacher %zu: %s (%lldx%lld)\n", m + 1, teachers.paths[m].c_str(),
                    static_cast<long long>(ts.base.width), static_cast<long long>(ts.base.height));
     }

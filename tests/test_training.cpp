@@ -967,6 +967,26 @@ TEST_CASE("Distillation: teachers read the same augmented images at their own si
   for (int64_t i = 0; i < 8; ++i) CHECK(probabilities[i] == doctest::Approx(0.5f * (a[i] + b[i])).epsilon(1e-6));
   CHECK(teacher.calls() == 1);
   CHECK(teacher.seconds() >= 0);
+  // The same models compiled for inference give the same probabilities (float rounding apart).
+  std::unique_ptr<InferenceNet> large_compiled = compile_for_inference_if_supported(*large_model);
+  std::unique_ptr<InferenceNet> small_compiled = compile_for_inference_if_supported(*small_model);
+  REQUIRE(large_compiled != nullptr);
+  REQUIRE(small_compiled != nullptr);
+  ModelTeacher compiled_teacher(
+      {{large_model.get(), 12, 12, large_compiled.get()}, {small_model.get(), 8, 8, small_compiled.get()}});
+  const Tensor compiled_probabilities = compiled_teacher.probabilities(batch, 2.0f);
+  REQUIRE(compiled_probabilities.shape() == Shape{4, 2});
+  for (int64_t i = 0; i < 8; ++i) CHECK(compiled_probabilities[i] == doctest::Approx(probabilities[i]).epsilon(1e-5));
+  // ... and it is the compiled snapshot that runs: changing the model's weights afterwards changes
+  // the plain teacher's probabilities, not the compiled one's.
+  for (Parameter* parameter : large_model->trainable_parameters())
+    for (int64_t i = 0; i < parameter->value.size(); ++i) parameter->value[i] *= 3.0f;
+  const Tensor after = compiled_teacher.probabilities(batch, 2.0f);
+  for (int64_t i = 0; i < 8; ++i) CHECK(after[i] == compiled_probabilities[i]);
+  const Tensor plain_after = teacher.probabilities(batch, 2.0f);
+  double change = 0;
+  for (int64_t i = 0; i < 8; ++i) change += std::abs(plain_after[i] - probabilities[i]);
+  CHECK(change > 1e-3);
   // A teacher whose size the batch lacks says how to provide it.
   auto odd = make("odd", 16, 3);
   ModelTeacher missing({{odd.get(), 16, 16}});

@@ -26,6 +26,7 @@
 
 #include "../core/error.hpp"
 #include "../core/tensor.hpp"
+#include "../inference/inference_net.hpp"
 #include "../kernels/softmax.hpp"
 #include "../layers/model.hpp"
 #include "loss.hpp"
@@ -64,6 +65,9 @@ class ModelTeacher : public Teacher {
   struct Member {
     Model* model = nullptr;
     int64_t height = 0, width = 0;  // the input size it reads; 0 x 0: Batch::inputs as they are
+    // The model compiled for inference (compile_for_inference_if_supported), run instead of
+    // model->forward when given: the same logits up to float rounding, in less time.
+    InferenceNet* compiled = nullptr;
   };
   explicit ModelTeacher(std::vector<Member> members) : members_(std::move(members)) {
     EIGENNET_CHECK(!members_.empty(), "ModelTeacher: no models");
@@ -82,7 +86,8 @@ class ModelTeacher : public Teacher {
       EIGENNET_CHECK(inputs != nullptr, "ModelTeacher: teacher ", m + 1, " reads ", member.width, "x", member.height,
                      " inputs but the batch has none of that size (inputs ", batch.inputs.shape(),
                      "); render them with ImageSource::also_render(", member.height, ", ", member.width, ")");
-      const Tensor& logits = member.model->forward(*inputs, Mode::inference);
+      const Tensor& logits = member.compiled != nullptr ? member.compiled->forward(*inputs)
+                                                        : member.model->forward(*inputs, Mode::inference);
       EIGENNET_CHECK(logits.rank() == 2 && logits.dim(0) == batch.size(), "ModelTeacher: teacher ", m + 1,
                      " must output [batch, classes] for a batch of ", batch.size(), ", got ", logits.shape());
       EIGENNET_CHECK(m == 0 || logits.shape() == mean_.shape(), "ModelTeacher: teacher ", m + 1, " outputs ",
