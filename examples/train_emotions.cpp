@@ -145,8 +145,9 @@ cli::Parser make_parser(Config& c) {
   p.option("augment-brightness", c.augment_brightness, "max brightness change (fraction of 255)", 0.0, 1.0);
   p.option("augment-contrast", c.augment_contrast, "max contrast change (fraction)", 0.0, 1.0);
   p.option("init-from", c.init_from,
-           "start from this trained classifier's weights (same alpha, size and classes) instead of the ImageNet ones, "
-           "e.g. to distill an ensemble into one of its members",
+           "start from this trained classifier's weights instead of the ImageNet ones (same alpha, pooling and hidden "
+           "layer; any input size; it must predict this run's classes, and may predict more), e.g. to distill an "
+           "ensemble into one of its members",
            "FILE");
   p.option("teacher", c.teacher,
            "distill these trained classifiers (comma-separated: an ensemble, each at its own input size) into this "
@@ -410,22 +411,14 @@ int run(int argc, char** argv, Communicator& world) {
   std::unique_ptr<Classifier> model = make_classifier(spec, static_cast<uint64_t>(c.seed));
   bool folded = false;
   if (!c.init_from.empty()) {
-    // A trained classifier of the same architecture, classes and size: all its parameters.
+    // A trained classifier of the same architecture: all its parameters, its output layer
+    // restricted to this run's classes (which it must predict); its input size may differ.
     LoadedClassifier start = load_classifier(c.init_from);
-    if (start.spec.class_names != class_names)
-      fail("--init-from: '", c.init_from, "' predicts the classes (", examples::join(start.spec.class_names),
-           ") but this run trains (", examples::join(class_names), ")");
-    const auto describe = [](const ClassifierSpec& s) {
-      std::ostringstream o;
-      o << "alpha " << s.base.alpha << ", " << s.base.width << "x" << s.base.height << ", "
-        << (s.base.pooling == GlobalPooling::max ? "max" : "avg") << " pooling, hidden " << s.head.hidden_units;
-      return o.str();
-    };
-    if (describe(start.spec) != describe(spec))
-      fail("--init-from: '", c.init_from, "' is a network with ", describe(start.spec), " but this run trains one with ",
-           describe(spec), ": pass the matching --alpha, --size, --pooling and --hidden");
-    ParameterList to = model->parameters(), from = start.model->parameters();
-    for (size_t i = 0; i < to.size(); ++i) to[i]->value.copy_from(from[i]->value);
+    try {
+      copy_classifier_weights(*model, spec, *start.model, start.spec, c.init_from);
+    } catch (const Error& e) {
+      fail("--init-from: ", e.what());
+    }
     if (log) std::fprintf(log, "weights: %s\n", c.init_from.c_str());
   } else if (!weights.empty()) {
     folded = run_together(world, [&] { return load_imagenet_weights(model->base(), weights).folded_batch_norm; });

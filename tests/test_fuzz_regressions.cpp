@@ -438,3 +438,50 @@ TEST_CASE("save_classifier / load_classifier round trip (from disk and from memo
     CHECK(std::memcmp(saved[i]->value.data(), memory[i]->value.data(), sizeof(float) * saved[i]->value.size()) == 0);
   }
 }
+
+TEST_CASE("copy_classifier_weights: a network starts from one that predicts more classes, at another size") {
+  ClassifierSpec from_spec = small_spec();
+  from_spec.head.hidden_units = 8;
+  from_spec.class_names = {"angry", "happy", "sad"};
+  from_spec.head.classes = 3;
+  std::unique_ptr<Classifier> from = make_classifier(from_spec, 5);
+  // Two of its classes, in another order; the same input size, then a larger one.
+  ClassifierSpec to_spec = from_spec;
+  to_spec.class_names = {"sad", "angry"};
+  to_spec.head.classes = 2;
+  std::unique_ptr<Classifier> to = make_classifier(to_spec, 9);
+  copy_classifier_weights(*to, to_spec, *from, from_spec, "from.safetensors");
+  Tensor images(Shape{3, 32, 32, 3});
+  for (int64_t i = 0; i < images.size(); ++i) images[i] = static_cast<float>((i * 37) % 101) / 50.0f - 1.0f;
+  const Tensor from_logits = from->forward(images, Mode::inference);
+  const Tensor to_logits = to->forward(images, Mode::inference);
+  REQUIRE(to_logits.shape() == Shape{3, 2});
+  for (int64_t n = 0; n < 3; ++n) {
+    CHECK(to_logits[n * 2 + 0] == from_logits[n * 3 + 2]);  // sad
+    CHECK(to_logits[n * 2 + 1] == from_logits[n * 3 + 0]);  // angry
+  }
+  ClassifierSpec larger = to_spec;
+  larger.base.height = larger.base.width = 40;
+  std::unique_ptr<Classifier> large = make_classifier(larger, 11);
+  copy_classifier_weights(*large, larger, *from, from_spec, "from.safetensors");
+  const ParameterList a = large->parameters(), b = to->parameters();
+  REQUIRE(a.size() == b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    REQUIRE(a[i]->value.shape() == b[i]->value.shape());
+    CHECK(std::memcmp(a[i]->value.data(), b[i]->value.data(), static_cast<size_t>(a[i]->value.size()) * 4) == 0);
+  }
+
+  // A class the source does not predict, and another architecture, are refused by name.
+  ClassifierSpec unknown = to_spec;
+  unknown.class_names = {"sad", "fear"};
+  std::unique_ptr<Classifier> unknown_model = make_classifier(unknown, 3);
+  CHECK_THROWS_WITH_AS(copy_classifier_weights(*unknown_model, unknown, *from, from_spec, "from.safetensors"),
+                       "'from.safetensors' predicts the classes (angry, happy, sad) but this network predicts (sad, "
+                       "fear): 'fear' is not among them",
+                       Error);
+  ClassifierSpec wider = to_spec;
+  wider.head.hidden_units = 16;
+  std::unique_ptr<Classifier> wider_model = make_classifier(wider, 3);
+  CHECK_THROWS_WITH_AS(copy_classifier_weights(*wider_model, wider, *from, from_spec, "from.safetensors"),
+                       doctest::Contains("hidden 8 but this one has alpha 0.35, max pooling, hidden 16"), Error);
+}

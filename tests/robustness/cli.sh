@@ -228,8 +228,21 @@ rejected teacher_classes 1 "--teacher: 'model/model.safetensors' predicts the cl
 rejected init_missing 2 "train_emotions: --init-from: 'no_such.safetensors' is not a file" \
   "$TRAIN" --data data --mode finetune --init-from no_such.safetensors $TINY --out t
 # shellcheck disable=SC2086
-rejected init_size 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, 32x32" \
-  "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --size 40 --out t
+rejected init_alpha 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, avg pooling, hidden 128 but this one has alpha 0.5" \
+  "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --alpha 0.5 --out t
+# shellcheck disable=SC2086
+rejected init_classes 1 "--init-from: 'model/model.safetensors' predicts the classes (a, b) but this network predicts (a, b, c): 'c' is not among them" \
+  "$TRAIN" --data data3 --mode finetune --init-from "$MODEL" $TINY --out t
+# Another input size is fine (the weights do not depend on it), and so are fewer classes.
+# shellcheck disable=SC2086
+run init_size "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --size 40 --epochs 1 --out init_size
+expect_status init_size 0
+# shellcheck disable=SC2086
+run model3 "$TRAIN" --data data3 --out model3 --mode frozen $TINY --epochs 1
+expect_status model3 0
+# shellcheck disable=SC2086
+run init_fewer "$TRAIN" --data data --mode finetune --init-from model3/model.safetensors $TINY --epochs 1 --out init_fewer
+expect_status init_fewer 0
 rejected ema_range 2 "train_emotions: --ema-decay: 1 is outside [0, 0.999999]" "$TRAIN" --ema-decay 1
 rejected cutmix_frozen 2 "train_emotions: --cutmix needs --mode finetune" "$TRAIN" --data data --mode frozen --cutmix 1 $TINY --out t
 rejected mix_probability 2 "train_emotions: --mix-probability: 2 is outside [0, 1]" "$TRAIN" --mix-probability 2

@@ -4,6 +4,7 @@
 // prediction need no other flags.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -184,5 +185,60 @@ inline ClassifierSpec read_classifier_spec(const std::string& path) {
 
 // Reads and rebuilds a classifier file (see above).
 inline LoadedClassifier load_classifier(const std::string& path) { return load_classifier(read_safetensors(path)); }
+
+// Starts `to` from the trained classifier `from` (e.g. train_emotions --init-from): every
+// parameter is copied, except that the output layer keeps only the columns of the classes `to`
+// predicts, found by name among `from`'s. So a 6-class network can start as a 7-class one
+// restricted to six of its classes (its logits are then those of the 7-class network without the
+// seventh). The input size may differ (the weights do not depend on it); alpha, pooling and the
+// head's hidden layer must match. `from_name` names `from` in errors.
+inline void copy_classifier_weights(Classifier& to, const ClassifierSpec& to_spec, Classifier& from,
+                                    const ClassifierSpec& from_spec, const std::string& from_name) {
+  const auto join = [](const std::vector<std::string>& names) {
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+  };
+  std::vector<int64_t> columns;  // to's class k is from's class columns[k]
+  for (const std::string& name : to_spec.class_names) {
+    const auto it = std::find(from_spec.class_names.begin(), from_spec.class_names.end(), name);
+    EIGENNET_CHECK(it != from_spec.class_names.end(), "'", from_name, "' predicts the classes (",
+                   join(from_spec.class_names), ") but this network predicts (", join(to_spec.class_names), "): '",
+                   name, "' is not among them");
+    columns.push_back(static_cast<int64_t>(it - from_spec.class_names.begin()));
+  }
+  const auto describe = [](const ClassifierSpec& s) {
+    std::ostringstream o;
+    o << "alpha " << s.base.alpha << ", " << (s.base.pooling == GlobalPooling::max ? "max" : "avg")
+      << " pooling, hidden " << s.head.hidden_units;
+    return o.str();
+  };
+  EIGENNET_CHECK(describe(to_spec) == describe(from_spec), "'", from_name, "' is a network with ", describe(from_spec),
+                 " but this one has ", describe(to_spec));
+  const ParameterList to_parameters = to.parameters(), from_parameters = from.parameters();
+  EIGENNET_CHECK(to_parameters.size() == from_parameters.size(), "'", from_name, "' has ", from_parameters.size(),
+                 " parameters but this network ", to_parameters.size());
+  for (size_t i = 0; i < to_parameters.size(); ++i) {
+    Tensor& target = to_parameters[i]->value;
+    const Tensor& source = from_parameters[i]->value;
+    const std::string& name = to_parameters[i]->name;
+    EIGENNET_CHECK(name == from_parameters[i]->name, "'", from_name, "': parameter ", i, " is '",
+                   from_parameters[i]->name, "' but this network's is '", name, "'");
+    if (name == "predictions/kernel" || name == "predictions/bias") {
+      // [inputs, classes] or [classes]: pick the columns.
+      const int64_t rows = name == "predictions/kernel" ? target.dim(0) : 1;
+      const int64_t to_classes = target.dim(target.rank() - 1), from_classes = source.dim(source.rank() - 1);
+      EIGENNET_CHECK(source.size() == rows * from_classes, "'", from_name, "': '", name, "' has shape ",
+                     source.shape());
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < to_classes; ++k)
+          target[r * to_classes + k] = source[r * from_classes + columns[static_cast<size_t>(k)]];
+    } else {
+      EIGENNET_CHECK(target.shape() == source.shape(), "'", from_name, "': '", name, "' has shape ", source.shape(),
+                     " but this network's ", target.shape());
+      target.copy_from(source);
+    }
+  }
+}
 
 }  // namespace eigennet
