@@ -25,19 +25,15 @@ namespace fs = std::filesystem;
 using namespace eigennet;
 
 namespace {
-// The project's 7-class classifier (weights/README.md), from the first folder that holds it (see
-// common/paths.hpp); a UsageError naming every folder it looked in when none does.
-std::string default_model() {
-  const std::vector<std::string> members = {"emotions_7class_distilled.safetensors"};
+// The project's 7-class classifier, or its 6-class one (weights/README.md), from the first folder
+// that holds it (see common/paths.hpp); a UsageError naming every folder it looked in when none does.
+std::string default_model(bool six_classes) {
+  const std::string file =
+      six_classes ? "emotions_6class_distilled.safetensors" : "emotions_7class_distilled.safetensors";
   const std::vector<std::string> folders = examples::model_folders();
-  for (const auto& folder : folders) {
-    if (!fs::exists(folder + "/" + members.front())) continue;
-    std::string list;
-    for (const auto& m : members)
-      if (fs::exists(folder + "/" + m)) list += (list.empty() ? "" : ",") + folder + "/" + m;
-    return list;
-  }
-  throw cli::UsageError("no --model given, and the project's classifier (" + members.front() +
+  for (const auto& folder : folders)
+    if (fs::exists(folder + "/" + file)) return folder + "/" + file;
+  throw cli::UsageError("no --model given, and the project's classifier (" + file +
                         ") is in none of: " + examples::join(folders) + "; pass --model FILE");
 }
 
@@ -58,7 +54,7 @@ struct Picture {
 int main(int argc, char** argv) {
   return cli::run("predict", [&] {
     std::string model_path, annotate;
-    bool json = false, tta_flip = false, no_detect = false, fast_detect = false;
+    bool json = false, tta_flip = false, no_detect = false, fast_detect = false, no_neutral = false;
     int64_t threads = 0;
     std::vector<std::string> paths;
     cli::Parser p("predict",
@@ -68,6 +64,8 @@ int main(int argc, char** argv) {
              "classifier file; several, comma-separated, are an ensemble (default: the project's 7-class network, "
              "emotions_7class_distilled.safetensors, from weights/ here, beside the program or in its install prefix's share/eigennet/weights)",
              "FILE[,FILE...]");
+    p.flag("no-neutral", no_neutral,
+           "without --model: the project's 6-class network (no neutral class), emotions_6class_distilled.safetensors");
     p.flag("json", json,
            "print one JSON object per picture: {\"image\", \"faces\": [{\"box\", \"crop\", \"score\", \"label\", "
            "\"probabilities\"}]} (score null when the picture was classified whole)");
@@ -84,7 +82,9 @@ int main(int argc, char** argv) {
       throw cli::UsageError("--annotate draws one picture; " + std::to_string(paths.size()) + " were given");
     if (!annotate.empty() && fs::path(annotate).extension() != ".png")
       throw cli::UsageError("--annotate: '" + annotate + "' must end in .png");
-    if (model_path.empty()) model_path = default_model();
+    if (no_neutral && !model_path.empty())
+      throw cli::UsageError("--no-neutral chooses the project's 6-class network; it does not go with --model");
+    if (model_path.empty()) model_path = default_model(no_neutral);
     const std::vector<std::string> model_paths = cli::split_list(model_path);
     if (model_paths.empty()) throw cli::UsageError("--model: no file given");
     for (const auto& path : model_paths)

@@ -1,7 +1,8 @@
 # The trained models committed in weights/ load and classify FER-2013 test faces far above chance:
 # each model and each ensemble of weights/README.md on the first 50 test images per class, with
 # test-time flip, as the README evaluates them; and predict without --model uses the 7-class
-# distilled network (as accurate as the ensemble on the test split; weights/README.md).
+# distilled network (as accurate as the ensemble on the test split; weights/README.md), with
+# --no-neutral the 6-class one.
 #   sh committed_weights.sh BIN_DIR PROJECT_DIR SHARED_DIR WORK_DIR   (exit 77 = skipped: no FER-2013)
 set -u
 BIN=$(cd "$1" && pwd)
@@ -46,8 +47,8 @@ check 6class_112_seed7 "$W/emotions_6class_112_seed7.safetensors" 6
 check 6class_ensemble "$W/emotions_6class.safetensors,$W/emotions_6class_seed7.safetensors,$W/emotions_6class_112.safetensors,$W/emotions_6class_112_seed7.safetensors" 6
 # The distilled 7-class student (issue 16): predict's default.
 check 7class_distilled "$W/emotions_7class_distilled.safetensors" 7
-# The distilled 6-class student (112x112, trained on 99% of train/ by a fixed schedule): the committed
-# one-network 6-class model, not the ensemble's equal.
+# The distilled 6-class student (112x112, started from the 7-class student): the committed
+# one-network 6-class model, as accurate as the 6-class ensemble on the test split.
 check 6class_distilled "$W/emotions_6class_distilled.safetensors" 6
 
 # predict without --model, from a directory outside the project: the project's 7-class network.
@@ -60,6 +61,16 @@ image=$TEST/happy/$(ls "$TEST/happy" | head -1)
   >"$WORK/predict_distilled.json" 2>&1 || fail "predict with the distilled network failed"
 cmp -s "$WORK/predict.json" "$WORK/predict_distilled.json" ||
   fail "predict without --model differs from the distilled network: $(cat "$WORK/predict.json" "$WORK/predict_distilled.json")"
+# --no-neutral: the project's 6-class network, the same output as naming it.
+(cd "$WORK" && "$BIN/predict" --json --no-neutral "$image") >"$WORK/predict6.json" 2>"$WORK/predict6.err" ||
+  fail "predict --no-neutral failed: $(cat "$WORK/predict6.err")"
+[ "$(grep -o '"[a-z]*":[0-9][0-9.e-]*' "$WORK/predict6.json" | wc -l)" -eq 6 ] ||
+  fail "predict --no-neutral should print 6 probabilities: $(cat "$WORK/predict6.json")"
+grep -q '"neutral"' "$WORK/predict6.json" && fail "predict --no-neutral printed a neutral class: $(cat "$WORK/predict6.json")"
+"$BIN/predict" --json --model "$W/emotions_6class_distilled.safetensors" "$image" \
+  >"$WORK/predict6_named.json" 2>&1 || fail "predict with the 6-class network failed"
+cmp -s "$WORK/predict6.json" "$WORK/predict6_named.json" ||
+  fail "predict --no-neutral differs from the 6-class network: $(cat "$WORK/predict6.json" "$WORK/predict6_named.json")"
 
 if [ "$failures" -gt 0 ]; then exit 1; fi
 echo "passed"

@@ -160,6 +160,8 @@ expect_status average_evaluate 0
 # ---- predict -------------------------------------------------------------------------------------
 P=$PREDICT
 rejected predict_no_images 2 "predict: no images given" "$P" --model "$MODEL"
+rejected predict_no_neutral_model 2 "predict: --no-neutral chooses the project's 6-class network; it does not go with --model" \
+  "$P" --model "$MODEL" --no-neutral face.png
 rejected predict_model_missing 2 "predict: --model: 'no_such.safetensors' does not exist" \
   "$P" --model no_such.safetensors face.png
 rejected predict_model_flag 2 "predict: --model needs a value (FILE[,FILE...])" "$P" --model --json face.png
@@ -228,7 +230,7 @@ rejected teacher_classes 1 "--teacher: 'model/model.safetensors' predicts the cl
 rejected init_missing 2 "train_emotions: --init-from: 'no_such.safetensors' is not a file" \
   "$TRAIN" --data data --mode finetune --init-from no_such.safetensors $TINY --out t
 # shellcheck disable=SC2086
-rejected init_alpha 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, avg pooling, hidden 128 but this one has alpha 0.5" \
+rejected init_alpha 1 "--init-from: 'model/model.safetensors' is a network with alpha 0.35, max pooling, hidden 128 but this one has alpha 0.5, max pooling, hidden 128" \
   "$TRAIN" --data data --mode finetune --init-from "$MODEL" $TINY --alpha 0.5 --out t
 # shellcheck disable=SC2086
 rejected init_classes 1 "--init-from: 'model/model.safetensors' predicts the classes (a, b) but this network predicts (a, b, c): 'c' is not among them" \
