@@ -23,11 +23,15 @@ int main(int argc, char** argv) {
   return cli::run("evaluate", [&] {
     std::string model_path, data, out = "runs/evaluate";
     int64_t batch_size = 64, threads = 0, max_per_class = 0;
-    bool tta_flip = false, detect = false;
+    bool tta_flip = false, detect = false, no_neutral = false;
     cli::Parser p("evaluate", "Evaluates a saved classifier (model.safetensors from train_emotions) on an image folder.");
-    p.option("model", model_path,
-             "classifier file (safetensors with eigennet metadata); several, comma-separated, are an ensemble",
-             "FILE[,FILE...]");
+    p.option(
+        "model", model_path,
+        "classifier file (safetensors with eigennet metadata); several, comma-separated, are an ensemble "
+        "(default: the project's 7-class network, emotions_7class_distilled.safetensors, found as predict finds it)",
+        "FILE[,FILE...]");
+    p.flag("no-neutral", no_neutral,
+           "without --model: the project's 6-class network (no neutral class), emotions_6class_distilled.safetensors");
     p.option("data", data, "folder of class folders, all used as test data", "DIR");
     p.option("out", out, "output directory for report.txt, metrics.json, confusion_matrix.png", "DIR");
     p.option("batch-size", batch_size, "images per forward pass", 1, 4096);
@@ -37,8 +41,10 @@ int main(int argc, char** argv) {
            "classify each picture's best face (pictures larger than 64x64; those without a face are skipped)");
     p.option("threads", threads, "OpenMP threads (0 = all cores)", 0, 1024);
     if (!p.parse(argc, argv)) return 0;
-    if (model_path.empty()) throw cli::UsageError("--model is required");
     if (data.empty()) throw cli::UsageError("--data is required");
+    if (no_neutral && !model_path.empty())
+      throw cli::UsageError("--no-neutral chooses the project's 6-class network; it does not go with --model");
+    if (model_path.empty()) model_path = examples::project_classifier(no_neutral);
     const std::vector<std::string> model_paths = cli::split_list(model_path);
     if (model_paths.empty()) throw cli::UsageError("--model: no file given");
     for (const auto& path : model_paths)

@@ -25,18 +25,6 @@ namespace fs = std::filesystem;
 using namespace eigennet;
 
 namespace {
-// The project's 7-class classifier, or its 6-class one (weights/README.md), from the first folder
-// that holds it (see common/paths.hpp); a UsageError naming every folder it looked in when none does.
-std::string default_model(bool six_classes) {
-  const std::string file =
-      six_classes ? "emotions_6class_distilled.safetensors" : "emotions_7class_distilled.safetensors";
-  const std::vector<std::string> folders = examples::model_folders();
-  for (const auto& folder : folders)
-    if (fs::exists(folder + "/" + file)) return folder + "/" + file;
-  throw cli::UsageError("no --model given, and the project's classifier (" + file +
-                        ") is in none of: " + examples::join(folders) + "; pass --model FILE");
-}
-
 Json box_json(const Box& b) {
   Json j = Json::array();
   for (float v : {b.x, b.y, b.width, b.height}) j.push_back(std::round(v * 10.0) / 10.0);
@@ -84,7 +72,7 @@ int main(int argc, char** argv) {
       throw cli::UsageError("--annotate: '" + annotate + "' must end in .png");
     if (no_neutral && !model_path.empty())
       throw cli::UsageError("--no-neutral chooses the project's 6-class network; it does not go with --model");
-    if (model_path.empty()) model_path = default_model(no_neutral);
+    if (model_path.empty()) model_path = examples::project_classifier(no_neutral);
     const std::vector<std::string> model_paths = cli::split_list(model_path);
     if (model_paths.empty()) throw cli::UsageError("--model: no file given");
     for (const auto& path : model_paths)

@@ -5,11 +5,12 @@
 // for data, the source tree), in that order, and a failed search names every place.
 #pragma once
 
+#include <eigennet/io/weights_folders.hpp>
 #include <filesystem>
 #include <string>
 #include <vector>
 
-#include <eigennet/io/weights_folders.hpp>
+#include "cli.hpp"
 
 namespace examples {
 
@@ -24,6 +25,19 @@ inline std::string join(const std::vector<std::string>& parts, const std::string
 // Folders that may hold the project's trained classifiers, in search order
 // (eigennet/io/weights_folders.hpp).
 inline std::vector<std::string> model_folders() { return eigennet::weights_folders(); }
+
+// The project's classifier (weights/README.md) for programs given no --model: the 7-class network,
+// or with six_classes the 6-class one (no neutral), from the first of model_folders() that holds
+// it; a UsageError naming every folder it looked in when none does.
+inline std::string project_classifier(bool six_classes) {
+  const std::string file =
+      six_classes ? "emotions_6class_distilled.safetensors" : "emotions_7class_distilled.safetensors";
+  const std::vector<std::string> folders = model_folders();
+  for (const auto& folder : folders)
+    if (fs::exists(folder + "/" + file)) return folder + "/" + file;
+  throw cli::UsageError("no --model given, and the project's classifier (" + file +
+                        ") is in none of: " + join(folders) + "; pass --model FILE");
+}
 
 // Folders that may hold the ImageNet weights (../shared/weights beside the project).
 inline std::vector<std::string> shared_weights_folders() {

@@ -1,8 +1,8 @@
 # The trained models committed in weights/ load and classify FER-2013 test faces far above chance:
 # each model and each ensemble of weights/README.md on the first 50 test images per class, with
-# test-time flip, as the README evaluates them; and predict without --model uses the 7-class
-# distilled network (as accurate as the ensemble on the test split; weights/README.md), with
-# --no-neutral the 6-class one.
+# test-time flip, as the README evaluates them; and evaluate and predict without --model use the
+# 7-class distilled network (as accurate as the ensemble on the test split; weights/README.md),
+# with --no-neutral the 6-class one.
 #   sh committed_weights.sh BIN_DIR PROJECT_DIR SHARED_DIR WORK_DIR   (exit 77 = skipped: no FER-2013)
 set -u
 BIN=$(cd "$1" && pwd)
@@ -50,6 +50,23 @@ check 7class_distilled "$W/emotions_7class_distilled.safetensors" 7
 # The distilled 6-class student (112x112, started from the 7-class student): the committed
 # one-network 6-class model, as accurate as the 6-class ensemble on the test split.
 check 6class_distilled "$W/emotions_6class_distilled.safetensors" 6
+
+# evaluate without --model, from a directory outside the project: the project's 7-class network,
+# with --no-neutral the 6-class one (the same reports as naming them).
+for variant in 7class 6class; do
+  flag=""
+  [ "$variant" = 6class ] && flag="--no-neutral"
+  # shellcheck disable=SC2086
+  (cd "$WORK" && "$BIN/evaluate" $flag --data "$TEST" --max-per-class 20 --out "$WORK/default_$variant") \
+    >"$WORK/default_$variant.log" 2>&1 || fail "evaluate $flag without --model failed: $(tail -3 "$WORK/default_$variant.log")"
+  "$BIN/evaluate" --model "$W/emotions_${variant}_distilled.safetensors" --data "$TEST" --max-per-class 20 \
+    --out "$WORK/named_$variant" >"$WORK/named_$variant.log" 2>&1 || fail "evaluate of the $variant network failed"
+  # The reports' first lines name the models (by file name); the rest must match.
+  if [ "$(tail -n +2 "$WORK/default_$variant/report.txt")" != "$(tail -n +2 "$WORK/named_$variant/report.txt")" ] ||
+    [ ! -s "$WORK/named_$variant/report.txt" ]; then
+    fail "evaluate $flag without --model differs from the $variant network"
+  fi
+done
 
 # predict without --model, from a directory outside the project: the project's 7-class network.
 image=$TEST/happy/$(ls "$TEST/happy" | head -1)

@@ -96,7 +96,8 @@ if [ -e no_such_dir ] || [ -e bad_block/checkpoint.safetensors ]; then fail "a r
 
 # ---- evaluate ------------------------------------------------------------------------------------
 E=$EVALUATE
-rejected evaluate_no_model 2 "evaluate: --model is required" "$E" --data data
+rejected evaluate_no_neutral_model 2 "evaluate: --no-neutral chooses the project's 6-class network; it does not go with --model" \
+  "$E" --model "$MODEL" --no-neutral --data data
 rejected evaluate_no_data 2 "evaluate: --data is required" "$E" --model "$MODEL"
 rejected evaluate_model_missing 2 "evaluate: --model: 'no_such.safetensors' does not exist" \
   "$E" --model no_such.safetensors --data data
