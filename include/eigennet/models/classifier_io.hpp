@@ -186,6 +186,15 @@ inline ClassifierSpec read_classifier_spec(const std::string& path) {
 // Reads and rebuilds a classifier file (see above).
 inline LoadedClassifier load_classifier(const std::string& path) { return load_classifier(read_safetensors(path)); }
 
+namespace detail {
+// "a, b, c": class names in error messages.
+inline std::string join_class_names(const std::vector<std::string>& names) {
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out;
+}
+}  // namespace detail
+
 // Starts `to` from the trained classifier `from` (e.g. train_emotions --init-from): every
 // parameter is copied, except that the output layer keeps only the columns of the classes `to`
 // predicts, found by name among `from`'s. So a 6-class network can start as a 7-class one
@@ -194,11 +203,7 @@ inline LoadedClassifier load_classifier(const std::string& path) { return load_c
 // head's hidden layer must match. `from_name` names `from` in errors.
 inline void copy_classifier_weights(Classifier& to, const ClassifierSpec& to_spec, Classifier& from,
                                     const ClassifierSpec& from_spec, const std::string& from_name) {
-  const auto join = [](const std::vector<std::string>& names) {
-    std::string out;
-    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-    return out;
-  };
+  const auto join = detail::join_class_names;
   std::vector<int64_t> columns;  // to's class k is from's class columns[k]
   for (const std::string& name : to_spec.class_names) {
     const auto it = std::find(from_spec.class_names.begin(), from_spec.class_names.end(), name);

@@ -46,11 +46,7 @@ inline Ensemble load_ensemble(const std::vector<std::string>& paths) {
     const std::string& path = paths[i];
     LoadedClassifier member = std::move(loaded[i]);
     if (!ensemble.members.empty() && member.spec.class_names != ensemble.class_names()) {
-      const auto join = [](const std::vector<std::string>& names) {
-        std::string out;
-        for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
-        return out;
-      };
+      const auto join = detail::join_class_names;
       fail("'", path, "' predicts the classes (", join(member.spec.class_names), ") but '", paths.front(),
            "' predicts (", join(ensemble.class_names()),
            "): the models of an ensemble must have the same classes in the same order");
